@@ -1,0 +1,34 @@
+"""Test setup: 8 fake CPU devices so mesh tests run on one host.
+
+XLA_FLAGS must be set before jax is imported anywhere, which is why it lives here.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib
+
+import pytest
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+  """../shared beside the project, or skip."""
+  if not SHARED.is_dir():
+    pytest.skip("../shared is not present")
+  return SHARED
+
+
+@pytest.fixture(scope="session")
+def official_ew_dir(shared_dir):
+  """Folder with the official AffectGPT-era emotion-wheel files, or skip."""
+  d = shared_dir / "emotion_wheel" / "affectgpt"
+  if not d.is_dir():
+    pytest.skip("official emotion-wheel files are not present in ../shared")
+  return d
