@@ -1,0 +1,178 @@
+"""Device mesh and logical-axis sharding.
+
+Parameters and the main activations carry logical axis names (`LOGICAL_AXES` lists them); a rules
+table, held in the config, maps each name to mesh axes of the (data, fsdp, tensor) mesh. The same
+model code therefore runs on 1 device, on 8 fake CPU devices and on a pod slice: only the mesh
+and the rules change.
+
+Inside model code, call `constrain(x, ("batch", "length", "embed"))`. It is a no-op unless a mesh
+and rules are active (`with sharding.active(mesh, rules):` around tracing).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Every logical axis name the models use, with what it means.
+LOGICAL_AXES = {
+    "batch": "examples (rows) of a batch",
+    "length": "sequence positions",
+    "kv_length": "KV-cache slots",
+    "embed": "model width (hidden size) of the decoder or an encoder",
+    "mlp": "feed-forward inner width",
+    "heads": "query attention heads",
+    "kv_heads": "key/value attention heads",
+    "head_dim": "per-head width",
+    "vocab": "vocabulary",
+    "layers": "stacked (scanned) layers",
+    "lora": "LoRA rank",
+    "frames": "video frames / audio windows of a clip",
+    "conv_in": "input channels of a convolution kernel",
+    "conv_out": "output channels of a convolution kernel",
+    "kernel": "spatial or temporal taps of a convolution kernel",
+    "norm": "normalisation scales and biases",
+}
+
+# FSDP on the width, tensor parallelism on heads / mlp / vocab; activations split on batch.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("kv_length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("lora", None),
+    ("frames", None),
+    ("conv_in", None),
+    ("conv_out", None),
+    ("kernel", None),
+    ("norm", None),
+)
+
+
+def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
+  """Normalises a rules table from a config (list of [name, axis | [axes] | None]) to tuples."""
+  out = []
+  for entry in rules:
+    if len(entry) != 2:
+      raise ValueError(f"sharding rule {entry!r}: expected [logical_name, mesh_axes].")
+    name, axes = entry
+    if name not in LOGICAL_AXES:
+      raise ValueError(f"sharding rule for '{name}': unknown logical axis; known: "
+                       f"{sorted(LOGICAL_AXES)}.")
+    if isinstance(axes, (list, tuple)):
+      axes = tuple(axes)
+      bad = [a for a in axes if a not in MESH_AXES]
+    else:
+      bad = [axes] if axes is not None and axes not in MESH_AXES else []
+    if bad:
+      raise ValueError(f"sharding rule for '{name}': unknown mesh axes {bad}; use {MESH_AXES}.")
+    out.append((name, axes))
+  return tuple(out)
+
+
+def mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Resolves one -1 entry of {data, fsdp, tensor} so the product equals num_devices."""
+  unknown = [k for k in shape if k not in MESH_AXES]
+  if unknown:
+    raise ValueError(f"mesh axes {unknown} are unknown; use {MESH_AXES}.")
+  sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+  free = [a for a, s in sizes.items() if s == -1]
+  if len(free) > 1:
+    raise ValueError(f"mesh {dict(shape)}: at most one axis may be -1.")
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f"mesh {dict(shape)}: {num_devices} devices are not divisible by {fixed}.")
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(f"mesh {dict(shape)} has {math.prod(sizes.values())} devices but "
+                     f"{num_devices} are available; make the sizes multiply to {num_devices} "
+                     "or set one axis to -1.")
+  return sizes
+
+
+def make_mesh(shape: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = mesh_shape(shape or {"fsdp": -1}, len(devices))
+  dims = tuple(sizes[a] for a in MESH_AXES)
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if devices == list(jax.devices()):
+    return jax.make_mesh(dims, MESH_AXES, axis_types=auto)
+  return Mesh(np.asarray(devices).reshape(dims), MESH_AXES, axis_types=auto)
+
+
+def parse_mesh_flag(text: str) -> dict[str, int]:
+  """'data=2,fsdp=4' or '2,4,1' -> {data: 2, fsdp: 4, tensor: 1}."""
+  text = text.strip()
+  if not text:
+    return {"fsdp": -1}
+  parts = [p.strip() for p in text.split(",") if p.strip()]
+  if all("=" in p for p in parts):
+    return {k.strip(): int(v) for k, v in (p.split("=", 1) for p in parts)}
+  try:
+    values = [int(p) for p in parts]
+  except ValueError:
+    raise ValueError(f"--mesh={text!r}: use 'data=2,fsdp=4,tensor=1' or '2,4,1'.") from None
+  if len(values) > len(MESH_AXES):
+    raise ValueError(f"--mesh={text!r}: at most {len(MESH_AXES)} sizes ({MESH_AXES}).")
+  return dict(zip(MESH_AXES, values))
+
+
+def logical_specs(boxed_tree: Any) -> Any:
+  """PartitionSpecs of logical names for a tree from `init` (or its eval_shape)."""
+  return nn.get_partition_spec(boxed_tree)
+
+
+def shardings(boxed_tree: Any, mesh: Mesh, rules: Sequence) -> Any:
+  """NamedShardings on `mesh` for every leaf of a boxed (LogicallyPartitioned) tree."""
+  return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, tuple(rules))
+
+
+def named(mesh: Mesh, logical: Sequence[str | None], rules: Sequence) -> NamedSharding:
+  """NamedSharding for one array whose axes have the given logical names."""
+  spec = nn.logical_to_mesh_axes(tuple(logical), tuple(rules))
+  return NamedSharding(mesh, spec if spec is not None else PartitionSpec())
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def active(mesh: Mesh | None, rules: Sequence | None) -> Iterator[None]:
+  """Makes `constrain` effective while tracing inside the block."""
+  if mesh is None or rules is None:
+    yield
+    return
+  with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
+    yield
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint by logical axis names; a no-op outside `active(...)`."""
+  return nn.with_logical_constraint(x, tuple(logical))
+
+
+def unbox(tree: Any) -> Any:
+  """Strips LogicallyPartitioned boxes, leaving plain arrays."""
+  return nn.meta.unbox(tree)
+
+
+def param_bytes(tree: Any) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(unbox(tree)))
