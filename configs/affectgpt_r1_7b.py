@@ -1,0 +1,36 @@
+"""Real scale: Qwen2.5-7B-Instruct + CLIP ViT-L/14 + HuBERT-large (PAPER_NOTES.md section 2).
+
+Shapes match the public checkpoints (Qwen/Qwen2.5-7B-Instruct, openai/clip-vit-large-patch14,
+TencentGameMate/chinese-hubert-large); convert them with launch.convert.
+"""
+import ml_collections
+
+from configs import base
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict()
+  c.model.llm = dict(
+      vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+      num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0, rms_norm_eps=1e-6,
+      tie_word_embeddings=False, max_position_embeddings=32768,
+      dtype="bfloat16", param_dtype="bfloat16", remat=True, lora=base.lora_config(16, 32.0, 0.05))
+  c.model.vision = dict(
+      hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+      image_size=224, patch_size=14, num_channels=3, projection_dim=768, layer_norm_eps=1e-5,
+      hidden_act="quick_gelu", dtype="bfloat16", param_dtype="bfloat16")
+  c.model.audio = dict(
+      hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+      hidden_act="gelu", layer_norm_eps=1e-5, feat_extract_norm="layer", feat_proj_layer_norm=True,
+      conv_dim=(512,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+      conv_bias=True, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
+      do_stable_layer_norm=True, dtype="bfloat16", param_dtype="bfloat16")
+  c.model.fusion = dict(video_dim=768, audio_dim=1024, multi_dim=1024, llm_dim=3584,
+                        dtype="bfloat16", param_dtype="float32")
+  # Qwen2.5's tokenizer has 151,665 tokens; the embedding table has room up to 152,064.
+  c.model.placeholder_ids = dict(multi=151665, audio=151666, video=151667)
+  c.model.audio_layers_avg = 4
+  c.mesh = base.mesh_config(data=1, fsdp=-1, tensor=1)
+  c.sharding_rules = base.sharding_rules()
+  return c
