@@ -74,8 +74,14 @@ def set_path(tree: dict, path: Path, value) -> None:
 def _host_value(reader: SafetensorsReader, rule: Rule, num_layers: int) -> np.ndarray:
   if not rule.per_layer:
     return np.asarray(rule.to_jax(np.asarray(reader[rule.hf])))
-  return np.stack([np.asarray(rule.to_jax(np.asarray(reader[rule.hf.format(i=i)])))
-                   for i in range(num_layers)])
+  names = [rule.hf.format(i=i) for i in range(num_layers)]
+  layers = [np.asarray(rule.to_jax(np.asarray(reader[n]))) for n in names]
+  for name, value in zip(names, layers):
+    if value.shape != layers[0].shape:
+      raise CheckpointError(
+          f"{reader.dir}: tensor '{name}' has shape {reader.shape(name)} but '{names[0]}' has "
+          f"{reader.shape(names[0])}; every layer must have the same shape.")
+  return np.stack(layers)
 
 
 def load(reader: SafetensorsReader, rules: Sequence[Rule], target: Mapping,

@@ -10,7 +10,7 @@ carries logical axis names (see affect_jax/sharding.py) and the transformer laye
 with nn.scan (one compiled layer, a leading 'layers' axis on each layer parameter).
 
 Parameter tree (`params` of `ClipVision.init`):
-  patch_embedding/kernel        [P, P, C, D]      ('kernel', 'kernel', 'conv_in', 'embed')
+  patch_embedding/kernel        [P, P, C, D]      ('kernel', None, 'conv_in', 'embed')
   class_embedding               [D]               ('embed',)
   position_embedding            [N + 1, D]        ('length', 'embed'), N = (image / P)**2
   pre_layrnorm/{scale, bias}    [D]
@@ -262,7 +262,7 @@ class ClipVision(nn.Module):
         strides=(cfg.patch_size, cfg.patch_size), padding="VALID", use_bias=False, dtype=dtype,
         param_dtype=param_dtype, name="patch_embedding",
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), ("kernel", "kernel", "conv_in", "embed")))(
+            nn.initializers.lecun_normal(), ("kernel", None, "conv_in", "embed")))(
                 pixels.astype(dtype))
     b = x.shape[0]
     x = x.reshape(b, cfg.num_patches, cfg.hidden_size)  # row-major grid, as torch flatten(2)
