@@ -1,0 +1,237 @@
+"""Rollout sampler: prefill + lax.while_loop decode over the decoder's static KV cache.
+
+  out = sample(params, llm_config, sampling, tokens=prompt_ids | embeds=prompt_embeds,
+               prompt_mask=mask, rng=key, num_samples=G, cache=init_cache(...))
+
+Prompts are LEFT-padded to a common length P (`pad_prompts` pads to a bucket so a new prompt
+length reuses a compiled program); rows with a False mask prefix are padding. Each prompt is
+prefilled once, its cache rows are repeated G times (rows p0 g0..gG-1, p1 ...), and G samples
+are decoded token by token until every row has emitted an EOS or N tokens exist. Finished rows
+emit `pad_id` with log-prob 0.
+
+Returned log-probs are log-softmax(logits / temperature) of the chosen token (log-softmax of the
+raw logits when greedy): the behaviour policy's log-probs before top-k / top-p truncation, which
+is what GRPO's importance ratio uses.
+
+`sample` is a pure, jittable function (the fused GRPO step calls it inside its own jit);
+`make_generate` wraps it in a jit with the cache donated, for standalone use.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from affect_jax import sharding
+from affect_jax.models.qwen2 import Qwen2, Qwen2Config, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 128
+  temperature: float = 1.0
+  top_k: int = 0              # 0 = off
+  top_p: float = 1.0          # 1.0 = off
+  greedy: bool = False
+  eos_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+  buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"sampling.max_new_tokens={self.max_new_tokens}: must be >= 1.")
+    if not self.greedy and self.temperature <= 0:
+      raise ValueError(f"sampling.temperature={self.temperature}: must be > 0 (or set greedy).")
+    if self.top_k < 0:
+      raise ValueError(f"sampling.top_k={self.top_k}: must be >= 0 (0 = off).")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"sampling.top_p={self.top_p}: must be in (0, 1].")
+    if list(self.buckets) != sorted(set(self.buckets)):
+      raise ValueError(f"sampling.buckets={self.buckets}: must be strictly increasing.")
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "SamplingConfig":
+    d = dict(d)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"sampling config: unknown fields {unknown}; known: {sorted(known)}.")
+    for k in ("eos_ids", "buckets"):
+      if k in d:
+        d[k] = tuple(int(x) for x in d[k])
+    return cls(**d)
+
+
+class SampleOutput(NamedTuple):
+  tokens: jax.Array      # int32[B*G, N], pad_id after the end
+  logps: jax.Array       # float32[B*G, N], 0 after the end
+  lengths: jax.Array     # int32[B*G], tokens up to and including the EOS
+  done: jax.Array        # bool[B*G], True if the row emitted an EOS
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+  for b in buckets:
+    if length <= b:
+      return int(b)
+  raise ValueError(f"prompt length {length} exceeds the largest bucket {buckets[-1]}; add a "
+                   "larger bucket to sampling.buckets or shorten the prompts.")
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], sampling: SamplingConfig
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists to the bucket of the longest: (int32[B, P], bool[B, P])."""
+  if not len(prompts):
+    raise ValueError("pad_prompts: no prompts.")
+  empty = [i for i, row in enumerate(prompts) if not len(row)]
+  if empty:
+    raise ValueError(f"pad_prompts: prompts {empty[:10]} are empty; every prompt needs a token.")
+  longest = max(len(p) for p in prompts)
+  p = bucket_length(longest, sampling.buckets)
+  tokens = np.full((len(prompts), p), sampling.pad_id, np.int32)
+  mask = np.zeros((len(prompts), p), bool)
+  for i, row in enumerate(prompts):
+    tokens[i, p - len(row):] = row
+    mask[i, p - len(row):] = True
+  return tokens, mask
+
+
+def filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+  """Temperature, top-k and top-p (nucleus) filtering: float32[B, V] -> float32[B, V]."""
+  logits = logits.astype(jnp.float32) / sampling.temperature
+  neg = jnp.finfo(jnp.float32).min
+  if sampling.top_k and sampling.top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, neg, logits)
+  if sampling.top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs      # mass strictly above each token
+    keep_sorted = before < sampling.top_p            # smallest prefix reaching top_p
+    keep = jnp.zeros_like(keep_sorted).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    logits = jnp.where(keep, logits, neg)
+  return logits
+
+
+def _choose(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig):
+  """Picks the next token for every row: (int32[B], its log-prob float32[B])."""
+  logits = logits.astype(jnp.float32)
+  if sampling.greedy:
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+  else:
+    token = jax.random.categorical(rng, filter_logits(logits, sampling), axis=-1)
+    token = token.astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits / sampling.temperature, axis=-1)
+  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def check_lengths(prompt_len: int, config: Qwen2Config, sampling: SamplingConfig) -> int:
+  """Cache length P + N; errors before compiling if it cannot fit the model."""
+  total = prompt_len + sampling.max_new_tokens
+  if total > config.max_position_embeddings:
+    raise ValueError(
+        f"prompt length {prompt_len} + max_new_tokens {sampling.max_new_tokens} = {total} exceeds "
+        f"the model's max_position_embeddings {config.max_position_embeddings}; shorten the "
+        "prompts or lower sampling.max_new_tokens.")
+  return total
+
+
+def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
+           prompt_mask: jax.Array, rng: jax.Array, num_samples: int = 1,
+           tokens: jax.Array | None = None, embeds: jax.Array | None = None,
+           cache: Mapping | None = None, use_lora: bool = True) -> tuple[SampleOutput, dict]:
+  """Samples `num_samples` completions per prompt (pure; call inside jit).
+
+  Args:
+    params: the decoder's parameters (Qwen2 tree).
+    prompt_mask: bool[B, P], True for real prompt tokens (left padding).
+    tokens: int32[B, P] prompt ids, or embeds: float[B, P, H] prompt embeddings (multimodal).
+    cache: optional zeroed cache for B * num_samples rows and P + N slots (donate it to reuse
+      the buffer); built here when None.
+  Returns:
+    (SampleOutput for B * num_samples rows, the final cache).
+  """
+  if (tokens is None) == (embeds is None):
+    raise ValueError("sample: pass exactly one of tokens= and embeds=.")
+  if num_samples < 1:
+    raise ValueError(f"sample: num_samples={num_samples} must be >= 1.")
+  b, p = prompt_mask.shape
+  n = sampling.max_new_tokens
+  rows = b * num_samples
+  total = check_lengths(p, config, sampling)
+  model = Qwen2(config)
+  variables = {"params": params}
+  if cache is None:
+    cache = init_cache(config, rows, total)
+  if cache["k"].shape[1:3] != (rows, total):
+    raise ValueError(f"sample: cache is for {cache['k'].shape[1]} rows x {cache['k'].shape[2]} "
+                     f"slots, need {rows} x {total} (B*G x P+N).")
+
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
+  # Prefill each prompt once on the first B rows' worth of cache, then repeat rows G times.
+  small = jax.tree.map(lambda c: c[:, :b], cache)
+  kv_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
+  hidden, small = model.apply(variables, tokens, embeds=embeds, positions=positions,
+                              cache=small, cache_index=jnp.int32(0), kv_mask=kv_mask,
+                              use_lora=use_lora, return_hidden=True)
+  last = model.apply(variables, hidden[:, -1:], method=Qwen2.logits)[:, 0]      # [B, V]
+  rep = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
+  cache = jax.tree.map(lambda c: rep(c, 1), small)
+  cache = jax.tree.map(lambda c: sharding.constrain(
+      c, ("layers", "batch", "kv_length", "kv_heads", "head_dim")), cache)
+  logits = rep(last, 0)
+  kv_mask = rep(kv_mask, 0)
+  next_pos = rep(positions[:, -1] + 1, 0)
+  eos = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
+
+  def cond(state):
+    t, done = state[0], state[5]
+    return (t < n) & ~jnp.all(done)
+
+  def body(state):
+    t, cache, logits, out_tok, out_logp, done, pos, kv_mask, rng = state
+    rng, step_rng = jax.random.split(rng)
+    token, logp = _choose(logits, step_rng, sampling)
+    token = jnp.where(done, sampling.pad_id, token)
+    logp = jnp.where(done, 0.0, logp)
+    out_tok = out_tok.at[:, t].set(token)
+    out_logp = out_logp.at[:, t].set(logp)
+    now_done = done | jnp.any(token[:, None] == eos[None, :], axis=-1)
+    slot = p + t
+    kv_mask = kv_mask.at[:, slot].set(~done)
+    new_logits, cache = model.apply(variables, token[:, None], positions=pos[:, None],
+                                    cache=cache, cache_index=slot, kv_mask=kv_mask,
+                                    use_lora=use_lora)
+    return (t + 1, cache, new_logits[:, 0], out_tok, out_logp, now_done, pos + 1, kv_mask, rng)
+
+  state = (jnp.int32(0), cache, logits, jnp.full((rows, n), sampling.pad_id, jnp.int32),
+           jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), bool), next_pos, kv_mask, rng)
+  state = jax.lax.while_loop(cond, body, state)
+  _, cache, _, out_tok, out_logp, done, _, _, _ = state
+  is_eos = jnp.any(out_tok[..., None] == eos, axis=-1)
+  first_eos = jnp.where(jnp.any(is_eos, -1), jnp.argmax(is_eos, -1) + 1, n)
+  out = SampleOutput(tokens=out_tok, logps=out_logp, lengths=first_eos.astype(jnp.int32),
+                     done=done)
+  return out, cache
+
+
+def make_generate(config: Qwen2Config, sampling: SamplingConfig, num_samples: int = 1,
+                  use_lora: bool = True):
+  """A jitted `generate(params, tokens, prompt_mask, rng, cache) -> (SampleOutput, cache)`.
+
+  The cache argument is donated: pass the cache returned by the previous call (or
+  init_cache(config, B * num_samples, P + N)) so its buffer is reused. Prompts of another bucket
+  length compile once more.
+  """
+
+  def generate(params, tokens, prompt_mask, rng, cache):
+    cache = jax.tree.map(jnp.zeros_like, cache)
+    return sample(params, config, sampling, prompt_mask=prompt_mask, rng=rng,
+                  num_samples=num_samples, tokens=tokens, cache=cache, use_lora=use_lora)
+
+  return jax.jit(generate, donate_argnums=(4,))
