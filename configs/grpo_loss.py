@@ -29,7 +29,7 @@ def get_grpo_loss_config(**overrides) -> ml_collections.ConfigDict:
   # sequences; 'token_mean' (DAPO): sum over all tokens / number of tokens;
   # 'constant_normalizer' (Dr. GRPO): sum over all tokens / (sequences * normalizer_constant).
   c.loss_aggregation = "sequence_mean_token_mean"
-  c.normalizer_constant = 1024       # Dr. GRPO: the max completion length
+  c.normalizer_constant = 1024.0     # Dr. GRPO: the max completion length
   # Policy updates per rollout batch; 1 makes the old policy = stop_gradient(current policy).
   c.num_iterations = 1
   # Completion positions per log-softmax chunk (bounds the [B, chunk, vocab] logits in memory).

@@ -1,0 +1,424 @@
+"""The GRPO objective as small registered pure functions (DESIGN.md section 3).
+
+  group_advantages   rewards[B*G] -> advantages[B*G]   (registry ADVANTAGE_SCALES)
+  grpo_loss          clipped surrogate + beta * KL      (registries KL_ESTIMATORS, AGGREGATIONS)
+  loss_normalizer    the full-batch denominators, so micro-batch losses add up exactly
+  accumulate_grads   lax.scan over micro-batches, summing losses, gradients and metrics
+
+Every choice is a field of `GrpoLossConfig` (configs/grpo_loss.py). Errors are raised while
+tracing, from static shapes and the config, and name the field to change.
+
+Aggregation, for per-token losses l[b, t], completion mask m[b, t] and n_b = sum_t m[b, t]:
+  token_mean                 sum_bt l m / sum_bt m                          (DAPO)
+  sequence_mean_token_mean   (1/B) sum_b (sum_t l m / n_b)                  (original GRPO)
+  constant_normalizer        sum_bt l m / (B * normalizer_constant)        (Dr. GRPO)
+Each is sum_bt l[b, t] m[b, t] s[b] / D with a per-row scale s (1/n_b or 1) that depends on the
+row alone and a denominator D (tokens, B or B * constant) that depends on the whole batch.
+`loss_normalizer` computes D (and the token and sequence counts the metrics divide by) from
+the full batch; passing it to `grpo_loss` on each micro-batch makes the micro-batch losses,
+gradients and metrics additive, so their sums equal the full-batch values.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from affect_jax import sharding
+
+Array = jax.Array
+# name -> fn(group_std[P, 1], batch_std[1]) -> divisor broadcastable to [P, G], or None.
+ADVANTAGE_SCALES: dict[str, Callable[[Array, Array], Array | None]] = {}
+# name -> fn(logps[B, N], ref_logps[B, N]) -> per-token KL estimate[B, N].
+KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {}
+# name -> fn(lengths[B], num_tokens, num_sequences, constant) -> (row_scale[B], denominator).
+AGGREGATIONS: dict[str, Callable[..., tuple[Array, Array]]] = {}
+
+
+def _register(table: dict, name: str):
+  def wrap(fn):
+    table[name] = fn
+    return fn
+  return wrap
+
+
+# ----------------------------------------------------------------------------------------------
+# Config.
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpoLossConfig:
+  """The grpo_loss config section (configs/grpo_loss.py documents each field)."""
+  num_generations: int = 8
+  beta: float = 0.04
+  kl_estimator: str = "k3"
+  epsilon_low: float = 0.2
+  epsilon_high: float = 0.2
+  advantage_scale: str = "group"
+  advantage_eps: float = 1e-4
+  std_ddof: int = 1
+  loss_aggregation: str = "sequence_mean_token_mean"
+  normalizer_constant: float = 1024.0
+  num_iterations: int = 1
+  logprob_chunk: int = 256
+  micro_batches: int = 1
+
+  def __post_init__(self):
+    def bad(field, why):
+      raise ValueError(f"grpo_loss.{field}={getattr(self, field)!r}: {why}.")
+    if self.num_generations < 2:
+      bad("num_generations", "GRPO compares completions of one prompt; use at least 2")
+    for field in ("beta", "epsilon_low", "epsilon_high", "advantage_eps"):
+      if not getattr(self, field) >= 0:
+        bad(field, "must be >= 0")
+    if self.epsilon_low >= 1:
+      bad("epsilon_low", "must be < 1 so that the lower clip bound 1 - epsilon_low is positive")
+    if self.std_ddof not in (0, 1):
+      bad("std_ddof", "use 0 (population std) or 1 (unbiased std)")
+    if not self.normalizer_constant > 0:
+      bad("normalizer_constant", "must be > 0 (Dr. GRPO: the max completion length)")
+    for field in ("num_iterations", "logprob_chunk", "micro_batches"):
+      if getattr(self, field) < 1:
+        bad(field, "must be >= 1")
+    for field, table in (("advantage_scale", ADVANTAGE_SCALES), ("kl_estimator", KL_ESTIMATORS),
+                         ("loss_aggregation", AGGREGATIONS)):
+      if getattr(self, field) not in table:
+        bad(field, f"unknown; use one of {sorted(table)}")
+
+  @classmethod
+  def from_config(cls, c: Any) -> "GrpoLossConfig":
+    """From a ConfigDict or mapping (the grpo_loss section); unknown fields are an error."""
+    if isinstance(c, cls):
+      return c
+    d = dict(c.to_dict() if hasattr(c, "to_dict") else c)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"grpo_loss: unknown fields {unknown}; known: {sorted(known)}.")
+    return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages.
+
+
+@_register(ADVANTAGE_SCALES, "group")
+def _group_scale(group_std: Array, batch_std: Array) -> Array:
+  del batch_std
+  return group_std
+
+
+@_register(ADVANTAGE_SCALES, "batch")
+def _batch_scale(group_std: Array, batch_std: Array) -> Array:
+  return jnp.broadcast_to(batch_std, group_std.shape)
+
+
+@_register(ADVANTAGE_SCALES, "none")
+def _no_scale(group_std: Array, batch_std: Array) -> None:
+  del batch_std
+  return None
+
+
+def _masked_moments(x: Array, valid: Array, axis, ddof: int) -> tuple[Array, Array, Array]:
+  """Mean and std of x over `axis` counting only `valid` entries (x is 0 where invalid)."""
+  count = valid.sum(axis=axis, keepdims=True)
+  mean = x.sum(axis=axis, keepdims=True) / jnp.maximum(count, 1)
+  sq = jnp.where(valid, (x - mean) ** 2, 0.0).sum(axis=axis, keepdims=True)
+  std = jnp.sqrt(sq / jnp.maximum(count - ddof, 1))
+  return mean, std, count
+
+
+def group_advantages(rewards: Array, num_generations: int, scale: str = "group",
+                     eps: float = 1e-4, std_ddof: int = 1) -> tuple[Array, dict[str, Array]]:
+  """GRPO advantages from rewards of consecutive groups of completions.
+
+  Rows are grouped consecutively: (prompt 0, generations 0..G-1), (prompt 1, ...), ...
+
+    'group':  (r - mean_g) / (std_g + eps)
+    'batch':  (r - mean_g) / (std_batch + eps), std_batch over all rewards of the batch
+    'none':   r - mean_g (Dr. GRPO)
+
+  The std uses `std_ddof` degrees of freedom: 1 (default) is the unbiased std of torch.std, which
+  TRL's GRPOTrainer (and the AffectGPT-R1 reimplementations built on it) use; 0 the population
+  std. A group whose rewards are all equal (std 0) gets exactly zero advantages.
+
+  Non-finite rewards (NaN, +-inf; e.g. a reward function failing on a completion) are left out:
+  they get zero advantage, and their group's mean and std are those of its finite rewards (zero
+  advantages when fewer than 2 are finite). Nothing non-finite reaches the outputs.
+
+  Args:
+    rewards: float[B*G].
+    num_generations: G (grpo_loss.num_generations), >= 2, dividing B*G.
+    scale: a key of ADVANTAGE_SCALES (grpo_loss.advantage_scale).
+    eps: added to the std (grpo_loss.advantage_eps).
+    std_ddof: 0 or 1 (grpo_loss.std_ddof).
+
+  Returns:
+    advantages float32[B*G] (no gradient), and stats of scalars: num_nan_rewards (int32, count
+    of non-finite rewards), reward_mean, reward_std (over finite rewards of the batch),
+    group_std_mean (mean over groups of std_g), frac_zero_std_groups (groups without signal:
+    equal rewards, or fewer than 2 finite ones).
+  """
+  if rewards.ndim != 1:
+    raise ValueError(f"group_advantages: rewards has shape {rewards.shape}; expected [B*G].")
+  if isinstance(num_generations, bool) or not isinstance(num_generations, int) \
+      or num_generations < 2:
+    raise ValueError(f"grpo_loss.num_generations={num_generations!r}: GRPO compares completions "
+                     "of one prompt; use an int >= 2.")
+  if rewards.shape[0] % num_generations:
+    raise ValueError(f"grpo_loss.num_generations={num_generations} does not divide the "
+                     f"{rewards.shape[0]} rewards of the batch; the batch must hold whole groups "
+                     "(prompts * num_generations rows).")
+  if scale not in ADVANTAGE_SCALES:
+    raise ValueError(f"grpo_loss.advantage_scale={scale!r}: unknown; use one of "
+                     f"{sorted(ADVANTAGE_SCALES)}.")
+  if std_ddof not in (0, 1):
+    raise ValueError(f"grpo_loss.std_ddof={std_ddof!r}: use 0 (population) or 1 (unbiased).")
+  if not eps >= 0:
+    raise ValueError(f"grpo_loss.advantage_eps={eps!r}: must be >= 0.")
+  r = jax.lax.stop_gradient(rewards).astype(jnp.float32)
+  valid = jnp.isfinite(r)
+  r = jnp.where(valid, r, 0.0)
+  groups, vg = r.reshape(-1, num_generations), valid.reshape(-1, num_generations)
+  mean_g, std_g, count_g = _masked_moments(groups, vg, axis=1, ddof=std_ddof)
+  mean_b, std_b, _ = _masked_moments(r, valid, axis=0, ddof=std_ddof)
+  std = ADVANTAGE_SCALES[scale](std_g, std_b)
+  adv = groups - mean_g
+  if std is not None:   # a zero std (all rewards equal) gives exact zeros, even with eps = 0
+    adv = jnp.where(std > 0, adv / jnp.where(std > 0, std + eps, 1.0), 0.0)
+  adv = jnp.where(vg & (count_g >= 2), adv, 0.0).reshape(-1)
+  stats = dict(
+      num_nan_rewards=(~valid).sum().astype(jnp.int32),
+      reward_mean=mean_b[0],
+      reward_std=std_b[0],
+      group_std_mean=std_g.mean(),
+      frac_zero_std_groups=(std_g[:, 0] == 0).mean(),
+  )
+  return adv, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# KL estimators: per-token estimates of KL(policy || reference) from log-probs of sampled tokens.
+
+
+@_register(KL_ESTIMATORS, "k1")
+def _k1(logps: Array, ref_logps: Array) -> Array:
+  return logps - ref_logps
+
+
+@_register(KL_ESTIMATORS, "k2")
+def _k2(logps: Array, ref_logps: Array) -> Array:
+  return 0.5 * (logps - ref_logps) ** 2
+
+
+@_register(KL_ESTIMATORS, "k3")
+def _k3(logps: Array, ref_logps: Array) -> Array:
+  d = ref_logps - logps
+  return jnp.exp(d) - d - 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation: per-row scale s[b] (see the module docstring) and the full-batch denominator.
+
+
+class Normalizer(NamedTuple):
+  """Full-batch denominators (float32 scalars); a pytree, so it can enter a lax.scan."""
+  loss_denominator: Array   # D of the aggregation mode
+  num_tokens: Array         # completion tokens of the full batch (>= 1)
+  num_sequences: Array      # rows of the full batch
+
+
+@_register(AGGREGATIONS, "token_mean")
+def _token_mean(lengths: Array, num_tokens: Array, num_sequences: Array, constant: float):
+  del num_sequences, constant
+  return jnp.ones_like(lengths), num_tokens
+
+
+@_register(AGGREGATIONS, "sequence_mean_token_mean")
+def _sequence_mean(lengths: Array, num_tokens: Array, num_sequences: Array, constant: float):
+  del num_tokens, constant
+  return 1.0 / jnp.maximum(lengths, 1.0), num_sequences
+
+
+@_register(AGGREGATIONS, "constant_normalizer")
+def _constant(lengths: Array, num_tokens: Array, num_sequences: Array, constant: float):
+  del num_tokens
+  return jnp.ones_like(lengths), num_sequences * constant
+
+
+def loss_normalizer(mask: Array, cfg: GrpoLossConfig | Mapping) -> Normalizer:
+  """Denominators from the FULL batch's completion mask float[B, N], before micro-batching."""
+  cfg = GrpoLossConfig.from_config(cfg)
+  mask = mask.astype(jnp.float32)
+  num_tokens = jnp.maximum(mask.sum(), 1.0)
+  num_sequences = jnp.asarray(mask.shape[0], jnp.float32)
+  _, denominator = AGGREGATIONS[cfg.loss_aggregation](
+      mask.sum(-1), num_tokens, num_sequences, float(cfg.normalizer_constant))
+  return Normalizer(denominator, num_tokens, num_sequences)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss.
+
+
+def _check_loss_inputs(logps, old_logps, ref_logps, advantages, mask, cfg) -> None:
+  if logps.ndim != 2:
+    raise ValueError(f"grpo_loss: logps has shape {logps.shape}; expected [B, N].")
+  for name, x in (("old_logps", old_logps), ("ref_logps", ref_logps), ("mask", mask)):
+    if x is not None and x.shape != logps.shape:
+      raise ValueError(f"grpo_loss: {name} has shape {x.shape} but logps is {logps.shape}; "
+                       "all per-token inputs must be [B, N].")
+  if advantages.shape != logps.shape[:1]:
+    raise ValueError(f"grpo_loss: advantages has shape {advantages.shape}; expected "
+                     f"[{logps.shape[0]}] (one per completion).")
+  if ref_logps is None and cfg.beta != 0:
+    raise ValueError(f"grpo_loss: ref_logps is None but grpo_loss.beta={cfg.beta}; pass the "
+                     "reference log-probs or set grpo_loss.beta=0.")
+  if old_logps is None and cfg.num_iterations > 1:
+    raise ValueError(f"grpo_loss: old_logps is None but grpo_loss.num_iterations="
+                     f"{cfg.num_iterations}; pass the rollout policy's log-probs, computed "
+                     "once before the first iteration.")
+
+
+def grpo_loss(logps: Array, old_logps: Array | None, ref_logps: Array | None,
+              advantages: Array, mask: Array, cfg: GrpoLossConfig | Mapping,
+              normalizer: Normalizer | None = None) -> tuple[Array, dict[str, Array]]:
+  """Clipped GRPO surrogate plus beta * KL to the reference, aggregated over completion tokens.
+
+  Per token, with ratio = exp(logps - old_logps) and A = advantages[b]:
+    l = -min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A) + beta * kl
+  kl is cfg.kl_estimator (k3: exp(ref - logps) - (ref - logps) - 1); the aggregation over tokens
+  is cfg.loss_aggregation (module docstring).
+
+  Args:
+    logps: float32[B, N] log-probs of the completion tokens under the current policy
+      (differentiable).
+    old_logps: float32[B, N] under the policy that sampled them. Ignored when
+      cfg.num_iterations == 1: the old policy is then stop_gradient(logps) (ratio 1, gradient of
+      the unclipped surrogate); required when num_iterations > 1.
+    ref_logps: float32[B, N] under the reference policy, or None when cfg.beta == 0.
+    advantages: float32[B], one per completion (group_advantages).
+    mask: float[B, N], 1 on completion tokens (EOS included), 0 on padding.
+    cfg: GrpoLossConfig or the grpo_loss config section.
+    normalizer: from `loss_normalizer(full_mask, cfg)` when this call sees one micro-batch of a
+      larger batch; then the loss and metrics are this micro-batch's additive shares of the
+      full-batch values. None: computed from this call's mask.
+
+  Returns:
+    loss (float32 scalar) and metrics, float32 scalars that are token means (kl, ratio_mean,
+    clip_frac_low, clip_frac_high, clip_frac) or sequence means (advantage_mean,
+    completion_length), plus policy_loss (the loss without the KL term). clip_frac_low counts
+    tokens where ratio < 1 - epsilon_low with A < 0, clip_frac_high ratio > 1 + epsilon_high with
+    A > 0 (where the clipped branch is taken and the token gives no policy gradient). kl is
+    reported whenever ref_logps is given.
+  """
+  cfg = GrpoLossConfig.from_config(cfg)
+  _check_loss_inputs(logps, old_logps, ref_logps, advantages, mask, cfg)
+  logps = sharding.constrain(logps.astype(jnp.float32), ("batch", "length"))
+  mask = mask.astype(jnp.float32)
+  if normalizer is None:
+    normalizer = loss_normalizer(mask, cfg)
+  if cfg.num_iterations == 1:
+    old_logps = jax.lax.stop_gradient(logps)
+  old_logps = jax.lax.stop_gradient(old_logps.astype(jnp.float32))
+  adv = jax.lax.stop_gradient(advantages.astype(jnp.float32))[:, None]
+
+  ratio = jnp.exp(logps - old_logps)
+  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
+  per_token_pg = -jnp.minimum(ratio * adv, clipped * adv)
+  per_token = per_token_pg
+  kl = None
+  if ref_logps is not None:
+    kl = KL_ESTIMATORS[cfg.kl_estimator](logps, jax.lax.stop_gradient(
+        ref_logps.astype(jnp.float32)))
+    if cfg.beta:
+      per_token = per_token + cfg.beta * kl
+
+  row_scale, _ = AGGREGATIONS[cfg.loss_aggregation](
+      mask.sum(-1), normalizer.num_tokens, normalizer.num_sequences,
+      float(cfg.normalizer_constant))
+  weights = mask * row_scale[:, None] / normalizer.loss_denominator      # [B, N]
+  loss = jnp.sum(per_token * weights)
+
+  def token_mean(x):
+    return jax.lax.stop_gradient(jnp.sum(x * mask) / normalizer.num_tokens)
+
+  low = (ratio < 1.0 - cfg.epsilon_low) & (adv < 0)
+  high = (ratio > 1.0 + cfg.epsilon_high) & (adv > 0)
+  metrics = dict(
+      policy_loss=jax.lax.stop_gradient(jnp.sum(per_token_pg * weights)),
+      ratio_mean=token_mean(ratio),
+      clip_frac_low=token_mean(low.astype(jnp.float32)),
+      clip_frac_high=token_mean(high.astype(jnp.float32)),
+      clip_frac=token_mean((low | high).astype(jnp.float32)),
+      advantage_mean=jnp.sum(adv) / normalizer.num_sequences,
+      completion_length=jnp.sum(mask) / normalizer.num_sequences,
+  )
+  if kl is not None:
+    metrics["kl"] = token_mean(kl)
+  return loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Micro-batched gradients.
+
+
+def accumulate_grads(loss_fn: Callable[[Any, Any], tuple[Array, dict[str, Array]]], params: Any,
+                     batch: Any, num_micro: int) -> tuple[Array, Any, dict[str, Array]]:
+  """Sum of value_and_grad(loss_fn) over `num_micro` micro-batches, by lax.scan.
+
+  The contract that makes the sums equal the full-batch loss and gradient: `loss_fn(params,
+  micro_batch) -> (loss, metrics)` returns its micro-batch's ADDITIVE share of the full-batch
+  loss and metrics. For grpo_loss that means computing `norm = loss_normalizer(full_mask, cfg)`
+  on the full batch first and calling `grpo_loss(..., normalizer=norm)` inside loss_fn (norm
+  closed over); then every aggregation mode is exact. Metrics are summed likewise.
+
+  Micro-batch k holds rows k, k + num_micro, k + 2 * num_micro, ... of every leaf (a strided
+  split, so that each micro-batch spans all data shards of a batch sharded on its leading axis).
+  Gradients are accumulated in float32 and returned in the dtypes of `params`.
+
+  Args:
+    loss_fn: (params, batch) -> (loss scalar, dict of scalars).
+    params: pytree of parameters (the gradient's structure).
+    batch: pytree whose leaves all have the leading batch axis B.
+    num_micro: micro-batches (grpo_loss.micro_batches), dividing B.
+
+  Returns:
+    (loss, grads, metrics), summed over micro-batches.
+  """
+  leaves = jax.tree.leaves(batch)
+  if not leaves:
+    raise ValueError("accumulate_grads: batch has no arrays.")
+  size = leaves[0].shape[0] if leaves[0].ndim else None
+  if size is None or any(x.ndim == 0 or x.shape[0] != size for x in leaves):
+    raise ValueError("accumulate_grads: every leaf of batch needs the same leading batch axis; "
+                     f"got shapes {[x.shape for x in leaves]}.")
+  if isinstance(num_micro, bool) or not isinstance(num_micro, int) or num_micro < 1 \
+      or size % num_micro:
+    raise ValueError(f"grpo_loss.micro_batches={num_micro!r} must be a positive int dividing "
+                     f"the batch of {size} rows.")
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if num_micro == 1:
+    (loss, metrics), grads = grad_fn(params, batch)
+    return loss, grads, metrics
+
+  def split(x):
+    x = x.reshape(size // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
+    return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+  micro = jax.tree.map(split, batch)
+  first = jax.tree.map(lambda x: x[0], micro)
+  out_shape = jax.eval_shape(grad_fn, params, first)
+  acc_dtype = lambda s: jnp.float32 if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, acc_dtype(s)), out_shape)
+
+  def body(acc, mb):
+    mb = jax.tree.map(lambda x: sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1)), mb)
+    out = grad_fn(params, mb)
+    return jax.tree.map(lambda a, o: a + o.astype(a.dtype), acc, out), None
+
+  ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, micro)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+  return loss, grads, metrics
