@@ -184,9 +184,11 @@ def test_remat_gives_same_values_and_gradients():
     logits, _ = qwen2.Qwen2(config).apply({"params": p}, tokens, positions=positions)
     return jnp.mean(jax.nn.logsumexp(logits, -1))
 
+  remat_cfg = dataclasses.replace(cfg, remat=True)
+  assert "remat" in str(jax.make_jaxpr(lambda p: loss(p, remat_cfg))(params))
+  assert "remat" not in str(jax.make_jaxpr(lambda p: loss(p, cfg))(params))
   plain = jax.jit(jax.value_and_grad(lambda p: loss(p, cfg)))(params)
-  remat = jax.jit(jax.value_and_grad(
-      lambda p: loss(p, dataclasses.replace(cfg, remat=True))))(params)
+  remat = jax.jit(jax.value_and_grad(lambda p: loss(p, remat_cfg)))(params)
   np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
     np.testing.assert_allclose(a, b, atol=1e-6)
