@@ -1,0 +1,208 @@
+"""The fused GRPO step: rollout -> reward -> advantages -> reference log-probs -> update, as ONE
+jax.jit program over a mesh. Nothing returns to the host between the rollout and the update.
+
+  step_fn = make_step(policy, step_config, optimizer, reward_fn, mesh, rules)
+  state = init_state(policy, params, optimizer, rng, step_config)          # on the mesh
+  state, metrics = step_fn(state, batch)                                    # donated state
+
+batch: the prompts, B rows (policy.batch_keys, e.g. prompt_tokens int32[B, P], prompt_mask
+bool[B, P] left-padded, plus reward inputs such as ground-truth label ids), sharded on the
+batch axis. Each prompt gets G = grpo_loss.num_generations samples (rows p0 g0..gG-1, p1 ...).
+
+reward_fn(tokens int32[R, N], lengths int32[R], rows) -> (rewards float32[R], metrics dict), a
+jittable function; `rows` is the batch with every leaf repeated G times.
+
+The reference policy is the same parameters with LoRA switched off (no second copy) when the
+decoder has LoRA, or a frozen copy of the initial parameters (`state['reference']`) under full
+fine-tuning. Metrics (each reward term, KL, clip fractions, lengths, entropy, ...) come back as
+device scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from affect_jax import sharding
+from affect_jax.rl import losses, policy as policy_lib, sampler
+
+RewardFn = Callable[[jax.Array, jax.Array, Mapping], tuple[jax.Array, Mapping[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  sampling: sampler.SamplingConfig
+  loss: losses.GrpoLossConfig
+
+  def __post_init__(self):
+    if self.loss.num_generations < 2:
+      raise ValueError(f"grpo_loss.num_generations={self.loss.num_generations}: GRPO needs at "
+                       "least 2 samples per prompt (advantages are relative to the group).")
+
+
+def uses_lora(policy: policy_lib.Policy) -> bool:
+  return bool(policy.llm_config.lora.rank)
+
+
+def init_state(policy: policy_lib.Policy, params: Mapping, optimizer: optax.GradientTransformation,
+               rng: jax.Array) -> dict:
+  """{'step', 'trainable', 'frozen', 'opt_state', 'rng' [, 'reference']} from full params."""
+  trainable, frozen = policy_lib.split(params, policy.trainable_mask(params))
+  state = {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "frozen": frozen,
+           "opt_state": optimizer.init(trainable), "rng": rng}
+  if not uses_lora(policy):
+    state["reference"] = jax.tree.map(jnp.copy, trainable)
+  return state
+
+
+def state_shardings(policy: policy_lib.Policy, abstract_params: Mapping,
+                    optimizer: optax.GradientTransformation, mesh, rules) -> dict:
+  """NamedShardings for every leaf of the state, from the params' logical axis names."""
+  param_sh = sharding.shardings(abstract_params, mesh, rules)
+  plain = sharding.unbox(abstract_params)
+  mask = policy.trainable_mask(plain)
+  train_sh, frozen_sh = policy_lib.split(param_sh, mask)
+  train_abs, _ = policy_lib.split(plain, mask)
+  opt_abs = jax.eval_shape(optimizer.init, train_abs)
+  rep = sharding.replicated(mesh)
+  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abs, train_sh,
+                                 transform_non_params=lambda _: rep,
+                                 is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  out = {"step": rep, "trainable": train_sh, "frozen": frozen_sh, "opt_state": opt_sh,
+         "rng": rep}
+  if not uses_lora(policy):
+    out["reference"] = train_sh
+  return out
+
+
+def batch_shardings(batch: Mapping, mesh, rules) -> dict:
+  """Every batch leaf split on its leading (batch) axis."""
+  return {k: sharding.named(mesh, ("batch",) + (None,) * (jnp.ndim(v) - 1), rules)
+          for k, v in batch.items()}
+
+
+def check_batch(policy: policy_lib.Policy, batch: Mapping, cfg: StepConfig, mesh=None) -> None:
+  """Errors before compiling: missing keys, prompt + completion longer than the model allows,
+  a batch the mesh cannot divide."""
+  missing = [k for k in policy.batch_keys if k not in batch]
+  if missing:
+    raise ValueError(f"GRPO batch is missing {missing}; it has {sorted(batch)}.")
+  b, p = batch["prompt_mask"].shape
+  sampler.check_lengths(p, policy.llm_config, cfg.sampling)
+  if mesh is not None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if b % shards:
+      raise ValueError(f"GRPO batch of {b} prompts cannot be split over the mesh's data x fsdp = "
+                       f"{shards} devices; use a multiple of {shards} prompts per step.")
+
+
+def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.GradientTransformation,
+              reward_fn: RewardFn, *, mesh=None, rules=None, state_sh=None, batch_sh=None
+              ) -> Callable:
+  """The jitted fused step `(state, batch) -> (state, metrics)`; state is donated."""
+  lcfg = cfg.loss
+  g = lcfg.num_generations
+  lora = uses_lora(policy)
+  temp = 1.0 if cfg.sampling.greedy else cfg.sampling.temperature
+
+  def step(state, batch):
+    rng, r_sample, r_drop = jax.random.split(state["rng"], 3)
+    params = policy_lib.merge(state["trainable"], state["frozen"])
+
+    # 1. Rollout from the current policy (no gradient).
+    embeds = jax.lax.stop_gradient(policy.prompt_embeds(params, batch))
+    out, _ = sampler.sample(policy.llm_params(params), policy.llm_config, cfg.sampling,
+                            prompt_mask=batch["prompt_mask"], rng=r_sample, num_samples=g,
+                            embeds=embeds)
+    n = out.tokens.shape[1]
+    comp_mask = jnp.arange(n)[None, :] < out.lengths[:, None]
+    rows = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), dict(batch))
+
+    # 2. Rewards and group advantages.
+    rewards, reward_metrics = reward_fn(out.tokens, out.lengths, rows)
+    adv, adv_stats = losses.group_advantages(rewards, g, lcfg.advantage_scale,
+                                             lcfg.advantage_eps, lcfg.std_ddof)
+
+    logps_of = lambda p, r, **kw: policy_lib.completion_logps(
+        policy, p, r, out.tokens, comp_mask, chunk=lcfg.logprob_chunk, temperature=temp, **kw)
+
+    # 3. Reference (LoRA off, or the frozen copy) and old-policy log-probs.
+    ref = None
+    if lcfg.beta:
+      if lora:
+        ref, _ = logps_of(params, rows, use_lora=False)
+      else:
+        ref, _ = logps_of(policy_lib.merge(state["reference"], state["frozen"]), rows)
+      ref = jax.lax.stop_gradient(ref)
+    old = None
+    if lcfg.num_iterations > 1:
+      old = jax.lax.stop_gradient(logps_of(params, rows)[0])
+
+    # 4. num_iterations optimizer updates over micro-batches.
+    norm = losses.loss_normalizer(comp_mask, lcfg)
+    data = dict(rows=rows, completion=out.tokens, mask=comp_mask, adv=adv,
+                row=jnp.arange(out.tokens.shape[0]))
+    if ref is not None:
+      data["ref"] = ref
+    if old is not None:
+      data["old"] = old
+    frozen = state["frozen"]
+    dropout = policy.llm_config.lora.dropout > 0 and lora
+
+    def loss_fn(trainable, mb):
+      p = policy_lib.merge(trainable, frozen)
+      rngs = {"dropout": jax.random.fold_in(r_drop, mb["row"][0])} if dropout else None
+      lp, ent = policy_lib.completion_logps(
+          policy, p, mb["rows"], mb["completion"], mb["mask"], chunk=lcfg.logprob_chunk,
+          temperature=temp, deterministic=not dropout, rngs=rngs, with_entropy=True)
+      loss, m = losses.grpo_loss(lp, mb.get("old"), mb.get("ref"), mb["adv"], mb["mask"], lcfg,
+                                 normalizer=norm)
+      m = dict(m)
+      m["entropy"] = jnp.sum(jax.lax.stop_gradient(ent) * mb["mask"]) / norm.num_tokens
+      return loss, m
+
+    trainable, opt_state = state["trainable"], state["opt_state"]
+    loss_metrics = {}
+    for _ in range(lcfg.num_iterations):
+      loss, grads, loss_metrics = losses.accumulate_grads(loss_fn, trainable, data,
+                                                          lcfg.micro_batches)
+      updates, opt_state = optimizer.update(grads, opt_state, trainable)
+      trainable = optax.apply_updates(trainable, updates)
+      loss_metrics = dict(loss_metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+    new_state = dict(state, step=state["step"] + 1, trainable=trainable, opt_state=opt_state,
+                     rng=rng)
+    lengths = out.lengths.astype(jnp.float32)
+    metrics = {
+        "reward": jnp.mean(jnp.where(jnp.isfinite(rewards), rewards, 0.0)),
+        "completion_length": lengths.mean(),
+        "completion_length_max": lengths.max(),
+        "eos_fraction": out.done.astype(jnp.float32).mean(),
+        **{f"reward/{k}": v for k, v in reward_metrics.items()},
+        **{f"advantage/{k}": v for k, v in adv_stats.items()},
+        **loss_metrics,
+    }
+    return new_state, metrics
+
+  kwargs = {"donate_argnums": (0,)}
+  if mesh is not None and state_sh is not None:
+    kwargs["in_shardings"] = (state_sh, batch_sh)
+    kwargs["out_shardings"] = (state_sh, sharding.replicated(mesh))
+
+  jitted = jax.jit(step, **kwargs)
+
+  def run(state, batch):
+    with sharding.active(mesh, rules):
+      return jitted(state, batch)
+
+  run.jitted = jitted
+  run.lower = lambda state, batch: _lower(jitted, mesh, rules, state, batch)
+  return run
+
+
+def _lower(jitted, mesh, rules, state, batch):
+  with sharding.active(mesh, rules):
+    return jitted.lower(state, batch)
