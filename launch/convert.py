@@ -1,0 +1,125 @@
+r"""Hugging Face checkpoints <-> affect_jax parameter checkpoints (Orbax).
+
+  # HF -> project (one or more folders: Qwen2/Qwen2.5, CLIP, HuBERT; detected from config.json)
+  python -m launch.convert --hf_dir=Qwen2.5-7B-Instruct,clip-vit-large-patch14,hubert-large \
+      --out=/ckpt/affectgpt_base [--config=configs/affectgpt_r1_7b.py] [--mesh=fsdp=8]
+
+  # project -> HF (LoRA merged into the decoder; one folder per component, or OUT itself when
+  # the checkpoint holds a single component)
+  python -m launch.convert --to_hf --checkpoint=/ckpt/affectgpt_base --out=/export
+
+With a mesh, every tensor goes straight to its target sharding (never the whole model on one
+device). The decoder gets freshly initialised LoRA parameters (lora_b = 0, so the model is
+unchanged) with rank / alpha / dropout from config.model.llm.lora. Nothing is left in --out
+after a failure.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "HF folder(s), comma-separated, or a parent folder.")
+_OUT = flags.DEFINE_string("out", None, "Output folder (must not exist or be empty).")
+_TO_HF = flags.DEFINE_bool("to_hf", False, "Convert an affect_jax checkpoint to HF safetensors.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "affect_jax parameter checkpoint (--to_hf).")
+_MESH = flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. 'data=1,fsdp=8,tensor=1' (default: "
+                            "config.mesh).")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                           "Parameter dtype (default: the model config's param_dtype).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for the LoRA initialisation.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/affectgpt_r1_7b.py", "Config file (LoRA settings, mesh, sharding rules).")
+
+
+def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None, seed: int,
+               overwrite: bool) -> dict:
+  import jax
+
+  from affect_jax import sharding
+  from affect_jax.checkpoints import hf, params_io
+  from affect_jax.models.lora import LoraConfig
+
+  mesh_shape = sharding.parse_mesh_flag(mesh_flag) if mesh_flag else dict(config.mesh)
+  mesh = sharding.make_mesh(mesh_shape)
+  rules = sharding.rules_from_config(config.sharding_rules)
+  lora_cfg = dict(config.model.llm.lora)
+  lora = LoraConfig(rank=int(lora_cfg["rank"]), alpha=float(lora_cfg["alpha"]),
+                    dropout=float(lora_cfg["dropout"]), targets=tuple(lora_cfg["targets"]))
+  params, meta = {}, {"components": {}}
+  for name, folder in hf.discover(hf_dir).items():
+    logging.info("converting %s from %s", name, folder)
+    cfg, p = hf.load(name, folder, mesh=mesh, sharding_rules=rules, dtype=dtype, lora=lora,
+                     rng=jax.random.key(seed))
+    params[name] = p
+    entry = {"hf_config": cfg.to_hf(), "source": str(folder)}
+    if name == "llm":
+      entry["lora"] = dataclasses.asdict(cfg.lora)
+    meta["components"][name] = entry
+  params_io.save(out, params, meta, overwrite=overwrite)
+  counts = {k: int(sum(x.size for x in jax.tree.leaves(v))) for k, v in params.items()}
+  return {"out": out, "components": sorted(params), "parameters": counts,
+          "mesh": dict(mesh.shape)}
+
+
+def to_hf(checkpoint: str, out: str, overwrite: bool) -> dict:
+  from affect_jax.checkpoints import hf, params_io
+  from affect_jax.checkpoints.safetensors_io import atomic_output_dir
+  from affect_jax.models.lora import LoraConfig
+
+  params, meta = params_io.load(checkpoint)
+  names = [n for n in ("llm", "vision", "audio") if n in meta["components"]]
+  if not names:
+    raise ValueError(f"{checkpoint}: holds no Hugging Face component (llm, vision, audio).")
+  written = {}
+  with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    for name in names:
+      entry = meta["components"][name]
+      cfg = hf.config_from_hf(name, entry["hf_config"])
+      if name == "llm" and "lora" in entry:
+        lora = dict(entry["lora"])
+        lora["targets"] = tuple(lora["targets"])
+        cfg = dataclasses.replace(cfg, lora=LoraConfig(**lora))
+      target = tmp if len(names) == 1 else tmp / name
+      hf.save(name, params[name], cfg, target)
+      written[name] = str(pathlib.Path(out) / target.relative_to(tmp))
+  return {"out": out, "written": written}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _OUT.value:
+    raise app.UsageError("--out is required.")
+  if _TO_HF.value:
+    if not _CHECKPOINT.value:
+      raise app.UsageError("--to_hf needs --checkpoint=DIR (an affect_jax parameter checkpoint).")
+    result = to_hf(_CHECKPOINT.value, _OUT.value, _OVERWRITE.value)
+  else:
+    if not _HF_DIR.value:
+      raise app.UsageError("--hf_dir is required (or --to_hf --checkpoint=DIR).")
+    result = to_project(_HF_DIR.value, _OUT.value, _CONFIG.value, _MESH.value, _DTYPE.value,
+                        _SEED.value, _OVERWRITE.value)
+  print(json.dumps(result))
+
+
+def run():
+  try:
+    app.run(main)
+  except SystemExit:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    from affect_jax.checkpoints.safetensors_io import CheckpointError
+    if isinstance(e, (CheckpointError, ValueError, FileNotFoundError)):
+      print(f"convert: error: {e}", file=sys.stderr)
+      sys.exit(2)
+    raise
+
+
+if __name__ == "__main__":
+  run()
