@@ -12,9 +12,11 @@ Public API:
   for_target(lora, name) -> LoraConfig           the config a named projection gets (rank 0 if
                                                  not targeted)
   lora_mask(params) -> pytree of bool            True on lora_a / lora_b leaves (trainable set)
-  merge_lora(params, lora, *, keep_lora_leaves=False) -> params
+  merge_lora(params, config, *, keep_lora_leaves=False) -> params
                                                  kernels += lora_a @ lora_b * scale; LoRA leaves
-                                                 removed (or kept with lora_b zeroed)
+                                                 removed (or kept with lora_b zeroed); config is
+                                                 a LoraConfig or a model config with .lora
+  count(params, mask=None) -> int                number of scalars (where mask is True)
 """
 from __future__ import annotations
 
@@ -149,12 +151,13 @@ def lora_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_lora, params)
 
 
-def merge_lora(params: Mapping, lora: LoraConfig, *, keep_lora_leaves: bool = False) -> dict:
+def merge_lora(params: Mapping, config: Any, *, keep_lora_leaves: bool = False) -> dict:
   """Folds every adapter into its kernel: kernel += lora_a @ lora_b * alpha / rank.
 
   Args:
     params: plain (unboxed) parameter tree; stacked layers (leading 'layers' axis) are fine.
-    lora: the LoRA config the adapters were trained with (for the scale).
+    config: the LoraConfig the adapters were trained with (for the scale), or a model config
+      holding it as `.lora` (e.g. Qwen2Config).
     keep_lora_leaves: keep lora_a and set lora_b to zero, so the tree still fits a model with
       the same LoRA config (and gives the merged result with use_lora on or off); by default
       the LoRA leaves are removed, so the tree fits the model with LoRA rank 0.
@@ -162,6 +165,11 @@ def merge_lora(params: Mapping, lora: LoraConfig, *, keep_lora_leaves: bool = Fa
   Returns:
     a new tree; the merge is computed in float32 and cast back to each kernel's dtype.
   """
+  lora = getattr(config, "lora", config)
+  if not isinstance(lora, LoraConfig):
+    raise TypeError(f"merge_lora: config is {type(config).__name__}; pass a LoraConfig or a "
+                    "model config with a .lora field.")
+
   def merge(node):
     if not isinstance(node, Mapping):
       return node

@@ -51,7 +51,6 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from affect_jax import sharding
 from affect_jax.checkpoints.safetensors_io import CheckpointError

@@ -147,7 +147,7 @@ def test_merge_lora_matches_lora_forward(tiny):
   with_lora = np.asarray(tiny["run"](params, True))
   without = np.asarray(tiny["run"](params, False))
   assert np.abs(with_lora - without).max() > 1e-2  # the adapters do something
-  merged = lora_lib.merge_lora(params, cfg.lora)
+  merged = lora_lib.merge_lora(params, cfg)  # a model config (its .lora) works too
   assert lora_lib.count(merged, lora_lib.lora_mask(merged)) == 0
   np.testing.assert_allclose(tiny["run_base"](merged), with_lora, atol=1e-5)
   # use_lora=False is the base model: the same tree with the adapters stripped.
