@@ -1,0 +1,37 @@
+"""2 local processes x 2 CPU devices with jax.distributed give the same GRPO steps as 1 device."""
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from affect_jax import sharding
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_device(tmp_path):
+  import grpo_multiprocess_common as common
+  port, out = _free_port(), tmp_path / "mp.json"
+  procs = [subprocess.Popen([sys.executable, str(HERE / "grpo_multiprocess_worker.py"), str(port),
+                             str(i), str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(2)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(l[-3000:] for l in logs)
+  result = json.loads(out.read_text())
+  assert result["devices"] == 4 and result["processes"] == 2
+  ref_hist, ref_params = common.run(sharding.make_mesh({"fsdp": 1}, jax.devices()[:1]))
+  for a, b in zip(ref_hist, result["history"]):
+    assert a["reward"] == b["reward"]
+    for k in ("loss", "kl", "grad_norm", "entropy"):
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)
+  np.testing.assert_allclose(ref_params, result["params"], rtol=1e-5)
