@@ -1,0 +1,184 @@
+"""The data side of a config: media decoding, the demo dataset, the tokenizer and the prompts.
+
+Other configs attach it: `c.data = data.get_data_config()`. Every number and string the data
+code uses lives here (affect_jax/data/*.py read these fields and hold no magic numbers).
+Defaults follow AffectGPT (PAPER_NOTES.md section 2): 8 frames at 224x224 with CLIP's
+normalisation, 16 kHz mono audio cut into 8 evenly spread 2 s windows, the
+"###Human: ... ###Assistant: " prompt.
+"""
+import ml_collections
+
+# CLIP (openai/clip-vit-*) image normalisation, as in CLIPImageProcessor.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Qwen2's pre-tokenisation regex (split before byte-level BPE).
+QWEN2_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def media_config() -> ml_collections.ConfigDict:
+  """Frames, face crops and audio windows (affect_jax/data/media.py)."""
+  c = ml_collections.ConfigDict()
+  c.num_frames = 8              # F frames (or face crops) per clip
+  c.image_size = 224            # S: shortest side resized to S (bicubic), then S x S centre crop
+  c.image_mean = CLIP_MEAN
+  c.image_std = CLIP_STD
+  # 'floor': index i = floor(i * n / F) (AffectGPT / Video-LLaMA uniform sampler);
+  # 'linspace': round(linspace(0, n - 1, F)) (first and last frame always included).
+  c.frame_sampling = "floor"
+  # Channel order of the uint8 face crops in openface_face/<name>/<name>.npy.
+  c.face_channel_order = "rgb"
+  c.sample_rate = 16000         # HuBERT input rate (Hz); audio is resampled to it
+  c.num_windows = 8             # K windows per clip
+  c.window_seconds = 2.0        # window length; shorter clips are zero-padded to it
+  return c
+
+
+def synthetic_config() -> ml_collections.ConfigDict:
+  """The demo dataset (affect_jax/data/synthetic.py): sizes, seeds, rendering and noise."""
+  c = ml_collections.ConfigDict()
+  c.seed = 20250801
+  c.splits = dict(train=240, rl=120, test=96)
+  # Emotion vocabulary: the words of one wheel file of the project's demo wheel; clusters are
+  # its level-1 groups, words its level-2 and level-3 cells (lowercased). '' = the package's
+  # affect_jax/emotion/demo_wheel.
+  c.wheel_dir = ""
+  c.wheel_file = "wheel1.csv"
+  c.word_levels = (2, 3)
+  # Latent emotion set: 1..max_words_primary words of one cluster, plus with probability
+  # second_cluster_prob one word of another cluster.
+  c.max_words_primary = 2
+  c.second_cluster_prob = 0.3
+  # Per-modality noise: probability that a modality shows the cues of a random other cluster.
+  c.video_mislead_prob = 0.25
+  c.audio_mislead_prob = 0.25
+  c.text_mislead_prob = 0.2
+  c.text_neutral_prob = 0.25    # subtitle without any emotion word
+  # SFT split labels are noisier than rl / test (as MER-Caption+'s automatic labels are):
+  # with train_extra_prob one word of the cluster's confusable neighbour is added, with
+  # train_swap_prob one word is replaced by a random vocabulary word.
+  c.train_extra_prob = 0.6
+  c.train_swap_prob = 0.1
+  # Video: frames drawn at frame_size x frame_size, written as mp4 (fourcc) at fps.
+  c.frame_size = 64
+  c.num_frames_range = (6, 16)  # inclusive; some clips have fewer frames than media.num_frames
+  c.fps = 8
+  c.fourcc = "mp4v"
+  c.hue_jitter = 10.0           # degrees (OpenCV hue units are degrees / 2)
+  c.word_hue_offset = 25.0      # degrees between the words of one cluster
+  c.saturation = 200
+  c.value = 200
+  c.shape_radius_range = (0.18, 0.32)   # fraction of frame_size
+  c.second_shape_scale = 0.5
+  c.speed_range = (0.5, 3.0)    # pixels per frame
+  c.pixel_noise = 6.0           # std of the added Gaussian noise, uint8 levels
+  c.shapes = ("circle", "square", "triangle", "ring", "cross", "diamond")
+  # Audio: a tone at the cluster's pitch, amplitude-modulated at its tempo, plus noise.
+  c.wav_sample_rate = 22050     # written rate (read back through the resampler)
+  c.duration_range = (1.5, 4.0)  # seconds; some clips are shorter than a window
+  c.pitch_range = (140.0, 700.0)  # Hz, cluster pitches log-spaced over it
+  c.word_pitch_step = 0.06      # relative pitch offset between the words of one cluster
+  c.pitch_jitter = 0.03         # relative
+  c.tempo_range = (1.5, 6.0)    # amplitude-modulation rate (Hz)
+  c.num_harmonics = 3
+  c.second_tone_gain = 0.4
+  c.noise_gain = 0.08
+  c.peak = 0.7                  # peak amplitude of the written wav
+  c.stereo_prob = 0.25
+  # CSV cell styles of the openset column (all parsed alike by the official list parser).
+  c.openset_styles = ("[{items}]", "{items_nospace}", "['{items_quoted}']")
+  # Subtitles: '{word}' is an emotion word (or a misleading one); neutral templates have none.
+  c.subtitle_templates = (
+      "I feel so {word} about all of this.",
+      "Honestly, this makes me {word}.",
+      "You have no idea how {word} I am right now.",
+      "Well, I guess I am a little {word} today.",
+      "Why does everything leave me {word}?",
+      "It is strange, but I am {word}.",
+  )
+  c.neutral_templates = (
+      "We should talk about the plan tomorrow.",
+      "The meeting starts at nine in the morning.",
+      "I put the keys on the kitchen table.",
+      "Let me tell you what happened yesterday.",
+      "Can you pass me that folder, please?",
+  )
+  # Reason (the SFT <think> text): what the clip shows, then the labels.
+  c.reason_template = ("The {color} {shape} moves {speed}; the voice is {pitch} and {tempo}; "
+                       "{words}. The character seems {labels}.")
+  c.reason_words_template = "the words sound {word}"
+  c.reason_no_words = "the words carry no emotion"
+  c.color_names = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
+  c.speed_names = ("slowly", "quickly")
+  c.pitch_names = ("low", "high")
+  c.tempo_names = ("calm", "lively")
+  # Official MER-Caption+ layout inside each split folder (PAPER_NOTES.md section 6).
+  c.labels_file = "track2_train_mercaptionplus.csv"
+  c.reasons_file = "track3_train_mercaptionplus.csv"
+  c.subtitles_file = "subtitle_chieng.csv"
+  c.video_dir = "video"
+  c.audio_dir = "audio"
+  c.hash_length = 12            # hex digits of the config hash in the folder name
+  return c
+
+
+def tokenizer_config() -> ml_collections.ConfigDict:
+  """The demo's byte-level BPE tokenizer (affect_jax/data/tokenizer.py)."""
+  c = ml_collections.ConfigDict()
+  c.vocab_size = 1024           # including the special and added tokens
+  c.min_frequency = 2
+  c.pretokenize_regex = QWEN2_PRETOKENIZE_REGEX
+  # Special tokens take ids 0.. in this order (stable, independent of the training texts);
+  # the model config maps modalities 'multi', 'audio', 'video' to the placeholders' ids.
+  c.special_tokens = dict(pad="<|endoftext|>", eos="<|im_end|>", multi="<MultiHere>",
+                          audio="<AudioHere>", video="<FrameHere>")
+  # Added as normal (non-special) single tokens right after the special ones, so they survive
+  # decode(skip_special_tokens=True) and the reward reads them as text. () leaves them to BPE.
+  c.added_tokens = ("<think>", "</think>", "<answer>", "</answer>")
+  c.model_max_length = 512
+  return c
+
+
+def prompt_config() -> ml_collections.ConfigDict:
+  """The AffectGPT prompt and target layout (affect_jax/data/prompts.py)."""
+  c = ml_collections.ConfigDict()
+  c.human = "###Human: "
+  c.assistant = " ###Assistant: "
+  # Blocks in prompt order; '{token}' is the modality's placeholder repeated tokens_per_block
+  # times, '{subtitle}' the subtitle. A block whose modality is not in `modalities` is left out.
+  c.modalities = ("multi", "audio", "video", "subtitle")
+  c.tokens_per_block = 1
+  c.multi_block = "<Multi>{token}</Multi> "
+  c.audio_block = "<Audio>{token}</Audio> "
+  c.video_block = "<Video>{token}</Video> "
+  c.subtitle_block = "The subtitle of this video: <Subtitle>{subtitle}</Subtitle> "
+  c.question = "Please recognize all possible emotional states of the character."
+  # Target: "<think>reason</think><answer>labels</answer>" (with_think) or the labels alone,
+  # then end_marker, then EOS.
+  c.with_think = True
+  c.think_template = "<think>{reason}</think>"
+  c.answer_template = "<answer>{labels}</answer>"
+  c.label_separator = ", "
+  c.end_marker = "###"
+  # Lengths in tokens: the subtitle is cut to fit max_prompt_tokens, the reason to fit
+  # max_target_tokens; padded lengths are the smallest bucket that fits.
+  c.max_prompt_tokens = 96
+  c.max_target_tokens = 96
+  c.prompt_buckets = (32, 48, 64, 96, 128)
+  c.sequence_buckets = (64, 96, 128, 192, 256)
+  return c
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.media = media_config()
+  c.synthetic = synthetic_config()
+  c.tokenizer = tokenizer_config()
+  c.prompt = prompt_config()
+  return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+  return get_data_config()
