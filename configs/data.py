@@ -130,8 +130,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   c.vocab_size = 1024           # including the special and added tokens
   c.min_frequency = 2
   c.pretokenize_regex = QWEN2_PRETOKENIZE_REGEX
-  # Special tokens take ids 0.. in this order (stable, independent of the training texts);
-  # the model config maps modalities 'multi', 'audio', 'video' to the placeholders' ids.
+  # Special tokens take ids 0.. by role: pad, eos, multi, audio, video (then other roles
+  # alphabetically), independent of the training texts; the model config maps modalities
+  # 'multi', 'audio', 'video' to the placeholders' ids (tokenizer.placeholder_ids).
   c.special_tokens = dict(pad="<|endoftext|>", eos="<|im_end|>", multi="<MultiHere>",
                           audio="<AudioHere>", video="<FrameHere>")
   # Added as normal (non-special) single tokens right after the special ones, so they survive
@@ -155,9 +156,9 @@ def prompt_config() -> ml_collections.ConfigDict:
   c.video_block = "<Video>{token}</Video> "
   c.subtitle_block = "The subtitle of this video: <Subtitle>{subtitle}</Subtitle> "
   c.question = "Please recognize all possible emotional states of the character."
-  # Target: "<think>reason</think><answer>labels</answer>" (with_think) or the labels alone,
-  # then end_marker, then EOS.
-  c.with_think = True
+  # Target, then end_marker, then EOS: 'think_answer' "<think>reason</think><answer>labels
+  # </answer>" (R1 cold start), 'answer' "<answer>labels</answer>", 'labels' the labels alone.
+  c.target_format = "think_answer"
   c.think_template = "<think>{reason}</think>"
   c.answer_template = "<answer>{labels}</answer>"
   c.label_separator = ", "
