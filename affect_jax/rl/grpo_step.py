@@ -92,11 +92,18 @@ def check_batch(policy: policy_lib.Policy, batch: Mapping, cfg: StepConfig, mesh
     raise ValueError(f"GRPO batch is missing {missing}; it has {sorted(batch)}.")
   b, p = batch["prompt_mask"].shape
   sampler.check_lengths(p, policy.llm_config, cfg.sampling)
+  micro = cfg.loss.micro_batches
+  if b % micro:
+    raise ValueError(f"grpo_loss.micro_batches={micro} does not divide the batch of {b} prompts.")
   if mesh is not None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if b % shards:
       raise ValueError(f"GRPO batch of {b} prompts cannot be split over the mesh's data x fsdp = "
                        f"{shards} devices; use a multiple of {shards} prompts per step.")
+    if (b // micro) % shards:
+      raise ValueError(f"a micro-batch of {b // micro} prompts (batch {b} / grpo_loss.micro_batches "
+                       f"{micro}) cannot be split over data x fsdp = {shards} devices; use fewer "
+                       f"micro-batches or a multiple of {shards * micro} prompts.")
 
 
 def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.GradientTransformation,
@@ -119,49 +126,56 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
                             embeds=embeds)
     n = out.tokens.shape[1]
     comp_mask = jnp.arange(n)[None, :] < out.lengths[:, None]
-    rows = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), dict(batch))
+    rows = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), dict(batch))   # reward inputs
 
     # 2. Rewards and group advantages.
     rewards, reward_metrics = reward_fn(out.tokens, out.lengths, rows)
     adv, adv_stats = losses.group_advantages(rewards, g, lcfg.advantage_scale,
                                              lcfg.advantage_eps, lcfg.std_ddof)
 
-    logps_of = lambda p, r, **kw: policy_lib.completion_logps(
-        policy, p, r, out.tokens, comp_mask, chunk=lcfg.logprob_chunk, temperature=temp, **kw)
+    logps_of = lambda p, **kw: policy_lib.completion_logps(
+        policy, p, batch, out.tokens, comp_mask, chunk=lcfg.logprob_chunk, temperature=temp,
+        **kw)
 
     # 3. Reference (LoRA off, or the frozen copy) and old-policy log-probs.
     ref = None
     if lcfg.beta:
       if lora:
-        ref, _ = logps_of(params, rows, use_lora=False)
+        ref, _ = logps_of(params, use_lora=False)
       else:
-        ref, _ = logps_of(policy_lib.merge(state["reference"], state["frozen"]), rows)
+        ref, _ = logps_of(policy_lib.merge(state["reference"], state["frozen"]))
       ref = jax.lax.stop_gradient(ref)
     old = None
     if lcfg.num_iterations > 1:
-      old = jax.lax.stop_gradient(logps_of(params, rows)[0])
+      old = jax.lax.stop_gradient(logps_of(params)[0])
 
-    # 4. num_iterations optimizer updates over micro-batches.
+    # 4. num_iterations optimizer updates over micro-batches of whole prompt groups: every
+    # per-completion array is viewed as [B, G, ...] so a micro-batch keeps a prompt with its G
+    # completions (the prompt is computed once per micro-batch).
     norm = losses.loss_normalizer(comp_mask, lcfg)
-    data = dict(rows=rows, completion=out.tokens, mask=comp_mask, adv=adv,
-                row=jnp.arange(out.tokens.shape[0]))
+    b = batch["prompt_mask"].shape[0]
+    group = lambda x: x.reshape((b, g) + x.shape[1:])
+    data = dict(prompts=dict(batch), completion=group(out.tokens), mask=group(comp_mask),
+                adv=group(adv), prompt_index=jnp.arange(b))
     if ref is not None:
-      data["ref"] = ref
+      data["ref"] = group(ref)
     if old is not None:
-      data["old"] = old
+      data["old"] = group(old)
     frozen = state["frozen"]
     dropout = policy.llm_config.lora.dropout > 0 and lora
+    flat = lambda x: None if x is None else x.reshape((-1,) + x.shape[2:])
 
     def loss_fn(trainable, mb):
       p = policy_lib.merge(trainable, frozen)
-      rngs = {"dropout": jax.random.fold_in(r_drop, mb["row"][0])} if dropout else None
+      rngs = {"dropout": jax.random.fold_in(r_drop, mb["prompt_index"][0])} if dropout else None
+      mask = flat(mb["mask"])
       lp, ent = policy_lib.completion_logps(
-          policy, p, mb["rows"], mb["completion"], mb["mask"], chunk=lcfg.logprob_chunk,
+          policy, p, mb["prompts"], flat(mb["completion"]), mask, chunk=lcfg.logprob_chunk,
           temperature=temp, deterministic=not dropout, rngs=rngs, with_entropy=True)
-      loss, m = losses.grpo_loss(lp, mb.get("old"), mb.get("ref"), mb["adv"], mb["mask"], lcfg,
-                                 normalizer=norm)
+      loss, m = losses.grpo_loss(lp, flat(mb.get("old")), flat(mb.get("ref")), flat(mb["adv"]),
+                                 mask, lcfg, normalizer=norm)
       m = dict(m)
-      m["entropy"] = jnp.sum(jax.lax.stop_gradient(ent) * mb["mask"]) / norm.num_tokens
+      m["entropy"] = jnp.sum(jax.lax.stop_gradient(ent) * mask) / norm.num_tokens
       return loss, m
 
     trainable, opt_state = state["trainable"], state["opt_state"]
@@ -195,6 +209,7 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
   jitted = jax.jit(step, **kwargs)
 
   def run(state, batch):
+    check_batch(policy, batch, cfg, mesh)
     with sharding.active(mesh, rules):
       return jitted(state, batch)
 

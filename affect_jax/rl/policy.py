@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from affect_jax.models import affectgpt
 from affect_jax.models.lora import lora_mask
-from affect_jax.models.qwen2 import Qwen2, Qwen2Config
+from affect_jax.models.qwen2 import Qwen2, Qwen2Config, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,29 +95,47 @@ def completion_logps(policy: Policy, params: Mapping, batch: Mapping, completion
                      completion_mask: jax.Array, *, chunk: int, temperature: float,
                      use_lora: bool = True, deterministic: bool = True,
                      rngs: Mapping | None = None, with_entropy: bool = False):
-  """Per-token log-probs of completions under the policy (one forward over prompt + completion).
+  """Per-token log-probs of G completions per prompt, with the prompt computed once.
+
+  The B prompts run through the decoder once (their keys/values land in a cache); the cache is
+  repeated G times and the B*G completions run on top of it. Gradients flow through the cache
+  into the prompt's activations (and, multimodally, into the fusion), summed over the group.
+  Equal to a forward over each concatenated [prompt, completion] row, at 1/G of the prompt cost.
 
   Args:
-    batch: prompt inputs with R rows (prompt_mask bool[R, P], left-padded).
-    completion: int32[R, N] sampled tokens; completion_mask: bool[R, N].
+    batch: B prompts (prompt_mask bool[B, P] left-padded, plus the policy's prompt inputs).
+    completion: int32[B*G, N], rows grouped by prompt (p0 g0..gG-1, p1 ...).
+    completion_mask: bool[B*G, N], True for completion tokens (through the EOS).
   Returns:
-    (logps float32[R, N], entropy float32[R, N] or None).
+    (logps float32[B*G, N], entropy float32[B*G, N] or None).
   """
   from affect_jax.rl.logprobs import token_logprobs
   cfg = policy.llm_config
   model = Qwen2(cfg)
-  llm = policy.llm_params(params)
+  llm = {"params": policy.llm_params(params)}
+  prompt_mask = batch["prompt_mask"]
+  b, p = prompt_mask.shape
+  rows, n = completion.shape
+  if rows % b:
+    raise ValueError(f"completion_logps: {rows} completions are not a whole number of samples "
+                     f"for {b} prompts.")
+  g = rows // b
+  flags = dict(use_lora=use_lora, deterministic=deterministic, rngs=rngs, return_hidden=True)
   prompt = policy.prompt_embeds(params, batch)
-  comp = model.apply({"params": llm}, completion, method=Qwen2.embed)
-  embeds = jnp.concatenate([prompt, comp.astype(prompt.dtype)], axis=1)
-  mask = jnp.concatenate([batch["prompt_mask"], completion_mask], axis=1)
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
-  hidden, _ = model.apply({"params": llm}, embeds=embeds, positions=positions,
-                          attention_mask=mask, use_lora=use_lora, deterministic=deterministic,
-                          return_hidden=True, rngs=rngs)
-  p = prompt.shape[1]
-  n = completion.shape[1]
-  h = hidden[:, p - 1:p + n - 1]
-  head = lambda x: model.apply({"params": llm}, x, method=Qwen2.logits)
+  cache = init_cache(cfg, b, p + n, dtype=prompt.dtype)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
+  kv_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
+  hidden_p, cache = model.apply(llm, embeds=prompt, positions=positions, cache=cache,
+                                cache_index=jnp.int32(0), kv_mask=kv_mask, **flags)
+  rep = lambda x, axis=0: jnp.repeat(x, g, axis=axis)
+  cache = jax.tree.map(lambda c: rep(c, 1), cache)
+  comp_embeds = model.apply(llm, completion, method=Qwen2.embed).astype(prompt.dtype)
+  comp_positions = rep(positions[:, -1] + 1)[:, None] + jnp.arange(n, dtype=jnp.int32)[None]
+  kv_mask = jnp.concatenate([rep(prompt_mask), completion_mask.astype(bool)], axis=1)
+  hidden_c, _ = model.apply(llm, embeds=comp_embeds, positions=comp_positions, cache=cache,
+                            cache_index=jnp.int32(p), kv_mask=kv_mask, **flags)
+  # The state predicting completion token j: the prompt's last state for j = 0, else token j-1's.
+  h = jnp.concatenate([rep(hidden_p[:, -1:]), hidden_c[:, :-1]], axis=1)
+  head = lambda x: model.apply(llm, x, method=Qwen2.logits)
   return token_logprobs(h, completion, head, chunk, temperature=temperature,
                         with_entropy=with_entropy)

@@ -1,4 +1,6 @@
 """The fused GRPO step: learns a learnable reward, equals itself across meshes, rejects bad input."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,7 @@ def share_reward(tokens, lengths, rows):
   return share.astype(jnp.float32), {"share": share.mean()}
 
 
-def _setup(rank=0, generations=8, new_tokens=16, **loss_overrides):
+def _setup(rank=0, generations=8, new_tokens=16, prompts=4, **loss_overrides):
   cfg = _config(rank)
   params = sharding.unbox(qwen2.init_params(cfg, jax.random.key(0)))
   lcfg = losses.GrpoLossConfig.from_config(get_grpo_loss_config(
@@ -37,8 +39,8 @@ def _setup(rank=0, generations=8, new_tokens=16, **loss_overrides):
   scfg = grpo_step.StepConfig(
       sampler.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, buckets=(8,)), lcfg)
   rng = np.random.default_rng(0)
-  batch = {"prompt_tokens": jnp.asarray(rng.integers(1, 64, (4, 8)), jnp.int32),
-           "prompt_mask": jnp.asarray(np.arange(8)[None] >= rng.integers(0, 4, (4, 1)))}
+  batch = {"prompt_tokens": jnp.asarray(rng.integers(1, 64, (prompts, 8)), jnp.int32),
+           "prompt_mask": jnp.asarray(np.arange(8)[None] >= rng.integers(0, 4, (prompts, 1)))}
   return policy_lib.TextPolicy(cfg), params, scfg, batch
 
 
@@ -79,8 +81,8 @@ def _run(policy, params, scfg, batch, opt, steps, mesh=None):
 
 @pytest.mark.parametrize("rank", [0, 4])
 def test_mesh_2x2x2_matches_one_device(rank):
-  policy, params, scfg, batch = _setup(rank=rank, generations=4, new_tokens=8, num_iterations=2,
-                                       micro_batches=2)
+  policy, params, scfg, batch = _setup(rank=rank, generations=2, new_tokens=8, num_iterations=2,
+                                       micro_batches=2, prompts=8)
   # SGD: the update is linear in the gradient (Adam would amplify float noise in ~0 gradients
   # to +-lr and hide what is compared).
   opt = optax.sgd(0.5)
@@ -124,5 +126,9 @@ def test_bad_inputs_fail_before_compiling():
               prompt_tokens=jnp.ones((4, 120), jnp.int32))
   with pytest.raises(ValueError, match="max_position_embeddings"):
     grpo_step.check_batch(policy, long, scfg)
+  with pytest.raises(ValueError, match="micro-batch of 2 prompts"):
+    grpo_step.check_batch(policy, batch, dataclasses.replace(
+        scfg, loss=dataclasses.replace(scfg.loss, micro_batches=2)),
+        sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
   with pytest.raises(ValueError, match="missing"):
     grpo_step.check_batch(policy, {"prompt_mask": batch["prompt_mask"]}, scfg)

@@ -1,0 +1,103 @@
+"""`launch.benchmark --bench=grpo_step`: seconds per fused GRPO step on a HF Qwen2 checkpoint.
+
+Matches the Tunix peer (../shared/bench/peers/tunix_grpo_bench.py): the same prompts every step,
+G samples each at temperature 1 (no top-k / top-p), exactly N new tokens (no EOS), reward = the
+fraction of even ids in a completion, beta 0.04, epsilon 0.2, one iteration, AdamW(1e-6)
+(b1 .9, b2 .999, eps 1e-8, weight decay 1e-4). `lora_rank` 0 = full fine-tuning with a frozen
+reference copy; R > 0 = LoRA (reference = LoRA off).
+
+step_s is the median of the steady-state steps (compile time reported apart). The phase split
+comes from separately jitted programs for the same shapes (rollout alone, reference log-probs
+alone); the fused step itself has no host-visible boundaries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from affect_jax.bench.rollout_bench import load_prompts
+from affect_jax.checkpoints import hf_qwen2
+from affect_jax.models.lora import LoraConfig
+from affect_jax.rl import grpo_step, losses, policy as policy_lib, sampler
+from configs.grpo_loss import get_grpo_loss_config
+
+
+def even_share_reward(tokens, lengths, rows):
+  del rows
+  valid = jnp.arange(tokens.shape[1])[None] < lengths[:, None]
+  share = jnp.sum((tokens % 2 == 0) & valid, -1) / jnp.maximum(lengths, 1)
+  return share.astype(jnp.float32), {}
+
+
+def _timed(fn, *args):
+  t0 = time.perf_counter()
+  out = fn(*args)
+  jax.block_until_ready(out)
+  return out, time.perf_counter() - t0
+
+
+def run(*, hf_dir: str, prompts: str, num_generations: int = 4, new_tokens: int = 128,
+        steps: int = 6, lora_rank: int = 0, learning_rate: float = 1e-6, dtype: str | None = None,
+        micro_batches: int = 1, logprob_chunk: int = 128, phases: bool = True, seed: int = 0,
+        **_) -> dict:
+  ids = load_prompts(prompts)
+  lora = LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
+  config, params = hf_qwen2.load(hf_dir, dtype=dtype, lora=lora)
+  if lora is not None:
+    config = dataclasses.replace(config, lora=lora)
+  policy = policy_lib.TextPolicy(config)
+  lcfg = losses.GrpoLossConfig.from_config(get_grpo_loss_config(
+      num_generations=num_generations, beta=0.04, epsilon_low=0.2, epsilon_high=0.2,
+      num_iterations=1, micro_batches=micro_batches, logprob_chunk=logprob_chunk,
+      loss_aggregation="sequence_mean_token_mean"))
+  scfg = grpo_step.StepConfig(
+      sampler.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0,
+                             buckets=(ids.shape[1],), eos_ids=()), lcfg)
+  opt = optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4)
+  batch = {"prompt_tokens": jnp.asarray(ids), "prompt_mask": jnp.ones(ids.shape, bool)}
+  grpo_step.check_batch(policy, batch, scfg)
+
+  phase_s = {}
+  if phases:   # before the state takes (donates) the parameters
+    gen = jax.jit(lambda p, r: sampler.sample(
+        p, config, scfg.sampling, prompt_mask=batch["prompt_mask"], rng=r,
+        num_samples=num_generations, tokens=batch["prompt_tokens"])[0])
+    out, _ = _timed(gen, params, jax.random.key(seed))
+    _, phase_s["rollout"] = _timed(gen, params, jax.random.key(seed + 1))
+    rows = jax.tree.map(lambda x: jnp.repeat(x, num_generations, 0), batch)
+    mask = jnp.ones(out.tokens.shape, bool)
+    ref = jax.jit(lambda p: policy_lib.completion_logps(
+        policy, p, rows, out.tokens, mask, chunk=logprob_chunk, temperature=1.0,
+        use_lora=False)[0])
+    _timed(ref, params)
+    _, phase_s["reference_logps"] = _timed(ref, params)
+
+  state = grpo_step.init_state(policy, params, opt, jax.random.key(seed))
+  step = grpo_step.make_step(policy, scfg, opt, even_share_reward)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  times, rewards = [], []
+  for _ in range(steps):
+    (state, metrics), dt = _timed(compiled, state, batch)
+    times.append(dt)
+    rewards.append(float(metrics["reward"]))
+  steady = times[1:] if len(times) > 2 else times
+  step_s = statistics.median(steady)
+  rows_n = ids.shape[0] * num_generations
+  if phases:
+    phase_s["update_and_rest"] = max(step_s - sum(phase_s.values()), 0.0)
+  return {
+      "bench": "grpo_step", "step_s": step_s, "sequences_per_s": rows_n / step_s,
+      "tokens_per_s": rows_n * new_tokens / step_s, "compile_s": compile_s,
+      "first_step_s": times[0], "step_seconds": times, "rows": rows_n,
+      "new_tokens": new_tokens, "prompt_len": int(ids.shape[1]), "lora_rank": lora_rank,
+      "phases_s": phase_s, "rewards": rewards, "devices": jax.device_count(),
+      "backend": jax.default_backend(),
+  }
