@@ -1,0 +1,135 @@
+"""Run logs: metrics.jsonl, TensorBoard event files, a progress bar and a PNG plot of the curves.
+
+  log = RunLog(workdir, total_steps, phase="grpo", show=("reward", "loss"))
+  log.write(step, {"reward": 0.4, ...}, tokens=4096)   # JSONL + TensorBoard + progress bar
+  log.close()
+  plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+
+Only process 0 writes (the other processes of a multi-host run get a silent RunLog). Values are
+pulled to the host once per logged step (never inside the jitted step).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Iterable, Mapping
+
+import jax
+import numpy as np
+
+
+def _scalar(v) -> float | None:
+  try:
+    x = float(np.asarray(jax.device_get(v)))
+  except (TypeError, ValueError):
+    return None
+  return x if math.isfinite(x) else None
+
+
+class RunLog:
+  """Writes every logged step to metrics.jsonl and TensorBoard, and updates a tqdm bar."""
+
+  def __init__(self, workdir: str | os.PathLike, total_steps: int, phase: str,
+               show: Iterable[str] = ("loss",), start_step: int = 0, enabled: bool | None = None):
+    self.workdir = pathlib.Path(workdir)
+    self.phase = phase
+    self.show = tuple(show)
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._t0 = time.perf_counter()
+    self._last = (start_step, self._t0)
+    self._tokens = 0.0
+    self._writer = self._bar = self._jsonl = None
+    if not self.enabled:
+      return
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+    from tensorboardX import SummaryWriter
+    self._writer = SummaryWriter(str(self.workdir / "tensorboard" / phase))
+    from tqdm import tqdm
+    self._bar = tqdm(total=total_steps, initial=start_step, desc=phase, dynamic_ncols=True,
+                     mininterval=1.0)
+
+  def write(self, step: int, metrics: Mapping, tokens: float | None = None, **extra) -> dict:
+    """Logs one step; returns the host-side record written."""
+    record = {"phase": self.phase, "step": int(step)}
+    for k, v in metrics.items():
+      x = _scalar(v)
+      if x is not None:
+        record[k] = x
+    now = time.perf_counter()
+    last_step, last_t = self._last
+    if tokens is not None and step > last_step:
+      record["tokens_per_s"] = tokens * (step - last_step) / max(now - last_t, 1e-9)
+    record["elapsed_s"] = now - self._t0
+    record.update(extra)
+    self._last = (step, now)
+    if not self.enabled:
+      return record
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for k, v in record.items():
+      if isinstance(v, (int, float)) and k not in ("step",):
+        self._writer.add_scalar(f"{self.phase}/{k}", v, step)
+    shown = {k: f"{record[k]:.4g}" for k in self.show if k in record}
+    if "tokens_per_s" in record:
+      shown["tok/s"] = f"{record['tokens_per_s']:.0f}"
+    self._bar.set_postfix(shown, refresh=False)
+    self._bar.update(max(step - self._bar.n, 0))
+    return record
+
+  def close(self) -> None:
+    if self.enabled:
+      self._bar.close()
+      self._writer.close()
+      self._jsonl.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return []
+  rows = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    line = line.strip()
+    if line:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue      # a line cut by a crash
+  return rows
+
+
+def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
+                panels: Iterable[tuple[str, str]] = (("sft", "loss"), ("grpo", "reward"),
+                                                     ("eval", "ew_f"))) -> pathlib.Path | None:
+  """One panel per (phase, metric) found in metrics.jsonl; returns the PNG path (None if empty)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = read_metrics(metrics_path)
+  series = []
+  for phase, key in panels:
+    pts = [(r["step"], r[key]) for r in rows if r.get("phase") == phase and key in r]
+    if pts:
+      series.append((phase, key, pts))
+  if not series:
+    return None
+  fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.4), squeeze=False)
+  for ax, (phase, key, pts) in zip(axes[0], series):
+    steps, values = zip(*sorted(pts))
+    ax.plot(steps, values, marker="o" if len(pts) < 30 else None, lw=1.2)
+    if len(values) > 10:
+      w = max(len(values) // 10, 2)
+      smooth = np.convolve(values, np.ones(w) / w, mode="valid")
+      ax.plot(steps[w - 1:], smooth, lw=2.2)
+    ax.set_title(f"{phase}: {key}")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  out_png = pathlib.Path(out_png)
+  fig.savefig(out_png, dpi=110)
+  plt.close(fig)
+  return out_png
