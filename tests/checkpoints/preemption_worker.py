@@ -1,0 +1,123 @@
+"""A tiny training loop with checkpoints and preemption handling, run as a subprocess by
+test_manager.py (SIGTERM and kill -9 mid-run, then resume).
+
+  python tests/checkpoints/preemption_worker.py --workdir=D --steps=30 --mesh=data=2,fsdp=4
+
+Each step: next batch of a shuffled grain dataset -> target t; rng-dependent noise; one Adam step
+on the quadratic 0.5 * |w * scale - t|^2 + noise . w. Every `--save_every` steps it saves
+(async); on SIGTERM it saves synchronously and exits with preemption.EXIT_CODE. It prints
+`step K CHECKSUM` after each step (CHECKSUM: bitwise fingerprint of trainable, opt_state, rng)
+and writes the final state to WORKDIR/final.npz.
+"""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import pathlib  # noqa: E402
+import time  # noqa: E402
+
+import grain  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from affect_jax import distributed, sharding  # noqa: E402
+from affect_jax.checkpoints import manager  # noqa: E402
+from affect_jax.train import preemption  # noqa: E402
+from configs.checkpoint import get_checkpoint_config  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (checkpoints/, final.npz).")
+_STEPS = flags.DEFINE_integer("steps", 30, "Total steps.")
+_SAVE_EVERY = flags.DEFINE_integer("save_every", 3, "Checkpoint interval in steps.")
+_STEP_SECONDS = flags.DEFINE_float("step_seconds", 0.0, "Sleep after each step.")
+_MESH = flags.DEFINE_string("mesh", "data=2,fsdp=4", "Mesh sizes.")
+
+BATCH = 4
+RULES = (("batch", None), ("embed", "fsdp"), ("mlp", "data"), ("norm", None))
+
+
+def dataset():
+  return (grain.MapDataset.range(100).shuffle(seed=0).repeat().batch(BATCH)
+          .to_iter_dataset())
+
+
+def init(mesh):
+  """The state dict (grpo_step's layout) and its shardings on `mesh`."""
+  opt = optax.adam(0.1)
+  trainable = {"w": jnp.linspace(-1.0, 1.0, 8 * 16, dtype=jnp.float32).reshape(8, 16)}
+  state = {"step": jnp.zeros((), jnp.int32), "trainable": trainable,
+           "frozen": {"scale": jnp.linspace(0.5, 1.5, 16, dtype=jnp.float32)},
+           "opt_state": opt.init(trainable), "rng": jax.random.key(7)}
+  w_sh = sharding.named(mesh, ("mlp", "embed"), RULES)
+  rep = sharding.replicated(mesh)
+  state_sh = {"step": rep, "trainable": {"w": w_sh}, "frozen": {"scale": rep},
+              "opt_state": optax.tree_map_params(opt, lambda _: w_sh, state["opt_state"],
+                                                 transform_non_params=lambda _: rep),
+              "rng": rep}
+  return opt, distributed.put(state, state_sh), state_sh
+
+
+def make_update(opt, state_sh):
+  def update(state, batch):
+    rng, noise_key = jax.random.split(state["rng"])
+    w = state["trainable"]["w"]
+    target = jnp.mean(batch.astype(jnp.float32)) / 100.0
+    noise = 0.1 * jax.random.normal(noise_key, w.shape)
+    grad = (w * state["frozen"]["scale"] - target) * state["frozen"]["scale"] + noise
+    updates, opt_state = opt.update({"w": grad}, state["opt_state"], state["trainable"])
+    return dict(state, step=state["step"] + 1, rng=rng, opt_state=opt_state,
+                trainable=optax.apply_updates(state["trainable"], updates))
+  return jax.jit(update, in_shardings=(state_sh, None), out_shardings=state_sh,
+                 donate_argnums=0)
+
+
+def fingerprint(state) -> int:
+  tree = {"trainable": state["trainable"], "opt_state": state["opt_state"],
+          "rng": jax.random.key_data(state["rng"])}
+  return sum(manager.checksums(tree).values()) % 2**32
+
+
+def main(argv):
+  del argv
+  workdir = pathlib.Path(_WORKDIR.value)
+  mesh = sharding.make_mesh(sharding.parse_mesh_flag(_MESH.value))
+  cfg = get_checkpoint_config(save_every_steps=_SAVE_EVERY.value, keep=2, async_save=True)
+  opt, state, state_sh = init(mesh)
+  update = make_update(opt, state_sh)
+  it = iter(dataset())
+  ckpt = manager.Checkpointer(workdir / "checkpoints", cfg, config={"steps": _STEPS.value})
+  start = 0
+  restored = ckpt.restore_latest(manager.abstract(state), data_iterator=it)
+  if restored is not None:
+    state = {**state, **restored.state}
+    start = restored.meta["step"]
+  print(f"start {start}", flush=True)
+  with preemption.Preemption(cfg) as stop:
+    for step in range(start, _STEPS.value):
+      state = update(state, np.asarray(next(it)))
+      done = step + 1
+      ckpt.save(done, state, data=it)
+      print(f"step {done} {fingerprint(state)}", flush=True)
+      if stop.should_stop(done):
+        ckpt.save(done, state, data=it, force=True, wait=True)
+        ckpt.close()
+        print(f"preempted {done} {stop.signal_name}", flush=True)
+        sys.exit(preemption.EXIT_CODE)
+      time.sleep(_STEP_SECONDS.value)
+  ckpt.close()
+  np.savez(workdir / "final.npz", step=np.asarray(state["step"]),
+           w=np.asarray(state["trainable"]["w"]), mu=np.asarray(state["opt_state"][0].mu["w"]),
+           nu=np.asarray(state["opt_state"][0].nu["w"]),
+           count=np.asarray(state["opt_state"][0].count),
+           rng=np.asarray(jax.random.key_data(state["rng"])))
+  print("done", flush=True)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)
