@@ -50,7 +50,7 @@ for _prefix in ("numpy.core", "numpy._core"):
   _ALLOWED[(f"{_prefix}.numeric", "_frombuffer")] = _NUMPY_GLOBALS["_frombuffer"]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
   """A pickle asked for a global outside the allowed set; `path` and `global_name` name it."""
 
   def __init__(self, path: str, global_name: str):

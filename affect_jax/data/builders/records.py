@@ -1,0 +1,391 @@
+"""Rows of the official tables, validated and joined; media located and decoded for storage.
+
+Shared by the dataset builders (mer.py). Every bad row is skipped, counted and named, never
+fatal: `Skip(file, row, name, reason, detail)`, logged with absl logging.warning as
+"FILE row N (name 'X'): skipped (reason): detail". Row numbers are spreadsheet rows of the CSV
+(the header is row 1; a quoted cell spanning lines still counts as one row), or the 1-based
+position of an entry in an .npz corpus.
+
+Skip reasons (REASONS):
+  empty_name      the name cell is empty
+  duplicate_name  the name occurs again in the same table (the first row is kept)
+  non_utf8        a cell of the row is not valid UTF-8
+  extra_cells     the row has non-empty cells beyond the header's columns (cells of no column)
+  missing_cells   the row ends before a column the builder needs (unlike an EMPTY openset
+                  cell, which is a valid label: neutral)
+  bad_label       a basic label that is empty, an unknown MELD id, a valence that is not a
+                  finite number, an .npz entry that is not a dict
+  missing_subtitle the name has no (readable) row in the subtitle table
+  missing_media   no video / face / audio file for the name
+  corrupt_media   the file exists but cannot be decoded (media.MediaError)
+A table without a needed column is a whole-file error naming the columns it has; unknown
+columns are ignored with one warning per file.
+
+Labels: openset cells are parsed by the official rule (affect_jax/emotion/labels.py
+`parse_labels`: strip one "[" and one "]", split on commas and quotes, strip, drop empties,
+lowercase); an empty cell gives [] = neutral.
+
+Stored media (`load_media`, the builder's 'raw' mode), chosen to keep files small and exact:
+  frames: uint8[F, S, S, 3]: the F sampled frames (or face crops) resized and centre-cropped
+          as CLIP does, BEFORE normalisation (1 byte a value instead of 4). The pipeline's
+          `(x * (1/255) - mean) / std` in float32 gives exactly media.read_video_frames.
+  audio:  float32[T]: the whole clip, mono, resampled to media.sample_rate; the K windows
+          are cut at load time (media.audio_windows), so T = duration * rate values instead
+          of K * W (16 s of windows by default), and the window settings can change later.
+'paths' mode stores the absolute media paths only and decodes them in the input pipeline.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+from absl import logging
+import numpy as np
+
+from affect_jax.data import media
+from affect_jax.data import safe_pickle
+
+try:
+  from affect_jax.emotion.labels import parse_labels
+except ImportError:   # labels.py not in this checkout: the same official rule, written out.
+  import re
+
+  def parse_labels(cell) -> list[str]:
+    """Official list parser: strip one "[" and "]", split on , ' ", strip, drop empties, lower."""
+    text = "" if cell is None else str(cell)
+    text = text[1:] if text[:1] == "[" else text
+    text = text[:-1] if text[-1:] == "]" else text
+    return [w.strip().lower() for w in re.split("['\",]", text) if w.strip()]
+
+REASONS = ("empty_name", "duplicate_name", "non_utf8", "extra_cells", "missing_cells",
+           "bad_label", "missing_subtitle", "missing_media", "corrupt_media")
+TASKS = ("ov", "hit", "sentiment")
+# MELD's label.npz stores class ids (PAPER_NOTES.md section 6).
+MELD_EMOTIONS = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
+MEDIA_MODES = ("raw", "paths")
+VISUAL_SOURCES = ("frames", "faces")
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  """One skipped row: where it is, which clip, why."""
+  file: str
+  row: int
+  name: str
+  reason: str
+  detail: str
+
+  def message(self) -> str:
+    return (f"{self.file} row {self.row} (name {self.name!r}): skipped ({self.reason}): "
+            f"{self.detail}")
+
+
+def log_skip(skip: Skip) -> Skip:
+  logging.warning("%s", skip.message())
+  return skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """A keyed table: name -> (row number, {column: cell or None when the row is short})."""
+  path: str
+  columns: tuple[str, ...]
+  rows: Mapping[str, tuple[int, Mapping[str, str | None]]]
+  skipped: tuple[Skip, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One clip's labels and texts (media not yet read)."""
+  name: str
+  file: str          # the label table it comes from
+  row: int
+  subtitle: str
+  labels: tuple[str, ...]   # open-set labels, lowercase; () = neutral
+  reason: str = ""
+  basic_label: str = ""     # MER/MELD/IEMOCAP class word, '' when absent
+  valence: float = float("nan")   # sentiment datasets, NaN when absent
+  task: str = "ov"
+
+
+def _has_bad_bytes(text: str) -> bool:
+  """True when text (decoded with surrogateescape) held bytes that are not UTF-8."""
+  return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def read_csv_table(path: str, required: Sequence[str], optional: Sequence[str] = (),
+                   key: str = "name", unused: Sequence[str] = ()) -> Table:
+  """Reads a CSV keyed by `key`, row by row (module doc for what is skipped).
+
+  Args:
+    path: the CSV file (UTF-8, optional BOM).
+    required: columns the builder needs (besides `key`); missing -> ValueError naming them.
+    optional: columns read when present.
+    unused: known columns that are not read (no unknown-column warning, no UTF-8 check).
+  Returns:
+    Table with rows in file order.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such table.")
+  with open(path, "rb") as f:
+    raw = f.read()
+  if raw.startswith(b"\xef\xbb\xbf"):
+    raw = raw[3:]
+  reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="surrogateescape"), newline=""))
+  header = next(reader, None)
+  if not header:
+    raise ValueError(f"{path}: empty file; expected a header row with {key}, "
+                     f"{', '.join(required)}.")
+  header = [h.strip() for h in header]
+  if any(_has_bad_bytes(h) for h in header):
+    raise ValueError(f"{path}: the header is not UTF-8; re-save the file as UTF-8.")
+  missing = [c for c in (key, *required) if c not in header]
+  if missing:
+    raise ValueError(f"{path}: no column {missing}; the header is {header}; expected "
+                     f"{[key, *required]} (optional {list(optional)}). Check that this is "
+                     f"the right file for the --dataset layout.")
+  unknown = [c for c in header if c not in (key, *required, *optional, *unused)]
+  if unknown:
+    logging.warning("%s: ignoring unknown columns %s.", path, unknown)
+  index = {c: header.index(c) for c in (key, *required, *optional) if c in header}
+  rows, skipped = {}, []
+  for number, cells in enumerate(reader, start=2):
+    if not cells or all(not c.strip() for c in cells):
+      continue
+    name = cells[index[key]].strip() if len(cells) > index[key] else ""
+
+    def skip(reason, detail, name=name, number=number):
+      skipped.append(log_skip(Skip(path, number, name, reason, detail)))
+
+    if _has_bad_bytes(name):
+      skip("non_utf8", f"the {key} cell is not UTF-8")
+      continue
+    if not name:
+      skip("empty_name", f"the {key} cell is empty")
+      continue
+    extra = [c for c in cells[len(header):] if c.strip()]
+    if extra:
+      skip("extra_cells", f"{len(cells)} cells for {len(header)} columns {header}; "
+                          f"the extra cells belong to no column")
+      continue
+    bad = [c for c, i in index.items() if i < len(cells) and _has_bad_bytes(cells[i])]
+    if bad:
+      skip("non_utf8", f"column(s) {bad} are not UTF-8")
+      continue
+    short = [c for c in required if index[c] >= len(cells)]
+    if short:
+      skip("missing_cells", f"the row ends before column(s) {short}")
+      continue
+    if name in rows:
+      skip("duplicate_name", f"{key} already on row {rows[name][0]}; that row is kept")
+      continue
+    rows[name] = (number, {c: (cells[i] if i < len(cells) else None) for c, i in index.items()})
+  return Table(path, tuple(header), rows, tuple(skipped))
+
+
+def first_existing(folder: str, candidates: Sequence[str]) -> str | None:
+  """The first of `candidates` (file names) that exists in folder, as a path."""
+  for c in candidates:
+    if os.path.isfile(os.path.join(folder, c)):
+      return os.path.join(folder, c)
+  return None
+
+
+def text_column(table: Table, candidates: Sequence[str]) -> str:
+  """The first of `candidates` that is a column of the table."""
+  for c in candidates:
+    if c in table.columns:
+      return c
+  raise ValueError(f"{table.path}: none of the text columns {list(candidates)}; the header is "
+                   f"{list(table.columns)}.")
+
+
+def read_subtitles(path: str, columns: Sequence[str], unused: Sequence[str] = ("chinese",)
+                   ) -> Table:
+  """A subtitle table: name + the first of `columns` present (e.g. english, sentence)."""
+  with open(path, "rb") as f:
+    head = f.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
+  header = [h.strip() for h in next(csv.reader([head]), [])]
+  column = next((c for c in columns if c in header), None)
+  if column is None:
+    raise ValueError(f"{path}: no subtitle column among {list(columns)}; the header is "
+                     f"{header}.")
+  return read_csv_table(path, (column,), unused=[c for c in (*columns, *unused) if c != column])
+
+
+def openset_rows(labels: Table, subtitles: Table | None, subtitle_column: str,
+                 reasons: Table | None, reason_column: str) -> tuple[list[Row], list[Skip]]:
+  """Joins an open-set label table with the subtitle and reason tables.
+
+  An empty openset cell is neutral (labels ()); a reason row may be absent (reason '');
+  a subtitle row must be present when a subtitle table is (missing_subtitle otherwise).
+  """
+  rows, skipped = [], []
+  for name, (number, cells) in labels.rows.items():
+    if subtitles is not None and name not in subtitles.rows:
+      skipped.append(log_skip(Skip(labels.path, number, name, "missing_subtitle",
+                                   f"no usable row for it in {subtitles.path}")))
+      continue
+    subtitle = (subtitles.rows[name][1][subtitle_column] or "") if subtitles is not None else ""
+    reason = ""
+    if reasons is not None and name in reasons.rows:
+      reason = reasons.rows[name][1][reason_column] or ""
+    rows.append(Row(name=name, file=labels.path, row=number, subtitle=subtitle.strip(),
+                    labels=tuple(parse_labels(cells["openset"])), reason=reason.strip(),
+                    task="ov"))
+  return rows, skipped
+
+
+def corpus_names(path: str) -> list[str]:
+  """The corpora ('train_corpus', ...) of an official label .npz."""
+  return sorted(k for k in safe_pickle.load_label_npz(path) if k.endswith("_corpus"))
+
+
+def _basic_label(emo: Any) -> str | None:
+  """An 'emo' entry -> class word (MELD ids mapped), None when unusable."""
+  if isinstance(emo, (bool, np.bool_)):
+    return None
+  if isinstance(emo, (int, np.integer)):
+    return MELD_EMOTIONS[int(emo)] if 0 <= int(emo) < len(MELD_EMOTIONS) else None
+  if isinstance(emo, bytes):
+    emo = emo.decode("utf-8", errors="replace")
+  if isinstance(emo, (str, np.str_)) and str(emo).strip():
+    return str(emo).strip().lower()
+  return None
+
+
+def npz_rows(path: str, corpus: str, task: str, subtitles: Table | None,
+             subtitle_column: str) -> tuple[list[Row], list[Skip]]:
+  """Rows of one corpus of an official label .npz ({name: {'emo': str|int, 'val': float}}).
+
+  task 'hit' needs 'emo' (str, or a MELD id), 'sentiment' needs 'val'; the other key is kept
+  when present. A hit row's open-set labels are (its class word,).
+  """
+  if task not in ("hit", "sentiment"):
+    raise ValueError(f"npz_rows: task '{task}'; expected 'hit' or 'sentiment'.")
+  data = safe_pickle.load_label_npz(path)
+  if corpus not in data:
+    raise ValueError(f"{path}: no corpus '{corpus}'; it has {sorted(data)}. Choose the split "
+                     f"with --split (e.g. --split=test for test_corpus / test1_corpus).")
+  entries = data[corpus]
+  if not isinstance(entries, Mapping):
+    raise ValueError(f"{path}: '{corpus}' is a {type(entries).__name__}, not a dict of "
+                     f"{{name: {{'emo': ..., 'val': ...}}}}.")
+  rows, skipped = [], []
+  where = f"{path}:{corpus}"
+  for number, (name, entry) in enumerate(entries.items(), start=1):
+    name = str(name).strip()
+
+    def skip(reason, detail, name=name, number=number):
+      skipped.append(log_skip(Skip(where, number, name, reason, detail)))
+
+    if not name:
+      skip("empty_name", "the entry's name is empty")
+      continue
+    if not isinstance(entry, Mapping):
+      skip("bad_label", f"entry is a {type(entry).__name__}, expected a dict")
+      continue
+    basic = _basic_label(entry["emo"]) if "emo" in entry else None
+    valence = float("nan")
+    if "val" in entry:
+      try:
+        valence = float(entry["val"])
+      except (TypeError, ValueError):
+        valence = float("nan")
+    if task == "hit" and basic is None:
+      skip("bad_label", f"'emo' is {entry.get('emo', '(absent)')!r}; expected a class word or "
+                        f"a MELD id 0..{len(MELD_EMOTIONS) - 1}")
+      continue
+    if task == "sentiment" and not math.isfinite(valence):
+      skip("bad_label", f"'val' is {entry.get('val', '(absent)')!r}; expected a finite number")
+      continue
+    if subtitles is not None and name not in subtitles.rows:
+      skip("missing_subtitle", f"no usable row for it in {subtitles.path}")
+      continue
+    subtitle = (subtitles.rows[name][1][subtitle_column] or "") if subtitles is not None else ""
+    rows.append(Row(name=name, file=where, row=number, subtitle=subtitle.strip(),
+                    labels=(basic,) if basic else (), basic_label=basic or "",
+                    valence=valence, task=task))
+  return rows, skipped
+
+
+def find_media(folder: str, name: str, dirs: Sequence[str], extensions: Sequence[str],
+               nested: bool = False) -> str | None:
+  """The first `folder/dir/name.ext` (or `folder/dir/name/name.ext` when nested) that exists."""
+  for d in dirs:
+    for ext in extensions:
+      candidates = [os.path.join(folder, d, name + ext)]
+      if nested:
+        candidates.insert(0, os.path.join(folder, d, name, name + ext))
+      for c in candidates:
+        if os.path.isfile(c):
+          return os.path.abspath(c)
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaSettings:
+  """What the builder decodes (from configs/data.py `media` and the builder settings)."""
+  mode: str = "raw"               # 'raw' | 'paths'
+  visual_source: str = "frames"   # 'frames' (video/) | 'faces' (openface_face/)
+  num_frames: int = 8
+  image_size: int = 224
+  frame_sampling: str = "floor"
+  face_channel_order: str = "rgb"
+  sample_rate: int = 16000
+  validate: str = "decode"        # paths mode: 'decode' each file once, or only check 'exists'
+
+  def __post_init__(self):
+    if self.mode not in MEDIA_MODES:
+      raise ValueError(f"media mode '{self.mode}': expected one of {MEDIA_MODES}.")
+    if self.visual_source not in VISUAL_SOURCES:
+      raise ValueError(f"visual_source '{self.visual_source}': expected one of "
+                       f"{VISUAL_SOURCES}.")
+    if self.validate not in ("decode", "exists"):
+      raise ValueError(f"validate '{self.validate}': expected 'decode' or 'exists'.")
+
+
+# Identity normalisation: clip_preprocess then returns the resized uint8 values as floats.
+_NO_MEAN = (0.0, 0.0, 0.0)
+_NO_STD = (1.0 / 255.0,) * 3
+
+
+def decode_visual(path: str, s: MediaSettings) -> np.ndarray:
+  """Sampled, resized, centre-cropped frames or face crops, not normalised: uint8[F, S, S, 3]."""
+  if s.visual_source == "faces":
+    x = media.read_face_crops(path, s.num_frames, s.image_size, _NO_MEAN, _NO_STD,
+                              s.frame_sampling, s.face_channel_order)
+  else:
+    x = media.read_video_frames(path, s.num_frames, s.image_size, _NO_MEAN, _NO_STD,
+                                s.frame_sampling)
+  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def load_media(visual_path: str, audio_path: str, s: MediaSettings) -> dict[str, Any]:
+  """The stored media fields of one clip (module doc). Raises media.MediaError."""
+  if s.mode == "paths":
+    if s.validate == "decode":
+      decode_visual(visual_path, s)
+      media.read_audio(audio_path, s.sample_rate)
+    return {"visual_path": visual_path, "audio_path": audio_path}
+  return {"frames": decode_visual(visual_path, s),
+          "audio": media.read_audio(audio_path, s.sample_rate)}
+
+
+def load_media_safe(args: tuple[str, str, MediaSettings]) -> tuple[str, Any]:
+  """load_media for a worker process: ('ok', fields) or ('error', (path, message))."""
+  try:
+    return "ok", load_media(*args)
+  except media.MediaError as e:
+    return "error", (e.path, str(e))
+
+
+def count_reasons(skips: Iterable[Skip]) -> dict[str, int]:
+  out: dict[str, int] = {}
+  for s in skips:
+    out[s.reason] = out.get(s.reason, 0) + 1
+  return dict(sorted(out.items()))
