@@ -1,0 +1,180 @@
+"""Feature cache: run the frozen encoders once over a built dataset, store the features beside it.
+
+The vision and audio towers are frozen in AffectGPT(-R1) training, so their outputs can be
+computed once per clip and reused every epoch (and by every GRPO rollout):
+
+  key = checkpoint_key(params["vision"], params["audio"])     # or any strings naming them
+  path = build_feature_cache(source, meta, dataset_path, "train", key, video_fn, audio_fn, cfg)
+  base, meta = builders.load_source(dataset_path, "train", skip_media=True)
+  source = FeatureSource(base, path)      # examples with video_features / audio_features
+  loader = pipeline.sft_loader(source, meta, tokenizer, cfg)   # batches: video, audio
+
+Layout: <dataset_path>/features/<key>/<split>/ with
+  video.npy  float32[N, F, Dv]   (video_fn of the CLIP-normalised frames)
+  audio.npy  float32[N, K, Da]   (audio_fn of the K windows)
+  names.json [N] clip names, row i = record i of the split (checked on every read)
+  meta.json  key, split, shapes, the media settings used.
+The folder is written under a temporary name and renamed when complete; an existing cache
+with the same key is reused. The key should change whenever the encoder weights or the media
+settings change (checkpoint_key hashes whatever it is given).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from affect_jax.data import pipeline
+
+MEDIA_KEYS = ("frames", "audio", "visual_path", "audio_path")
+EncoderFn = Callable[[np.ndarray], Any]
+
+
+def checkpoint_key(*parts, length: int = 16) -> str:
+  """Hex digest of encoder checkpoints: pytrees of arrays (their structure, dtypes, shapes and
+  bytes) and / or strings (e.g. a checkpoint path and step)."""
+  h = hashlib.sha256()
+  for part in parts:
+    if isinstance(part, (str, bytes)):
+      h.update(part.encode() if isinstance(part, str) else part)
+      continue
+    leaves, treedef = jax.tree.flatten(part)
+    h.update(str(treedef).encode())
+    for leaf in leaves:
+      a = np.asarray(leaf)
+      h.update(f"{a.dtype}{a.shape}".encode())
+      h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()[:length]
+
+
+def cache_dir(dataset_path: str, split: str, key: str) -> str:
+  return os.path.join(dataset_path, "features", key, split)
+
+
+def _media_batch(source, indices, media_cfg, meta) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  frames, windows, names = [], [], []
+  for i in indices:
+    ex = pipeline.decode_example(source[int(i)])
+    m = pipeline.load_media(ex, media_cfg, meta)
+    frames.append(m["frames"])
+    windows.append(m["windows"])
+    names.append(ex["name"])
+  return np.stack(frames), np.stack(windows), names
+
+
+def build_feature_cache(source, meta: Mapping[str, Any], dataset_path: str, split: str,
+                        key: str, video_fn: EncoderFn, audio_fn: EncoderFn,
+                        cfg: ml_collections.ConfigDict, batch_size: int = 8) -> str:
+  """Encodes every clip of a split once; returns the cache folder (module doc).
+
+  Args:
+    source: the split's records with media (builders.load_source, raw or paths mode).
+    meta: its metadata.
+    dataset_path: the built dataset folder (the cache goes under it).
+    split: the split's name.
+    key: names the encoders (checkpoint_key).
+    video_fn: frames float32[B, F, S, S, 3] -> features [B, F, Dv] (e.g. a jitted
+      affectgpt.encode_video with its params bound).
+    audio_fn: windows float32[B, K, W] -> features [B, K, Da].
+    cfg: configs/data.py (its `media` section prepares the encoder inputs).
+    batch_size: clips per encoder call; the last batch is padded to it (one compiled shape).
+  """
+  out = cache_dir(dataset_path, split, key)
+  if os.path.isfile(os.path.join(out, "meta.json")):
+    return out
+  n = len(source)
+  if n < 1 or batch_size < 1:
+    raise ValueError(f"build_feature_cache: {n} records, batch_size={batch_size}; need >= 1 "
+                     f"of each.")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".tmp_{split}_", dir=os.path.dirname(out))
+  try:
+    video = audio = None
+    names: list[str] = []
+    for start in range(0, n, batch_size):
+      idx = np.arange(start, min(start + batch_size, n))
+      padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
+      frames, windows, batch_names = _media_batch(source, padded, cfg.media, meta)
+      v = np.asarray(video_fn(frames), np.float32)[:len(idx)]
+      a = np.asarray(audio_fn(windows), np.float32)[:len(idx)]
+      if video is None:
+        video = np.lib.format.open_memmap(os.path.join(tmp, "video.npy"), "w+", np.float32,
+                                          (n,) + v.shape[1:])
+        audio = np.lib.format.open_memmap(os.path.join(tmp, "audio.npy"), "w+", np.float32,
+                                          (n,) + a.shape[1:])
+      video[start:start + len(idx)] = v
+      audio[start:start + len(idx)] = a
+      names += batch_names[:len(idx)]
+    video.flush()
+    audio.flush()
+    info = dict(key=key, split=split, num_records=n, video_shape=list(video.shape),
+                audio_shape=list(audio.shape), dataset_path=os.path.abspath(dataset_path),
+                media=cfg.media.to_dict())
+    del video, audio
+    with open(os.path.join(tmp, "names.json"), "w", encoding="utf-8") as f:
+      json.dump(names, f)
+    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+      json.dump(info, f, indent=1, default=list)
+    try:
+      os.rename(tmp, out)
+    except OSError:
+      if not os.path.isfile(os.path.join(out, "meta.json")):   # not a concurrent winner
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out
+
+
+class FeatureSource:
+  """Random-access records of a split with cached features instead of media.
+
+  source[i] = base[i] without frames / audio / *_path, plus video_features float32[F, Dv]
+  and audio_features float32[K, Da]. Raises when the cache does not match the records.
+  """
+
+  def __init__(self, base, path: str):
+    if not os.path.isfile(os.path.join(path, "meta.json")):
+      raise FileNotFoundError(f"{path}: no feature cache (meta.json missing); run "
+                              f"build_feature_cache first.")
+    with open(os.path.join(path, "names.json"), encoding="utf-8") as f:
+      self._names = json.load(f)
+    if len(self._names) != len(base):
+      raise ValueError(f"{path}: the cache has {len(self._names)} clips, the dataset split "
+                       f"{len(base)}; the dataset was rebuilt, rebuild the cache.")
+    self._base = base
+    self._path = path
+    self._arrays = None
+
+  def _open(self) -> tuple[np.ndarray, np.ndarray]:
+    """The memory-mapped arrays, opened on first use (and anew in each worker process)."""
+    if self._arrays is None:
+      self._arrays = tuple(np.load(os.path.join(self._path, f), mmap_mode="r")
+                           for f in ("video.npy", "audio.npy"))
+    return self._arrays
+
+  def __getstate__(self) -> dict[str, Any]:
+    return dict(self.__dict__, _arrays=None)
+
+  def __len__(self) -> int:
+    return len(self._names)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    ex = {k: v for k, v in self._base[index].items() if k not in MEDIA_KEYS}
+    name = pipeline.decode_example({"name": ex["name"]})["name"]
+    if name != self._names[index]:
+      raise ValueError(f"{self._path}: record {index} is {name!r} but the cache row is "
+                       f"{self._names[index]!r}; the dataset was rebuilt, rebuild the cache.")
+    video, audio = self._open()
+    ex["video_features"] = np.array(video[index])
+    ex["audio_features"] = np.array(audio[index])
+    return ex
+
+  def __repr__(self) -> str:
+    return f"FeatureSource(base={self._base!r}, path={self._path!r})"

@@ -1,0 +1,377 @@
+"""The grain input pipeline: a built dataset -> tokenized, bucketed, batched numpy dicts.
+
+  source, meta = builders.load_source(path, split)        # or features.FeatureSource(...)
+  loader = sft_loader(source, meta, tokenizer, cfg)       # grain.DataLoader
+  it = iter(loader); batch = next(it)
+  state = it.get_state()                                  # bytes (JSON), store with a checkpoint
+  it = restore_iterator(loader, state)                    # continues exactly where it was
+
+Order of operations (grain 0.2 DataLoader): IndexSampler (this host's shard of the records,
+shuffled with `seed` anew each epoch, repeated num_epochs times or forever) -> Map (decode
+bytes, load / normalise media, encode the prompt and target with prompts.py) -> Batch (pad
+the token sequences to the smallest configured bucket, stack media) -> optional worker
+processes (worker_count) that prefetch batches. Everything is deterministic given the seed,
+the shard and the worker count; the iterator state records the position.
+
+Sharding: each JAX process reads a disjoint, contiguous part of the records (its index and
+count from grain ShardByJaxProcess, or explicit shard_index / shard_count); the parts
+together cover the dataset, their sizes differing by at most one (shard_drop_remainder=False),
+or are equal-sized with the remainder dropped (True). Shuffling is within a host's part.
+
+SFT batch (B = batch_size, L = the smallest prompt.sequence_buckets length that fits):
+  tokens int32[B, L], attention_mask bool[B, L] (left-padded), loss_mask bool[B, L]
+  (target tokens), example_mask bool[B] (False on padding rows of a last partial batch),
+  names str[B], + media.
+GRPO prompt batch (P = the smallest prompt.prompt_buckets length that fits):
+  prompt_tokens int32[B, P] (left-padded), prompt_mask bool[B, P], example_mask bool[B],
+  names str[B], gt_text str[B] (ground-truth labels joined by ', '; '' = neutral),
+  basic_label str[B], valence float32[B] (NaN when absent), + `label_encoder` outputs
+  (gt_ids [B, M] for an array, or each key of a returned dict), + media.
+Media: raw / paths datasets give frames float32[B, F, S, S, 3] (CLIP-normalised) and
+windows float32[B, K, W] (K audio windows of W samples); feature-cache datasets give
+video float32[B, F, Dv] and audio float32[B, K, Da] (the inputs of
+affectgpt.prompt_embeds). String arrays are host-side: `device_arrays` drops them.
+Numbers: configs/data.py (`media`, `prompt`, `tokenizer`) and pipeline_config() below.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from affect_jax.data import media
+from affect_jax.data import prompts
+
+LabelEncoder = Callable[[Sequence[str]], "np.ndarray | Mapping[str, np.ndarray]"]
+TEXT_FIELDS = ("name", "subtitle", "reason", "basic_label", "task", "visual_path", "audio_path")
+
+
+def pipeline_config() -> ml_collections.ConfigDict:
+  """Input-pipeline settings (attach as `c.pipeline` in a config file)."""
+  c = ml_collections.ConfigDict()
+  c.batch_size = 4
+  c.shuffle = True
+  c.seed = 0                    # shuffle seed (a non-negative 32-bit int)
+  c.num_epochs = 0              # 0: repeat forever; n: n passes over this host's shard
+  # True: every batch full (the rest of a finite run dropped); False: the last batch is
+  # filled with copies of its last example, marked False in example_mask.
+  c.drop_remainder = True
+  c.shard_index = -1            # -1 (both): this JAX process of all (grain ShardByJaxProcess)
+  c.shard_count = -1
+  c.shard_drop_remainder = False  # True: equal shards, the remainder of the records dropped
+  # Processes transforming and prefetching batches (0: inline). grain's workers read absl
+  # flags: run under absl.app.run (the launch/ scripts do), or call FLAGS.mark_as_parsed().
+  c.worker_count = 0
+  c.worker_buffer_size = 2      # batches each worker prepares ahead
+  c.read_threads = 2            # threads reading records (grain ReadOptions)
+  c.read_buffer = 16            # records read ahead
+  c.neutral_label = "neutral"   # the SFT target's label when a clip's label set is empty
+  return c
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def decode_example(example: Mapping[str, Any]) -> dict[str, Any]:
+  """TFDS values -> Python: bytes -> str, labels -> list[str]; arrays unchanged."""
+  out = dict(example)
+  for key in TEXT_FIELDS:
+    if key in out:
+      out[key] = _text(out[key])
+  if "labels" in out:
+    out["labels"] = [_text(v) for v in out["labels"]]
+  return out
+
+
+def load_media(example: Mapping[str, Any], media_cfg: ml_collections.ConfigDict,
+               meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The model's media inputs of one decoded example.
+
+  Args:
+    example: a decode_example output with frames + audio (raw), visual_path + audio_path
+      (paths) or video_features + audio_features (feature cache).
+    media_cfg: configs/data.py `media` (normalisation, windows; frame settings in paths mode).
+    meta: the dataset's metadata (builders.load_source), for visual_source.
+  Returns:
+    {'frames': float32[F, S, S, 3], 'windows': float32[K, W]} or
+    {'video': float32[F, Dv], 'audio': float32[K, Da]}.
+  """
+  m = media_cfg
+  if "video_features" in example:
+    return {"video": np.asarray(example["video_features"], np.float32),
+            "audio": np.asarray(example["audio_features"], np.float32)}
+  if "frames" in example:
+    scale = np.float32(1.0 / 255.0)
+    mean = np.asarray(m.image_mean, np.float32)
+    std = np.asarray(m.image_std, np.float32)
+    frames = (np.asarray(example["frames"]).astype(np.float32) * scale - mean) / std
+    windows = media.audio_windows(example["audio"], m.sample_rate, m.num_windows,
+                                  m.window_seconds)
+    return {"frames": frames, "windows": windows}
+  if "visual_path" in example:
+    if meta.get("visual_source", "frames") == "faces":
+      frames = media.read_face_crops(example["visual_path"], m.num_frames, m.image_size,
+                                     m.image_mean, m.image_std, m.frame_sampling,
+                                     m.face_channel_order)
+    else:
+      frames = media.read_video_frames(example["visual_path"], m.num_frames, m.image_size,
+                                       m.image_mean, m.image_std, m.frame_sampling)
+    windows = media.read_audio_windows(example["audio_path"], m.sample_rate, m.num_windows,
+                                       m.window_seconds)
+    return {"frames": frames, "windows": windows}
+  raise ValueError(f"example {example.get('name', '?')!r} has no media (keys {sorted(example)});"
+                   f" expected frames + audio, visual_path + audio_path or *_features.")
+
+
+class EncodeSFT(grain.transforms.Map):
+  """Example -> {prompt_ids, target_ids, name, media} (prompts.encode_example)."""
+
+  def __init__(self, tokenizer, cfg: ml_collections.ConfigDict, meta: Mapping[str, Any],
+               neutral_label: str):
+    self._tokenizer = tokenizer
+    self._cfg = cfg
+    self._meta = dict(meta)
+    self._neutral = neutral_label
+
+  def map(self, element):
+    ex = decode_example(element)
+    labels = ex["labels"] or [self._neutral]
+    prompt_ids, target_ids = prompts.encode_example(
+        self._tokenizer, ex["subtitle"], labels, ex["reason"], self._cfg.prompt,
+        dict(self._cfg.tokenizer.special_tokens))
+    return dict(prompt_ids=np.asarray(prompt_ids, np.int32),
+                target_ids=np.asarray(target_ids, np.int32), name=ex["name"],
+                **load_media(ex, self._cfg.media, self._meta))
+
+
+class EncodePrompt(grain.transforms.Map):
+  """Example -> {prompt_ids, gt_text, basic_label, valence, name, gt..., media}."""
+
+  def __init__(self, tokenizer, cfg: ml_collections.ConfigDict, meta: Mapping[str, Any],
+               label_encoder: LabelEncoder | None = None):
+    self._tokenizer = tokenizer
+    self._cfg = cfg
+    self._meta = dict(meta)
+    self._label_encoder = label_encoder
+
+  def map(self, element):
+    ex = decode_example(element)
+    ids = prompts.encode_prompt(self._tokenizer, ex["subtitle"], self._cfg.prompt,
+                                dict(self._cfg.tokenizer.special_tokens))
+    out = dict(prompt_ids=np.asarray(ids, np.int32), name=ex["name"],
+               gt_text=self._cfg.prompt.label_separator.join(ex["labels"]),
+               basic_label=ex.get("basic_label", ""),
+               valence=np.float32(ex.get("valence", np.nan)),
+               **load_media(ex, self._cfg.media, self._meta))
+    if self._label_encoder is not None:
+      encoded = self._label_encoder(list(ex["labels"]))
+      if isinstance(encoded, Mapping):
+        overlap = sorted(set(encoded) & set(out))
+        if overlap:
+          raise ValueError(f"label_encoder returned keys {overlap} that the pipeline uses; "
+                           f"rename them.")
+        out.update({k: np.asarray(v) for k, v in encoded.items()})
+      else:
+        out["gt_ids"] = np.asarray(encoded)
+    return out
+
+
+def _fill(examples: Sequence[Mapping[str, Any]], batch_size: int
+          ) -> tuple[list[Mapping[str, Any]], np.ndarray]:
+  """Pads a partial batch with copies of its last example; example_mask bool[batch_size]."""
+  n = len(examples)
+  mask = np.zeros(batch_size, bool)
+  mask[:n] = True
+  return list(examples) + [examples[-1]] * (batch_size - n), mask
+
+
+def _stack_rest(examples: Sequence[Mapping[str, Any]], skip: Sequence[str]) -> dict:
+  out = {}
+  for key in examples[0]:
+    if key in skip:
+      continue
+    values = [e[key] for e in examples]
+    shapes = {np.shape(v) for v in values}
+    if len(shapes) > 1:
+      raise ValueError(f"batch field '{key}': examples have shapes {sorted(shapes)}; a "
+                       f"label_encoder must return a fixed size, media one shape per dataset.")
+    out["names" if key == "name" else key] = np.stack([np.asarray(v) for v in values])
+  return out
+
+
+class CollateSFT:
+  """Batch fn: SFT examples -> the SFT batch (module doc)."""
+
+  def __init__(self, prompt_cfg: ml_collections.ConfigDict, pad_id: int, batch_size: int):
+    self._cfg = prompt_cfg
+    self._pad = int(pad_id)
+    self._batch_size = int(batch_size)
+
+  def __call__(self, examples):
+    examples, mask = _fill(examples, self._batch_size)
+    out = prompts.sft_batch([(e["prompt_ids"], e["target_ids"]) for e in examples], self._cfg,
+                            self._pad)
+    out["example_mask"] = mask
+    out.update(_stack_rest(examples, ("prompt_ids", "target_ids")))
+    return out
+
+
+class CollatePrompts:
+  """Batch fn: prompt examples -> the GRPO prompt batch (module doc)."""
+
+  def __init__(self, prompt_cfg: ml_collections.ConfigDict, pad_id: int, batch_size: int):
+    self._cfg = prompt_cfg
+    self._pad = int(pad_id)
+    self._batch_size = int(batch_size)
+
+  def __call__(self, examples):
+    examples, mask = _fill(examples, self._batch_size)
+    tokens, prompt_mask = prompts.prompt_batch([e["prompt_ids"] for e in examples], self._cfg,
+                                               self._pad)
+    out = dict(prompt_tokens=tokens, prompt_mask=prompt_mask, example_mask=mask)
+    out.update(_stack_rest(examples, ("prompt_ids",)))
+    return out
+
+
+def shard_options(pcfg: ml_collections.ConfigDict) -> grain.sharding.ShardOptions:
+  """This host's shard: explicit (shard_index, shard_count) or the JAX process's."""
+  drop = bool(pcfg.shard_drop_remainder)
+  if pcfg.shard_count == -1 and pcfg.shard_index == -1:
+    return grain.sharding.ShardByJaxProcess(drop_remainder=drop)
+  if not 0 <= pcfg.shard_index < pcfg.shard_count:
+    raise ValueError(f"pipeline.shard_index={pcfg.shard_index}, shard_count="
+                     f"{pcfg.shard_count}: need 0 <= index < count (or both -1 for the JAX "
+                     f"process index / count).")
+  return grain.sharding.ShardOptions(int(pcfg.shard_index), int(pcfg.shard_count), drop)
+
+
+def _check(pcfg: ml_collections.ConfigDict, num_records: int) -> None:
+  if num_records < 1:
+    raise ValueError("pipeline: the data source is empty; build the dataset first "
+                     "(python -m launch.prepare) and check its report.")
+  if pcfg.batch_size < 1:
+    raise ValueError(f"pipeline.batch_size={pcfg.batch_size}: must be >= 1.")
+  if not 0 <= pcfg.seed < 2**32:
+    raise ValueError(f"pipeline.seed={pcfg.seed}: must be a non-negative 32-bit int.")
+  if pcfg.num_epochs < 0 or pcfg.worker_count < 0:
+    raise ValueError(f"pipeline.num_epochs={pcfg.num_epochs}, worker_count="
+                     f"{pcfg.worker_count}: both must be >= 0.")
+
+
+def shard_range(num_records: int, shard: grain.sharding.ShardOptions) -> tuple[int, int]:
+  """[start, end) of this shard's records: contiguous parts whose sizes differ by at most one
+  (drop_remainder: all of size num_records // count, the rest unused)."""
+  count, index = shard.shard_count, shard.shard_index
+  per, rest = divmod(num_records, count)
+  if shard.drop_remainder:
+    return index * per, (index + 1) * per
+  start = index * per + min(index, rest)
+  return start, start + per + (index < rest)
+
+
+class ShardSource:
+  """records[start:end] of a random-access source, as a random-access source."""
+
+  def __init__(self, source, start: int, end: int):
+    self._source, self._start, self._end = source, int(start), int(end)
+
+  def __len__(self) -> int:
+    return self._end - self._start
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < len(self):
+      raise IndexError(f"ShardSource index {index} out of range [0, {len(self)}).")
+    return self._source[self._start + int(index)]
+
+  def __repr__(self) -> str:
+    return f"ShardSource({self._source!r}, {self._start}, {self._end})"
+
+
+def make_loader(source, transform: grain.transforms.Map, batch_fn: Callable,
+                pcfg: ml_collections.ConfigDict) -> grain.DataLoader:
+  """grain.DataLoader: this host's shard -> shuffle -> transform -> batch -> workers.
+
+  The shard is cut here (ShardSource) rather than by the sampler, so that a finite run
+  (num_epochs > 0) reads every record of the shard once per epoch even when the shards'
+  sizes differ.
+  """
+  _check(pcfg, len(source))
+  start, end = shard_range(len(source), shard_options(pcfg))
+  if end <= start:
+    raise ValueError(f"pipeline: this host's shard of {len(source)} records is empty "
+                     f"({shard_options(pcfg)}); use fewer hosts or more data.")
+  local = ShardSource(source, start, end)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(local), shard_options=grain.sharding.NoSharding(),
+      shuffle=bool(pcfg.shuffle), num_epochs=int(pcfg.num_epochs) or None,
+      seed=int(pcfg.seed))
+  return grain.DataLoader(
+      data_source=local, sampler=sampler,
+      operations=[transform, grain.transforms.Batch(int(pcfg.batch_size),
+                                                    bool(pcfg.drop_remainder), batch_fn)],
+      worker_count=int(pcfg.worker_count), worker_buffer_size=int(pcfg.worker_buffer_size),
+      shard_options=grain.sharding.NoSharding(),
+      read_options=grain.ReadOptions(num_threads=int(pcfg.read_threads),
+                                     prefetch_buffer_size=int(pcfg.read_buffer)))
+
+
+def _pipeline_cfg(cfg: ml_collections.ConfigDict, pcfg) -> ml_collections.ConfigDict:
+  if pcfg is not None:
+    return pcfg
+  return cfg.pipeline if "pipeline" in cfg else pipeline_config()
+
+
+def _pad_id(tokenizer, cfg: ml_collections.ConfigDict) -> int:
+  return int(tokenizer.convert_tokens_to_ids(cfg.tokenizer.special_tokens["pad"]))
+
+
+def sft_loader(source, meta: Mapping[str, Any], tokenizer, cfg: ml_collections.ConfigDict,
+               pcfg: ml_collections.ConfigDict | None = None) -> grain.DataLoader:
+  """Loader of SFT batches (module doc).
+
+  Args:
+    source: random-access records (builders.load_source, features.FeatureSource, or any
+      sequence of example dicts).
+    meta: the dataset's metadata (builders.load_source).
+    tokenizer: a transformers tokenizer with the config's special tokens.
+    cfg: configs/data.py (media, prompt, tokenizer; `pipeline` when present).
+    pcfg: pipeline settings (default cfg.pipeline, else pipeline_config()).
+  """
+  pcfg = _pipeline_cfg(cfg, pcfg)
+  return make_loader(source, EncodeSFT(tokenizer, cfg, meta, pcfg.neutral_label),
+                     CollateSFT(cfg.prompt, _pad_id(tokenizer, cfg), pcfg.batch_size), pcfg)
+
+
+def prompt_loader(source, meta: Mapping[str, Any], tokenizer, cfg: ml_collections.ConfigDict,
+                  pcfg: ml_collections.ConfigDict | None = None,
+                  label_encoder: LabelEncoder | None = None) -> grain.DataLoader:
+  """Loader of GRPO / evaluation prompt batches (module doc).
+
+  Args:
+    label_encoder: labels (list[str], [] = neutral) -> a fixed-size int array (batched as
+      gt_ids [B, M]) or a dict of fixed-size arrays (each batched under its key), e.g. the
+      reward's surface ids and label count. None: only gt_text is given.
+    (others as sft_loader)
+  """
+  pcfg = _pipeline_cfg(cfg, pcfg)
+  return make_loader(source, EncodePrompt(tokenizer, cfg, meta, label_encoder),
+                     CollatePrompts(cfg.prompt, _pad_id(tokenizer, cfg), pcfg.batch_size), pcfg)
+
+
+def restore_iterator(loader: grain.DataLoader, state: bytes | str) -> grain.DataLoaderIterator:
+  """A new iterator of `loader` positioned where the one that gave `state` (get_state()) was.
+
+  The loader must be built with the same source, sharding, seed and worker count.
+  """
+  it = iter(loader)
+  it.set_state(state.encode() if isinstance(state, str) else state)
+  return it
+
+
+def device_arrays(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The numeric and boolean arrays of a batch (strings are host-side only)."""
+  return {k: v for k, v in batch.items()
+          if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}

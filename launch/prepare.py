@@ -1,0 +1,99 @@
+r"""Builds an array_record dataset from an official emotion-dataset folder (or the demo).
+
+  # the demo: generated under OUT/source first (configs/data.py `synthetic`), then built
+  python -m launch.prepare --dataset=demo --out_dir=/data/affect
+  # an official release folder (layouts: affect_jax/data/builders/mer.py)
+  python -m launch.prepare --dataset=mercaptionplus --data_dir=/data/mer2025-dataset \
+      --out_dir=/data/affect --media=paths --config.media.num_frames=8
+  python -m launch.prepare --dataset=unibench:meld --data_dir=/data/meld-process --split=test \
+      --out_dir=/data/affect
+
+Prints one JSON object: dataset, path (the built folder; give it to training / evaluation),
+media, reused, and per split rows_read, kept, skipped, skipped_by_reason and the first
+--show_skipped skipped rows (file, row, name, reason, detail); all of them are in
+PATH/report.json and in the log. Exit status 2 with "prepare: error: ..." when the folder has
+nothing usable or is not in the layout --dataset names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_DATASETS = ("demo", "mercaptionplus", "ovmerd", "ovmerdplus", "mer2025ov", "unibench:NAME")
+_DATASET = flags.DEFINE_string("dataset", "demo", f"Layout of --data_dir: one of {_DATASETS}.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "The dataset's folder (demo: default "
+                                "OUT/source, generated on first use).")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the built datasets go.")
+_SPLIT = flags.DEFINE_list("split", [], "Splits to build (default: every split found).")
+_MEDIA = flags.DEFINE_enum("media", None, ["raw", "paths"], "Store decoded media ('raw') or "
+                           "only their paths (default: the config's builder.media).")
+_VISUAL = flags.DEFINE_enum("visual", None, ["frames", "faces"], "Video frames or OpenFace "
+                            "crops (default: the config's builder.visual_source).")
+_WORKERS = flags.DEFINE_integer("workers", None, "Media-decoding processes (default: the "
+                                "config's builder.num_workers).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the same build exists.")
+_SHOW = flags.DEFINE_integer("show_skipped", 20, "Skipped rows listed per split in the JSON.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/data.py", "Data config (media, synthetic; builder when present).")
+
+
+def prepare(dataset: str, data_dir: str, out_dir: str, cfg, splits=(), media: str | None = None,
+            visual: str | None = None, workers: int | None = None, overwrite: bool = False
+            ) -> dict:
+  """Builds one dataset (launch doc); returns builders.build's report."""
+  from affect_jax.data import builders
+  from affect_jax.data import synthetic
+
+  bcfg = cfg.builder if "builder" in cfg else builders.builder_config()
+  bcfg = bcfg.copy_and_resolve_references()
+  if media is not None:
+    bcfg.media = media
+  if visual is not None:
+    bcfg.visual_source = visual
+  if workers is not None:
+    bcfg.num_workers = workers
+  if dataset == "demo" and not data_dir:
+    data_dir = synthetic.ensure_demo_data(os.path.join(out_dir, "source"), cfg.synthetic)
+  if not data_dir:
+    raise ValueError(f"--dataset={dataset} needs --data_dir (the dataset's folder).")
+  return builders.build(dataset, data_dir, out_dir, cfg, bcfg, splits, overwrite)
+
+
+def summary(report: dict, show: int) -> dict:
+  """The report with at most `show` skipped rows per split."""
+  out = dict(report)
+  out["splits"] = {
+      split: dict(info, skipped_rows=info["skipped_rows"][:max(show, 0)])
+      for split, info in report["splits"].items()}
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _OUT_DIR.value:
+    raise app.UsageError("--out_dir is required.")
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  report = prepare(_DATASET.value, _DATA_DIR.value, _OUT_DIR.value, _CONFIG.value,
+                   tuple(_SPLIT.value), _MEDIA.value, _VISUAL.value, _WORKERS.value,
+                   _OVERWRITE.value)
+  print(json.dumps(summary(report, _SHOW.value), sort_keys=True))
+
+
+def run():
+  try:
+    app.run(main)
+  except SystemExit:
+    raise
+  except (ValueError, FileNotFoundError) as e:
+    print(f"prepare: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()
