@@ -1,0 +1,288 @@
+"""On-device GRPO rewards: the emotion-wheel metric itself, jittable, static shapes, batched.
+
+`completion_rewards(ids, lengths, gt_ids, n_gt, tables, cfg)` reads completions as token ids
+(int32[B, N] with lengths int32[B]) and returns per-completion terms [B]:
+- accuracy: per-sample EW-F of the <answer> labels against the ground truth, F averaged over
+  the 5 level-1 wheels; 0 where undefined (ground truth mapping to nothing, empty answer).
+  In the dataset metric such a sample is skipped; as a reward it is 0.
+- format: 1 iff the completion is <think>X</think><answer>Y</answer> (labels.py module doc).
+- alignment: EW-F of the <think> words (as prediction) against the <answer> labels.
+- dual: EW-F of the <think> words (as prediction) against the ground truth.
+- penalty: P1 / P2 / P3 when the answer has more items than the ground truth (configurable),
+  multiplied into the configured terms; total = weighted sum (RewardConfig).
+Completions with more than max_labels answer items, or an answer over max_answer_tokens
+tokens, score 0 on every term. Nothing here can produce NaN.
+
+The text rules are those of affect_jax/emotion/labels.py, evaluated on device from per-token
+tables (affect_jax/rl/reward_tables.py, built once per tokenizer and wheel) by the scans of
+affect_jax/rl/reward_scan.py: tags are found by a bit recurrence over tokens (any split of a
+tag into tokens), the answer / think contents are cut out as [C, B] record rows, the label
+parsers hash each label (2 x 32-bit polynomial hash of its lowercased, stripped bytes) and
+a perfect hash table maps it to level-1 cluster sets of the 5 wheels, compared with popcounts.
+`reference_scores` is a plain host implementation of the same rules (the tests' reference).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from affect_jax.emotion import labels as labels_lib
+from affect_jax.emotion import metrics as metrics_lib
+from affect_jax.emotion import wheel as wheel_lib
+from affect_jax.rl import reward_scan as rs
+from affect_jax.rl import reward_tables as rt
+
+TERMS = ("accuracy", "format", "alignment", "dual")
+PENALTIES = ("none", "p1", "p2", "p3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+  """Validated reward settings (fields as in configs/reward.py)."""
+  w_accuracy: float = 1.0
+  w_format: float = 0.1
+  w_alignment: float = 0.0
+  w_dual: float = 0.0
+  penalty: str = "none"
+  penalty_terms: tuple = ("accuracy",)
+  p3_form: str = "shifted"
+  max_labels: int = 16
+  max_answer_tokens: int = 64
+  max_think_tokens: int = 256
+  max_gt_labels: int = 16
+  hash_bases: tuple = (0x01000193, 0x5BD1E995)
+
+  def __post_init__(self):
+    if self.penalty not in PENALTIES:
+      raise ValueError(f"reward.penalty='{self.penalty}': expected one of {PENALTIES}.")
+    unknown = [t for t in self.penalty_terms if t not in TERMS]
+    if unknown:
+      raise ValueError(f"reward.penalty_terms: unknown {unknown}; terms are {TERMS}.")
+    if self.p3_form not in ("shifted", "raw"):
+      raise ValueError(f"reward.p3_form='{self.p3_form}': expected 'shifted' or 'raw'.")
+    for name in ("max_labels", "max_answer_tokens", "max_think_tokens", "max_gt_labels"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"reward.{name}={getattr(self, name)}: must be >= 1.")
+    for name in ("w_accuracy", "w_format", "w_alignment", "w_dual"):
+      if not math.isfinite(float(getattr(self, name))):
+        raise ValueError(f"reward.{name}: must be a finite number.")
+
+  @classmethod
+  def from_config(cls, c) -> "RewardConfig":
+    terms = c.penalty_terms
+    if isinstance(terms, str):
+      terms = tuple(t.strip() for t in terms.split(",") if t.strip())
+    return cls(w_accuracy=float(c.w_accuracy), w_format=float(c.w_format),
+               w_alignment=float(c.w_alignment), w_dual=float(c.w_dual),
+               penalty=str(c.penalty), penalty_terms=tuple(terms), p3_form=str(c.p3_form),
+               max_labels=int(c.max_labels), max_answer_tokens=int(c.max_answer_tokens),
+               max_think_tokens=int(c.max_think_tokens), max_gt_labels=int(c.max_gt_labels),
+               hash_bases=tuple(int(b) for b in c.hash_bases))
+
+  def weight(self, term: str) -> float:
+    return float(getattr(self, f"w_{term}"))
+
+  @property
+  def needs_think_words(self) -> bool:
+    return self.w_alignment != 0 or self.w_dual != 0
+
+
+# ------------------------------------------------------------------------------------------
+# Host helpers.
+
+
+def gt_arrays(cells, tables: wheel_lib.EwTables, max_gt: int):
+  """Ground-truth cells -> (surface ids int32[B, max_gt] padded with -1, n_gt int32[B]).
+
+  n_gt counts every parsed label (also those outside the vocabulary): the length penalty's
+  n_gt. Raises when a cell has more labels than max_gt.
+  """
+  ids = metrics_lib.surface_ids(cells, tables)
+  out = np.full((len(ids), max_gt), -1, np.int32)
+  for i, row in enumerate(ids):
+    if len(row) > max_gt:
+      raise ValueError(f"ground truth row {i}: {len(row)} labels > reward.max_gt_labels="
+                       f"{max_gt}; raise it.")
+    out[i, :len(row)] = row
+  return out, np.array([len(r) for r in ids], np.int32)
+
+
+def penalty_factor(n_pred, n_gt, cfg: RewardConfig, xp=np):
+  """Length penalty (1 unless n_pred > n_gt); `xp` is numpy or jax.numpy."""
+  n_pred = xp.asarray(n_pred, xp.float32)
+  n_gt = xp.asarray(n_gt, xp.float32)
+  over = n_pred > n_gt
+  safe_pred = xp.maximum(n_pred, 1.0)
+  if cfg.penalty == "none":
+    value = xp.ones_like(n_pred)
+  elif cfg.penalty == "p1":
+    value = 1.0 / (xp.maximum(n_pred - n_gt, 0.0) + 1.0)
+  elif cfg.penalty == "p2":
+    value = n_gt / safe_pred
+  elif cfg.p3_form == "shifted":
+    value = xp.log(n_gt + 1.0) / xp.log(safe_pred + 1.0)
+  else:
+    value = xp.where(n_gt > 1, xp.log(xp.maximum(n_gt, 1.0)) / xp.log(
+        xp.maximum(safe_pred, 2.0)), 0.0)
+  return xp.where(over, value, 1.0).astype(xp.float32)
+
+
+def _combine(terms: dict, n_pred, n_gt, cfg: RewardConfig, xp=np):
+  factor = penalty_factor(n_pred, n_gt, cfg, xp)
+  total = 0.0
+  for term in TERMS:
+    value = terms[term] * (factor if term in cfg.penalty_terms else 1.0)
+    total = total + cfg.weight(term) * value
+  return factor, total
+
+
+# ------------------------------------------------------------------------------------------
+# Host reference (plain Python over text; the same rules, independent of the device tables).
+
+
+def _clusters(surface_ids, tables, columns) -> list[set]:
+  return [{int(tables.clusters[s, c]) for s in surface_ids if s >= 0 and
+           tables.clusters[s, c] >= 0} for c in columns]
+
+
+def _mean_f(gt: list[set], pred: list[set]) -> float:
+  total = 0.0
+  for g, p in zip(gt, pred):
+    if g and p:
+      hits = len(g & p)
+      total += metrics_lib.f_score(hits / len(p), hits / len(g))
+  return total / len(gt)
+
+
+def _token_index(spans, byte: int) -> int:
+  for i, (a, b) in enumerate(spans):
+    if a <= byte < b:
+      return i
+  return -1
+
+
+def reference_scores(text: str, gt_cell, tables: wheel_lib.EwTables, cfg: RewardConfig,
+                     token_spans=None) -> dict:
+  """All reward terms of one completion text, by the text rules (labels.py).
+
+  token_spans: optional (start_byte, end_byte) per token of the completion; when given, the
+  max_answer_tokens / max_think_tokens caps apply as on device.
+  """
+  columns = [tables.variant_index(v) for v in wheel_lib.LEVEL1]
+  index = tables.surface_ids()
+  comp = labels_lib.split_completion(text)
+  items = labels_lib.parse_labels(comp.answer) if comp.answer is not None else []
+  gt_items = labels_lib.parse_labels(gt_cell)
+  answer_over = think_over = False
+  if token_spans is not None:
+    raw = text.encode("utf-8", "surrogateescape")
+    for content, tags, cap in ((comp.answer, (b"<answer>", b"</answer>"), cfg.max_answer_tokens),
+                               (comp.think, (b"<think>", b"</think>"), cfg.max_think_tokens)):
+      if content is None:
+        continue
+      start = raw.find(tags[0]) + len(tags[0])
+      stop = raw.find(tags[1], start)
+      count = _token_index(token_spans, stop) - _token_index(token_spans, start - 1) + 1
+      if count > cap:
+        if tags[0] == b"<answer>":
+          answer_over = True
+        else:
+          think_over = True
+  gt = _clusters([index.get(l, -1) for l in gt_items], tables, columns)
+  answer = _clusters([index.get(l, -1) for l in items], tables, columns)
+  words = [] if think_over else labels_lib.think_words(comp.think, tables.word_chars)
+  think = _clusters([index.get(w, -1) for w in words], tables, columns)
+  terms = {"accuracy": _mean_f(gt, answer), "format": float(comp.format_ok),
+           "alignment": _mean_f(answer, think), "dual": _mean_f(gt, think)}
+  bad = len(items) > cfg.max_labels or answer_over
+  if bad:
+    terms = {k: 0.0 for k in terms}
+  factor, total = _combine(terms, len(items), len(gt_items), cfg)
+  return dict(terms, penalty=float(factor), total=float(total), n_pred=len(items), bad=bad)
+
+
+# ------------------------------------------------------------------------------------------
+# Device.
+
+
+def _set_f(gt_words, pred_words, tables):
+  """Per-wheel F, precision, recall [B, 5] of two cluster sets; 0 where either is empty."""
+  n_g = rs.wheel_counts(gt_words, tables)
+  n_p = rs.wheel_counts(pred_words, tables)
+  hits = rs.wheel_counts([g & p for g, p in zip(gt_words, pred_words)], tables)
+  precision = jnp.where(n_p > 0, hits / jnp.maximum(n_p, 1.0), 0.0)
+  recall = jnp.where(n_g > 0, hits / jnp.maximum(n_g, 1.0), 0.0)
+  total = precision + recall
+  f = jnp.where(total > 0, 2 * precision * recall / jnp.where(total > 0, total, 1.0), 0.0)
+  return jnp.where((n_g > 0) & (n_p > 0), f, 0.0), precision, recall
+
+
+def gt_words(gt_ids, tables: rt.RewardTables):
+  """Ground-truth surface ids int32[B, G] (-1 padded) -> cluster sets [W][B]."""
+  ids = jnp.asarray(gt_ids, jnp.int32)
+  ok = ids >= 0
+  sets = rs.gather(tables.sets, jnp.clip(ids, 0, tables.sets.shape[0] - 1))   # [B, G, W]
+  return [jax.lax.reduce(jnp.where(ok, sets[..., w], np.uint32(0)), np.uint32(0),
+                         jax.lax.bitwise_or, (1,)) for w in range(tables.num_words)]
+
+
+def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
+                       cfg: RewardConfig) -> dict:
+  """Reward terms of a batch of completions (jittable; `tables` arrays, `cfg` static).
+
+  Args:
+    ids: int32[B, N] completion token ids (anything past `lengths` is ignored).
+    lengths: int32[B] number of valid tokens per row.
+    gt_ids: int32[B, G] ground-truth surface ids, -1 padded (`gt_arrays`).
+    n_gt: int32[B] ground-truth label counts (for the length penalty).
+    tables: RewardTables from reward_tables.build_reward_tables (+ to_device).
+    cfg: RewardConfig.
+  Returns:
+    dict of float32[B]: accuracy, format, alignment, dual, penalty, total; int32[B] n_pred;
+    bool[B] bad; float32[B, 5] precision, recall and bool[B, 5] scored (the answer against
+    the ground truth per level-1 wheel, what the dataset metric averages).
+  """
+  ids = jnp.asarray(ids, jnp.int32)
+  batch, n = ids.shape
+  vocab = tables.vocab_size
+  valid = jnp.arange(n)[:, None] < jnp.asarray(lengths, jnp.int32)[None]
+  ids_t = jnp.where(valid & (ids.T >= 0) & (ids.T < vocab), ids.T, vocab)    # [N, B]
+  info = rs.tag_scan(ids_t, tables)
+
+  answer = rs.content_span(info, ids_t, tables, pair=1)
+  rows, inside, last, answer_over = rs.content_rows(
+      ids_t, answer, tables, rt.MODE_ANSWER, min(cfg.max_answer_tokens, n), True)
+  answer_words, n_pred = rs.answer_scan(rows, inside, last, tables)
+  truth = gt_words(gt_ids, tables)
+  f_acc, precision, recall = _set_f(truth, answer_words, tables)
+
+  if cfg.needs_think_words:
+    think = rs.content_span(info, ids_t, tables, pair=0)
+    rows_t, inside_t, last_t, think_over = rs.content_rows(
+        ids_t, think, tables, rt.MODE_THINK, min(cfg.max_think_tokens, n), False)
+    think_words = [jnp.where(think_over, np.uint32(0), x)
+                   for x in rs.think_scan(rows_t, inside_t, last_t, tables)]
+    alignment = jnp.mean(_set_f(answer_words, think_words, tables)[0], axis=1)
+    dual = jnp.mean(_set_f(truth, think_words, tables)[0], axis=1)
+  else:
+    alignment = dual = jnp.zeros((batch,), jnp.float32)
+
+  terms = {"accuracy": jnp.mean(f_acc, axis=1),
+           "format": rs.format_ok(info, ids_t, tables).astype(jnp.float32),
+           "alignment": alignment, "dual": dual}
+  bad = (n_pred > cfg.max_labels) | answer_over
+  terms = {k: jnp.where(bad, 0.0, v).astype(jnp.float32) for k, v in terms.items()}
+  factor, total = _combine(terms, n_pred, n_gt, cfg, xp=jnp)
+  scored = rs.wheel_counts(truth, tables) > 0
+  return dict(terms, penalty=factor, total=total.astype(jnp.float32), n_pred=n_pred, bad=bad,
+              precision=precision, recall=recall, scored=scored)
+
+
+def make_reward_fn(tables: rt.RewardTables, cfg: RewardConfig):
+  """A jitted fn(ids, lengths, gt_ids, n_gt) -> dict of reward terms, tables closed over."""
+  return jax.jit(lambda ids, lengths, gt_ids, n_gt: completion_rewards(
+      ids, lengths, gt_ids, n_gt, tables, cfg))
