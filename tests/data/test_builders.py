@@ -15,6 +15,7 @@ import pytest
 import soundfile
 
 from affect_jax.data import builders
+from affect_jax.data.builders import records
 from affect_jax.data import media
 from affect_jax.data import pipeline
 from affect_jax.data import synthetic
@@ -30,6 +31,13 @@ def _official(cell: str) -> list[str]:
   if cell.endswith("]"):
     cell = cell[:-1]
   return [w.strip().lower() for w in re.split("[,'\"]", cell) if w.strip()]
+
+
+def test_label_rule_is_the_official_one():
+  cells = ["[Happy, excited]", "shocked,care,serious", "", "['worried', \"sad\"]", "[]",
+           " [calm] ", "[let down]", "a,,b,", "[[x]]"]
+  for cell in cells:
+    assert records.parse_labels(cell) == records.parse_labels_fallback(cell) == _official(cell)
 
 
 @pytest.fixture(scope="module")

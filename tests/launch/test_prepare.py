@@ -35,12 +35,13 @@ def test_cli_builds_the_demo_and_prints_a_json_summary(tmp_path):
   assert pipeline.decode_example(source[0])["frames"].shape == (2, 16, 16, 3)
   assert (out / "source").is_dir()            # the generated demo
 
-  # Break two clips of the train split: both are skipped, counted and named.
+  # Break two clips of the train split: both are skipped, counted and named (decoded by two
+  # worker processes this time).
   demo_dir = next((out / "source").glob("demo_*"))
   os.remove(demo_dir / "train" / "video" / "train_00001.mp4")
   (demo_dir / "train" / "audio" / "train_00002.wav").write_bytes(b"RIFF junk")
   proc = _run(f"--out_dir={out}", f"--data_dir={demo_dir}", "--split=train", "--media=paths",
-              "--show_skipped=1", "--overwrite", *SMALL)
+              "--show_skipped=1", "--overwrite", "--workers=2", *SMALL)
   assert proc.returncode == 0, proc.stderr[-3000:]
   info = json.loads(proc.stdout.strip().splitlines()[-1])["splits"]["train"]
   assert info["kept"] == 2 and info["rows_read"] == 4

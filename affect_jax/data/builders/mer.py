@@ -20,9 +20,10 @@ also finds test1_corpus).
 
 Output: OUT/<builder>/<config>/1.0.0/ (TFDS layout: dataset_info.json, features.json,
 metadata.json, <builder>-<split>.array_record-*), plus report.json (rows kept / skipped with
-reasons, see records.py; skipped rows of the subtitle / reason tables listed apart). <config> = <dataset>_<media>_<hash of the build settings and the
-tables' sizes and times>, so a change of settings or labels builds anew; media edits do not
-change the hash (use overwrite=True).
+reasons, see records.py; skipped rows of the subtitle / reason tables listed apart).
+<config> = <dataset>_<media>_<hash of the build settings and the tables' sizes and times>,
+so a change of settings or labels builds anew; media edits do not change the hash (use
+overwrite=True).
 
 Stored example (every dataset; records.py module doc for the media choice):
   name: str, subtitle: str (English), labels: list[str] (open-set, lowercase; [] = neutral;

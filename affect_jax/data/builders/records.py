@@ -41,6 +41,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from absl import logging
@@ -49,17 +50,21 @@ import numpy as np
 from affect_jax.data import media
 from affect_jax.data import safe_pickle
 
+
+def parse_labels_fallback(cell) -> list[str]:
+  """The official list rule (strip one "[" and "]", split on , ' ", strip, drop empties,
+  lowercase), for checkouts without affect_jax/emotion/labels.py."""
+  text = "" if cell is None else str(cell)
+  text = text[1:] if text[:1] == "[" else text
+  text = text[:-1] if text[-1:] == "]" else text
+  return [w.strip().lower() for w in re.split("['\",]", text) if w.strip()]
+
+
 try:
   from affect_jax.emotion.labels import parse_labels
-except ImportError:   # labels.py not in this checkout: the same official rule, written out.
-  import re
+except ImportError:
+  parse_labels = parse_labels_fallback
 
-  def parse_labels(cell) -> list[str]:
-    """Official list parser: strip one "[" and "]", split on , ' ", strip, drop empties, lower."""
-    text = "" if cell is None else str(cell)
-    text = text[1:] if text[:1] == "[" else text
-    text = text[:-1] if text[-1:] == "]" else text
-    return [w.strip().lower() for w in re.split("['\",]", text) if w.strip()]
 
 REASONS = ("empty_name", "duplicate_name", "non_utf8", "extra_cells", "missing_cells",
            "bad_label", "missing_subtitle", "missing_media", "corrupt_media")
