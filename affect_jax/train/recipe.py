@@ -1,0 +1,265 @@
+"""The AffectGPT-R1 recipe end to end: data -> features -> SFT -> eval -> GRPO -> eval.
+
+  summary = run(config, workdir)        # what `python -m launch.grpo` runs (configs/demo.py)
+
+1. Data: the synthetic demo set (real mp4 + wav, official MER-Caption+ layout) is generated
+   once, built into array_record files (TFDS builder), and read through grain.
+2. Tokenizer: byte-level BPE trained offline on the train + rl texts (cached).
+3. Model: AffectGPT from the config; vocab size and placeholder ids from the tokenizer. The
+   frozen encoders run once per clip (feature cache); training reads cached features.
+4. Cold-start SFT on "<think>reason</think><answer>labels</answer>" targets (train split,
+   MER-Caption+-like noisy labels), then held-out EW-F.
+5. GRPO on the rl split with the on-device EW reward (+ format), then held-out EW-F.
+The workdir gets checkpoints/{sft,grpo}/, metrics.jsonl, tensorboard/, curves.png and
+summary.json; rerunning with the same workdir resumes (finished phases are not redone).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from affect_jax import sharding
+from affect_jax.checkpoints import manager
+from affect_jax.data import features as features_lib
+from affect_jax.data import pipeline, synthetic
+from affect_jax.data import prompts as prompts_lib
+from affect_jax.data import tokenizer as tokenizer_lib
+from affect_jax.data.builders import mer
+from affect_jax.emotion import labels as labels_lib
+from affect_jax.emotion import wheel as wheel_lib
+from affect_jax.models import affectgpt
+from affect_jax.rl import grpo_step, losses, policy as policy_lib, reward_tables, rewards, sampler
+from affect_jax.train import evaluate, loop, sft_step
+from affect_jax.train import logging as run_logging
+
+SPLITS = ("train", "rl", "test")
+
+
+def optimizer(section: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warmup + cosine decay (when end_learning_rate is set) and clipping."""
+  warmup = int(section.get("warmup_steps", 0))
+  end = section.get("end_learning_rate", None)
+  if end is None:
+    lr = section.learning_rate
+  else:
+    lr = optax.warmup_cosine_decay_schedule(0.0, section.learning_rate, max(warmup, 1),
+                                            max(steps, warmup + 1), end)
+  return optax.chain(optax.clip_by_global_norm(section.grad_clip),
+                     optax.adamw(lr, weight_decay=section.weight_decay))
+
+
+@dataclasses.dataclass
+class Prepared:
+  """Everything the phases share."""
+  config: ml_collections.ConfigDict
+  model: affectgpt.AffectGPTConfig
+  params: dict
+  tokenizer: Any
+  sources: dict          # split -> FeatureSource
+  meta: dict
+  rows: dict             # split -> synthetic rows (ground truth for evaluation)
+  feature_stats: tuple   # (video mean, video std, audio mean, audio std)
+  ew_tables: Any
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Prepared:
+  dc = config.data
+  root = pathlib.Path(dc.cache_dir or workdir / "data")
+  raw = synthetic.ensure_demo_data(str(root), dc.synthetic)
+  report = mer.build("demo", raw, str(root / "built"), dc, splits=SPLITS)
+  logging.info("dataset %s (reused=%s): %s", report["path"], report["reused"],
+               {s: v["kept"] for s, v in report["splits"].items()})
+  rows = {s: synthetic.read_split(raw, s, dc.synthetic) for s in SPLITS}
+  specials = dict(dc.tokenizer.special_tokens)
+  texts = [prompts_lib.example_text(r["english"], labels_lib.parse_labels(r["openset"]),
+                                    r["reason"], dc.prompt, specials)
+           for s in ("train", "rl") for r in rows[s]]
+  tok = tokenizer_lib.ensure_demo_tokenizer(str(root), texts, dc.tokenizer)
+
+  mc = ml_collections.ConfigDict(config.model.to_dict())
+  mc.llm.vocab_size = len(tok)
+  ids = tokenizer_lib.placeholder_ids(tok, specials)
+  mc.placeholder_ids = {k: int(ids[k]) for k in config.model.placeholder_ids}
+  model = affectgpt.AffectGPTConfig.from_config(mc)
+  params = sharding.unbox(affectgpt.init(model, jax.random.key(config.seed)))
+
+  key = features_lib.checkpoint_key(f"seed={config.seed}", json.dumps(mc.to_dict(),
+                                                                        sort_keys=True))
+  video_fn = jax.jit(lambda f: affectgpt.encode_video(params, model, f))
+  audio_fn = jax.jit(lambda w: affectgpt.encode_audio(params, model, w))
+  sources, meta = {}, {}
+  for split in SPLITS:
+    source, meta = mer.load_source(report["path"], split)
+    path = features_lib.build_feature_cache(source, meta, report["path"], split, key, video_fn,
+                                            audio_fn, dc, batch_size=config.features.batch_size)
+    base, meta = mer.load_source(report["path"], split, skip_media=True)
+    sources[split] = features_lib.FeatureSource(base, path)
+  stats = _feature_stats(sources["train"], config.features.standardize)
+  tables = wheel_lib.load_tables(config.ew_dir or None)
+  return Prepared(config, model, params, tok, sources, meta, rows, stats, tables)
+
+
+def _feature_stats(source, standardize: bool) -> tuple:
+  """Per-dimension mean / std of the train features (identity when standardize is off)."""
+  v = np.stack([source[i]["video_features"] for i in range(len(source))])
+  a = np.stack([source[i]["audio_features"] for i in range(len(source))])
+  if not standardize:
+    return (0.0, 1.0, 0.0, 1.0)
+  return (v.mean((0, 1)), v.std((0, 1)) + 1e-6, a.mean((0, 1)), a.std((0, 1)) + 1e-6)
+
+
+def _to_device(prep: Prepared, keep: tuple[str, ...]):
+  vm, vs, am, as_ = prep.feature_stats
+
+  def fn(batch: Mapping) -> dict:
+    out = {k: v for k, v in pipeline.device_arrays(batch).items() if k in keep}
+    out["video"] = ((batch["video"] - vm) / vs).astype(np.float32)
+    out["audio"] = ((batch["audio"] - am) / as_).astype(np.float32)
+    return out
+
+  return fn
+
+
+def _pipeline_cfg(batch_size: int, seed: int, train: bool) -> ml_collections.ConfigDict:
+  p = pipeline.pipeline_config()
+  p.batch_size = batch_size
+  p.seed = seed
+  p.shuffle = train
+  p.num_epochs = 0 if train else 1
+  p.drop_remainder = train
+  return p
+
+
+def run_sft(prep: Prepared, workdir: pathlib.Path) -> dict:
+  c = prep.config
+  policy = policy_lib.AffectGPTPolicy(prep.model)
+  opt = optimizer(c.sft, c.sft.steps)
+  state = grpo_step.init_state(policy, prep.params, opt, jax.random.key(c.seed + 1))
+  state.pop("reference", None)
+  loader = pipeline.sft_loader(prep.sources["train"], prep.meta, prep.tokenizer, c.data,
+                               _pipeline_cfg(c.sft.batch_size, c.seed, True))
+  step = sft_step.make_step(policy, opt, logprob_chunk=c.sft.logprob_chunk,
+                            micro_batches=c.sft.micro_batches)
+  result = loop.train(phase="sft", step_fn=step, state=state, loader=loader,
+                      total_steps=c.sft.steps, workdir=workdir, config=c,
+                      log_every=c.sft.log_every,
+                      to_device=_to_device(prep, sft_step.BATCH_KEYS),
+                      tokens_per_step=lambda b: float(np.sum(b["attention_mask"])))
+  return {"state": result.state, "preempted": result.preempted, "step": result.step}
+
+
+def reward_fn_for(prep: Prepared):
+  """The on-device EW reward: (tokens, lengths, rows) -> (total, metrics)."""
+  rcfg = rewards.RewardConfig.from_config(prep.config.reward)
+  tables = reward_tables.to_device(reward_tables.build_reward_tables(prep.tokenizer,
+                                                                     prep.ew_tables))
+
+  def reward_fn(tokens, lengths, rows):
+    terms = rewards.completion_rewards(tokens, lengths, rows["gt_ids"], rows["n_gt"], tables,
+                                       rcfg)
+    metrics = {k: jnp.mean(terms[k].astype(jnp.float32))
+               for k in ("accuracy", "format", "alignment", "dual", "penalty", "n_pred")}
+    return terms["total"], metrics
+
+  def label_encoder(labels):
+    ids, n = rewards.gt_arrays([", ".join(labels)], prep.ew_tables, rcfg.max_gt_labels)
+    return {"gt_ids": ids[0], "n_gt": n[0]}
+
+  return reward_fn, label_encoder
+
+
+def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping) -> dict:
+  c = prep.config
+  policy = policy_lib.AffectGPTPolicy(prep.model)
+  lcfg = losses.GrpoLossConfig.from_config(c.grpo_loss)
+  specials = tokenizer_lib.special_token_ids(prep.tokenizer, dict(c.data.tokenizer.special_tokens))
+  sampling = sampler.SamplingConfig.from_dict(dict(
+      c.sampling, eos_ids=(specials["eos"],), pad_id=specials["pad"]))
+  scfg = grpo_step.StepConfig(sampling, lcfg)
+  opt = optimizer(c.grpo, c.grpo.steps)
+  state = grpo_step.init_state(policy, start_params, opt, jax.random.key(c.seed + 2))
+  reward_fn, label_encoder = reward_fn_for(prep)
+  loader = pipeline.prompt_loader(prep.sources["rl"], prep.meta, prep.tokenizer, c.data,
+                                  _pipeline_cfg(c.grpo.prompts_per_step, c.seed + 1, True),
+                                  label_encoder=label_encoder)
+  step = grpo_step.make_step(policy, scfg, opt, reward_fn)
+  keys = ("prompt_tokens", "prompt_mask", "gt_ids", "n_gt")
+  result = loop.train(phase="grpo", step_fn=step, state=state, loader=loader,
+                      total_steps=c.grpo.steps, workdir=workdir, config=c,
+                      log_every=c.grpo.log_every, to_device=_to_device(prep, keys),
+                      tokens_per_step=None,
+                      show=("reward", "reward/accuracy", "kl"))
+  return {"state": result.state, "preempted": result.preempted, "step": result.step}
+
+
+def run_eval(prep: Prepared, params: Mapping, workdir: pathlib.Path, tag: str, step: int) -> dict:
+  c = prep.config
+  specials = tokenizer_lib.special_token_ids(prep.tokenizer, dict(c.data.tokenizer.special_tokens))
+  sampling = sampler.SamplingConfig.from_dict(dict(
+      c.sampling, greedy=True, max_new_tokens=c.eval.max_new_tokens, eos_ids=(specials["eos"],),
+      pad_id=specials["pad"]))
+  split = c.eval.split
+  loader = pipeline.prompt_loader(prep.sources[split], prep.meta, prep.tokenizer, c.data,
+                                  _pipeline_cfg(c.eval.batch_size, c.seed, False))
+  to_dev = _to_device(prep, ("prompt_tokens", "prompt_mask"))
+  names, gt = [], []
+  batches = []
+  for batch in loader:
+    real = np.asarray(batch["example_mask"])
+    names += [str(n) for n, keep in zip(batch["names"], real) if keep]
+    gt += [str(g) for g, keep in zip(batch["gt_text"], real) if keep]
+    dev = to_dev(batch)
+    batches.append({k: v[real] for k, v in dev.items()})
+  gen = evaluate.make_generate(prep.model, sampling)
+  texts = evaluate.generate(params, gen, batches, prep.tokenizer, c.eval.batch_size)
+  scores = evaluate.score_open_set(gt, texts, prep.ew_tables)
+  with open(workdir / f"eval_{tag}.jsonl", "w", encoding="utf-8") as f:
+    for name, g, t in zip(names, gt, texts):
+      f.write(json.dumps({"name": name, "gt": g, "completion": t}) + "\n")
+  log = run_logging.RunLog(workdir, 0, "eval", enabled=None)
+  log.write(step, scores, model=tag)
+  log.close()
+  return scores
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """The whole recipe (module doc); returns and writes summary.json."""
+  t0 = time.perf_counter()
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  prep = prepare(config, workdir)
+  t_prep = time.perf_counter() - t0
+  sft = run_sft(prep, workdir)
+  if sft["preempted"]:
+    return {"preempted": "sft", "step": sft["step"]}
+  sft_params = policy_lib.merge(sft["state"]["trainable"], sft["state"]["frozen"])
+  sft_scores = run_eval(prep, sft_params, workdir, "sft", config.sft.steps)
+  grpo = run_grpo(prep, workdir, sft_params)
+  if grpo["preempted"]:
+    return {"preempted": "grpo", "step": grpo["step"]}
+  grpo_params = policy_lib.merge(grpo["state"]["trainable"], grpo["state"]["frozen"])
+  grpo_scores = run_eval(prep, grpo_params, workdir,
+                         "grpo", config.sft.steps + config.grpo.steps)
+  png = run_logging.plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+  summary = {
+      "sft_eval_ew_f": sft_scores["ew_f"], "grpo_eval_ew_f": grpo_scores["ew_f"],
+      "gain_ew_f": grpo_scores["ew_f"] - sft_scores["ew_f"],
+      "sft_eval": sft_scores, "grpo_eval": grpo_scores, "eval_split": config.eval.split,
+      "eval_clips": len(prep.rows[config.eval.split]),
+      "sft_steps": config.sft.steps, "grpo_steps": config.grpo.steps,
+      "prepare_s": t_prep, "total_s": time.perf_counter() - t0,
+      "plot": str(png) if png else None, "workdir": str(workdir),
+  }
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  return summary
