@@ -37,6 +37,7 @@ them into str). Build settings are in the dataset's metadata.json (load with `lo
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -114,6 +115,7 @@ def builder_config() -> ml_collections.ConfigDict:
   c.validate = "decode"         # paths mode: 'decode' every file once | 'exists' only
   c.compression = "zlib"        # array encoding in the records: 'zlib' | 'none'
   c.num_workers = 0             # processes decoding media while building (0: in-process)
+  c.jobs_per_worker = 4         # clips queued per decoding process (bounds memory)
   c.labels_file = ""            # overrides the layout's label file name ('' = the official)
   return c
 
@@ -234,6 +236,7 @@ class ClipConfig(tfds.core.BuilderConfig):
   settings: records.MediaSettings = dataclasses.field(default_factory=records.MediaSettings)
   compression: str = "zlib"
   num_workers: int = 0
+  jobs_per_worker: int = 4
 
 
 class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -318,10 +321,19 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     jobs = list(self._media_jobs(split, folder, rows))
     workers = self.builder_config.num_workers
     if workers > 0 and len(jobs) > 1:
+      # At most `ahead` clips in flight, so decoded media never pile up in memory.
+      ahead = workers * self.builder_config.jobs_per_worker
       ctx = multiprocessing.get_context("spawn")
       with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        results = pool.map(records.load_media_safe, [j for _, j in jobs], chunksize=4)
-        yield from zip((r for r, _ in jobs), results)
+        pending = collections.deque()
+        for row, job in jobs:
+          pending.append((row, pool.submit(records.load_media_safe, job)))
+          if len(pending) >= ahead:
+            row0, future = pending.popleft()
+            yield row0, future.result()
+        while pending:
+          row0, future = pending.popleft()
+          yield row0, future.result()
     else:
       for row, job in jobs:
         yield row, records.load_media_safe(job)
@@ -422,7 +434,8 @@ def make_builder(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.
   short = dataset.split(":", 1)[-1]
   config = ClipConfig(name=f"{short}_{settings.mode}_{digest}", dataset=dataset, layout=layout,
                       splits=found, settings=settings, compression=bcfg.compression,
-                      num_workers=int(bcfg.num_workers))
+                      num_workers=int(bcfg.num_workers),
+                      jobs_per_worker=int(bcfg.jobs_per_worker))
   cls = BUILDERS["unibench" if dataset.startswith("unibench:") else dataset]
   return cls(config=config, data_dir=out_dir)
 
