@@ -196,8 +196,8 @@ class Checkpointer:
       raise CheckpointError(f"{self.directory}/{step}/meta: not an {FORMAT} record.")
     return meta
 
-  def restore(self, step: int, target: Mapping[str, Any], *, data_iterator: Any = None
-              ) -> Restored:
+  def restore(self, step: int, target: Mapping[str, Any], *, data_iterator: Any = None,
+              restore_data: bool = True) -> Restored:
     """Restores one step onto the target's shardings (see `restore_latest`)."""
     target = abstract(target)
     meta = self.read_meta(step)
@@ -218,13 +218,20 @@ class Checkpointer:
         storable = _keys_to_abstract_data(wanted, meta["key_impls"][name])
         args[name] = ocp.args.PyTreeRestore(
             storable, restore_args=ocp.checkpoint_utils.construct_restore_args(storable))
-    if "data" in meta["items"]:
+    if restore_data and "data" in meta["items"]:
       args["data"] = ocp.args.JsonRestore()
-    if "data_iterator" in meta["items"]:
+    if restore_data and "data_iterator" in meta["items"]:
       if data_iterator is None:
         raise _UsageError(
             f"{self.directory}/{step} holds a grain iterator's position; pass "
-            "data_iterator=<a fresh iterator of the same pipeline> to restore it.")
+            "data_iterator=<a fresh iterator of the same pipeline> to restore it (or "
+            "restore_data=False to start the input afresh).")
+      saved_by = meta.get("process_count", 1)
+      if saved_by != jax.process_count():
+        raise _UsageError(
+            f"{self.directory}/{step}: the grain iterator's position was saved by {saved_by} "
+            f"processes (one state each) but this run has {jax.process_count()}; resume with "
+            f"{saved_by} processes, or pass restore_data=False to start the input afresh.")
       args["data_iterator"] = grain_checkpoint.CheckpointRestore(data_iterator)
     restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
     state = {}
@@ -239,8 +246,8 @@ class Checkpointer:
         restored["data_iterator"] if "data_iterator" in args else None)
     return Restored(state, data, meta)
 
-  def restore_latest(self, target: Mapping[str, Any], *, data_iterator: Any = None
-                     ) -> Restored | None:
+  def restore_latest(self, target: Mapping[str, Any], *, data_iterator: Any = None,
+                     restore_data: bool = True) -> Restored | None:
     """The newest readable step, or None when the directory holds no finished step.
 
     Args:
@@ -249,7 +256,9 @@ class Checkpointer:
         come back only if that step saved them; otherwise the returned state lacks them (merge
         over a freshly built state: `state = {**state, **restored.state}`).
       data_iterator: a fresh grain iterator of the same pipeline, when the run saved one: its
-        state is set and it is returned as `data`.
+        state is set and it is returned as `data`. Its state is per process, so resume with
+        the number of processes that saved it.
+      restore_data: False skips the input position (data comes back None).
 
     A step that fails to restore is skipped with an absl warning naming it and the reason; when
     every finished step fails, CheckpointError names the directory and each step's reason.
@@ -263,7 +272,8 @@ class Checkpointer:
     reasons = []
     for step in steps:
       try:
-        result = self.restore(step, target, data_iterator=data_iterator)
+        result = self.restore(step, target, data_iterator=data_iterator,
+                              restore_data=restore_data)
         error = None
       except _UsageError:
         raise
@@ -339,7 +349,7 @@ def _is_training_dir(path: pathlib.Path) -> bool:
 def _restore_training_params(train_dir: pathlib.Path, want: dict) -> dict:
   """Flat {path: array} of the wanted leaves from the newest readable step's params."""
   cfg = ml_collections.ConfigDict(dict(save_every_steps=1, keep=0, keep_period=0,
-                                       async_save=False, verify_checksums=False))
+                                       async_save=False, verify_checksums=True))
   ckpt = Checkpointer(train_dir, cfg, read_only=True)
   reasons = []
   for step in sorted(ckpt.all_steps(), reverse=True):
@@ -348,9 +358,9 @@ def _restore_training_params(train_dir: pathlib.Path, want: dict) -> dict:
       found = {}
       for item, key in (("frozen", "frozen"), ("state", "trainable")):
         if item in meta["items"] and key in meta["keys"][item]:
-          item_dir = train_dir / str(step) / item
-          found.update(_restore_matching(ocp.PyTreeCheckpointer(), item_dir, want,
-                                         train_dir, prefix=(key,)))
+          found.update(_restore_matching(
+              ocp.PyTreeCheckpointer(), train_dir / str(step) / item, want, train_dir,
+              prefix=(key,), saved_checksums=meta.get("checksums", {}).get(item)))
       return found
     except _UsageError:
       raise
@@ -361,10 +371,10 @@ def _restore_training_params(train_dir: pathlib.Path, want: dict) -> dict:
   raise CheckpointError(f"{train_dir}: no readable checkpoint ({'; '.join(reasons)}).")
 
 
-def _restore_matching(checkpointer, item_dir: pathlib.Path, want: dict, source, prefix=()
-                      ) -> dict:
+def _restore_matching(checkpointer, item_dir: pathlib.Path, want: dict, source, prefix=(),
+                      saved_checksums: Mapping[str, int] | None = None) -> dict:
   """Flat {path: array}: the stored leaves under `prefix` whose paths (minus prefix) are in
-  `want`, restored onto want's shardings; {} when none are."""
+  `want`, restored onto want's shardings ({} when none are), checked against saved_checksums."""
   stored = checkpointer.metadata(item_dir).item_metadata.tree
   for key in prefix:
     stored = stored[key]
@@ -383,6 +393,8 @@ def _restore_matching(checkpointer, item_dir: pathlib.Path, want: dict, source, 
   restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
       item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
       partial_restore=True))
+  if saved_checksums is not None:
+    _verify(checksums(restored), saved_checksums, str(item_dir))
   for key in prefix:
     restored = restored[key]
   return flax.traverse_util.flatten_dict(restored)

@@ -2,12 +2,13 @@
 test_manager.py (SIGTERM and kill -9 mid-run, then resume).
 
   python tests/checkpoints/preemption_worker.py --workdir=D --steps=30 --mesh=data=2,fsdp=4
+  (several processes: add --num_processes=2 --process_id=I --port=P, one command per process)
 
 Each step: next batch of a shuffled grain dataset -> target t; rng-dependent noise; one Adam step
 on the quadratic 0.5 * |w * scale - t|^2 + noise . w. Every `--save_every` steps it saves
 (async); on SIGTERM it saves synchronously and exits with preemption.EXIT_CODE. It prints
 `step K CHECKSUM` after each step (CHECKSUM: bitwise fingerprint of trainable, opt_state, rng)
-and writes the final state to WORKDIR/final.npz.
+and (process 0) writes the final state to WORKDIR/final.npz.
 """
 import os
 import sys
@@ -25,20 +26,28 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 
 from affect_jax import distributed, sharding  # noqa: E402
 from affect_jax.checkpoints import manager  # noqa: E402
 from affect_jax.train import preemption  # noqa: E402
 from configs.checkpoint import get_checkpoint_config  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (checkpoints/, final.npz).")
-_STEPS = flags.DEFINE_integer("steps", 30, "Total steps.")
-_SAVE_EVERY = flags.DEFINE_integer("save_every", 3, "Checkpoint interval in steps.")
-_STEP_SECONDS = flags.DEFINE_float("step_seconds", 0.0, "Sleep after each step.")
-_MESH = flags.DEFINE_string("mesh", "data=2,fsdp=4", "Mesh sizes.")
-
 BATCH = 4
 RULES = (("batch", None), ("embed", "fsdp"), ("mlp", "data"), ("norm", None))
+
+
+def define_flags() -> None:
+  """Flags of the command line (defined only when run as a script, so importing this module
+  from the tests adds no global flags)."""
+  flags.DEFINE_string("workdir", None, "Run folder (checkpoints/, final.npz).", required=True)
+  flags.DEFINE_integer("steps", 30, "Total steps.")
+  flags.DEFINE_integer("save_every", 3, "Checkpoint interval in steps.")
+  flags.DEFINE_float("step_seconds", 0.0, "Sleep after each step.")
+  flags.DEFINE_string("mesh", "data=2,fsdp=4", "Mesh sizes.")
+  flags.DEFINE_integer("num_processes", 1, "Processes (jax.distributed).")
+  flags.DEFINE_integer("process_id", 0, "This process's index.")
+  flags.DEFINE_integer("port", 0, "Coordinator port on localhost (several processes).")
 
 
 def dataset():
@@ -72,8 +81,7 @@ def make_update(opt, state_sh):
     updates, opt_state = opt.update({"w": grad}, state["opt_state"], state["trainable"])
     return dict(state, step=state["step"] + 1, rng=rng, opt_state=opt_state,
                 trainable=optax.apply_updates(state["trainable"], updates))
-  return jax.jit(update, in_shardings=(state_sh, None), out_shardings=state_sh,
-                 donate_argnums=0)
+  return jax.jit(update, out_shardings=state_sh, donate_argnums=0)
 
 
 def fingerprint(state) -> int:
@@ -82,15 +90,25 @@ def fingerprint(state) -> int:
   return sum(manager.checksums(tree).values()) % 2**32
 
 
+def host(x) -> np.ndarray:
+  """The full value of a global array on this host (several processes: all-gathered)."""
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def main(argv):
   del argv
-  workdir = pathlib.Path(_WORKDIR.value)
-  mesh = sharding.make_mesh(sharding.parse_mesh_flag(_MESH.value))
-  cfg = get_checkpoint_config(save_every_steps=_SAVE_EVERY.value, keep=2, async_save=True)
+  opts = flags.FLAGS
+  workdir = pathlib.Path(opts.workdir)
+  if opts.num_processes > 1:
+    distributed.initialize(f"localhost:{opts.port}", opts.num_processes, opts.process_id)
+  mesh = sharding.make_mesh(sharding.parse_mesh_flag(opts.mesh))
+  cfg = get_checkpoint_config(save_every_steps=opts.save_every, keep=2, async_save=True)
   opt, state, state_sh = init(mesh)
   update = make_update(opt, state_sh)
   it = iter(dataset())
-  ckpt = manager.Checkpointer(workdir / "checkpoints", cfg, config={"steps": _STEPS.value})
+  ckpt = manager.Checkpointer(workdir / "checkpoints", cfg, config={"steps": opts.steps})
   start = 0
   restored = ckpt.restore_latest(manager.abstract(state), data_iterator=it)
   if restored is not None:
@@ -98,8 +116,9 @@ def main(argv):
     start = restored.meta["step"]
   print(f"start {start}", flush=True)
   with preemption.Preemption(cfg) as stop:
-    for step in range(start, _STEPS.value):
-      state = update(state, np.asarray(next(it)))
+    for step in range(start, opts.steps):
+      batch = distributed.put(np.asarray(next(it)), sharding.replicated(mesh))
+      state = update(state, batch)
       done = step + 1
       ckpt.save(done, state, data=it)
       print(f"step {done} {fingerprint(state)}", flush=True)
@@ -108,16 +127,17 @@ def main(argv):
         ckpt.close()
         print(f"preempted {done} {stop.signal_name}", flush=True)
         sys.exit(preemption.EXIT_CODE)
-      time.sleep(_STEP_SECONDS.value)
+      time.sleep(opts.step_seconds)
   ckpt.close()
-  np.savez(workdir / "final.npz", step=np.asarray(state["step"]),
-           w=np.asarray(state["trainable"]["w"]), mu=np.asarray(state["opt_state"][0].mu["w"]),
-           nu=np.asarray(state["opt_state"][0].nu["w"]),
-           count=np.asarray(state["opt_state"][0].count),
-           rng=np.asarray(jax.random.key_data(state["rng"])))
+  adam = state["opt_state"][0]
+  final = dict(step=host(state["step"]), w=host(state["trainable"]["w"]), mu=host(adam.mu["w"]),
+               nu=host(adam.nu["w"]), count=host(adam.count),
+               rng=host(jax.random.key_data(state["rng"])))
+  if jax.process_index() == 0:
+    np.savez(workdir / "final.npz", **final)
   print("done", flush=True)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
+  define_flags()
   app.run(main)
