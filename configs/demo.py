@@ -43,9 +43,11 @@ def get_config():
   c.model.audio = dict(
       hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
       hidden_act="gelu", layer_norm_eps=1e-5, feat_extract_norm="layer", feat_proj_layer_norm=True,
-      conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), conv_bias=True,
+      conv_dim=(32, 32, 32, 32), conv_stride=(5, 4, 4, 4), conv_kernel=(10, 4, 4, 4),
+      conv_bias=True,
       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, do_stable_layer_norm=True,
       dtype="float32", param_dtype="float32")
+  # (The conv strides multiply to 320 samples per frame, as in HuBERT: 50 frames per second.)
   c.model.fusion = dict(video_dim=32, audio_dim=64, multi_dim=64, llm_dim=128,
                         dtype="float32", param_dtype="float32")
   c.model.placeholder_ids = dict(multi=-1, audio=-1, video=-1)

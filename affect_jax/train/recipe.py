@@ -92,7 +92,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Prepare
   ids = tokenizer_lib.placeholder_ids(tok, specials)
   mc.placeholder_ids = {k: int(ids[k]) for k in config.model.placeholder_ids}
   model = affectgpt.AffectGPTConfig.from_config(mc)
-  params = sharding.unbox(affectgpt.init(model, jax.random.key(config.seed)))
+  params = jax.jit(lambda k: sharding.unbox(affectgpt.init(model, k)))(jax.random.key(config.seed))
 
   key = features_lib.checkpoint_key(f"seed={config.seed}", json.dumps(mc.to_dict(),
                                                                         sort_keys=True))
