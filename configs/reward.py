@@ -23,12 +23,14 @@ def get_reward_config(**overrides) -> ml_collections.ConfigDict:
   # P3: 'shifted' log(n_gt+1)/log(n_pred+1) (defined at n_gt = 1); 'raw' log(n_gt)/log(n_pred)
   # as printed in the paper (0 when n_gt <= 1, where it is 0 or undefined).
   c.p3_form = "shifted"
-  # Bad completions score 0 on every term: more answer items than max_labels, or an answer
-  # spanning more than max_answer_tokens tokens. A <think> spanning more than max_think_tokens
-  # tokens yields no think words (alignment and dual 0). Both caps bound on-device work.
+  # Bad completions score 0 on every term: more answer items than max_labels (reward hacking
+  # by listing many emotions).
   c.max_labels = 16
-  c.max_answer_tokens = 64
-  c.max_think_tokens = 256
+  # Optional caps on on-device work (0 = none: the parsers loop as long as the longest
+  # answer / think of the batch): an answer over max_answer_tokens tokens scores 0 on every
+  # term; a think over max_think_tokens tokens yields no think words (alignment, dual 0).
+  c.max_answer_tokens = 0
+  c.max_think_tokens = 0
   c.max_gt_labels = 16   # width of the padded ground-truth arrays
   # Two odd bases of the 2 x 32-bit polynomial label hash.
   c.hash_bases = (0x01000193, 0x5BD1E995)

@@ -41,13 +41,17 @@ def _take0(x, idx):
   return jnp.take_along_axis(x, jnp.clip(idx, 0, x.shape[0] - 1)[None], axis=0)[0]
 
 
-def reduce0(x, op):
-  """Reduces axis 0 by a tree of elementwise `op`s over slices. On XLA:CPU this is several
-  times faster than a reduction (or argmax) along the major axis of a fused producer."""
+def reduce0(x, op, identity):
+  """Reduces axis 0 by a tree of elementwise `op`s over halves (padded with `identity` to a
+  power of two). On XLA:CPU this is several times faster than a reduction or an argmax along
+  the major axis of a fused producer."""
+  n = x.shape[0]
+  size = 1 << max(0, (n - 1).bit_length())
+  if size != n:
+    x = jnp.concatenate([x, jnp.full((size - n,) + x.shape[1:], identity, x.dtype)])
   while x.shape[0] > 1:
     half = x.shape[0] // 2
-    y = op(x[:half], x[half:2 * half])
-    x = jnp.concatenate([y, x[2 * half:]]) if x.shape[0] % 2 else y
+    x = op(x[:half], x[half:])
   return x[0]
 
 
@@ -58,17 +62,25 @@ def _positions(n, ndim):
 def first_true(mask):
   """Index of the first True along axis 0, -1 when none."""
   n = mask.shape[0]
-  first = reduce0(jnp.where(mask, _positions(n, mask.ndim), n), jnp.minimum)
+  first = reduce0(jnp.where(mask, _positions(n, mask.ndim), n), jnp.minimum, n)
   return jnp.where(first < n, first, -1)
 
 
 def last_true(mask):
   """Index of the last True along axis 0, -1 when none."""
-  return reduce0(jnp.where(mask, _positions(mask.shape[0], mask.ndim), -1), jnp.maximum)
+  return reduce0(jnp.where(mask, _positions(mask.shape[0], mask.ndim), -1), jnp.maximum, -1)
 
 
 def count0(mask):
-  return reduce0(mask.astype(jnp.int32), jnp.add)
+  return reduce0(mask.astype(jnp.int32), jnp.add, 0)
+
+
+def any0(mask):
+  return reduce0(mask, jnp.logical_or, False)
+
+
+def or0(words):
+  return reduce0(words, jnp.bitwise_or, 0)
 
 
 def bits(x, at, width=1):
@@ -114,7 +126,8 @@ class TagInfo:
   start: token holding its '<'; count: occurrences; nz_before / nz_through: non-whitespace
   tokens before its start token / up to and including its end token; close / close_cross /
   close_start ([2, B], for <think> and <answer>): the first close tag ending in a token after
-  the open tag's token; multi: some token holds one tag twice; nz_total: non-whitespace tokens.
+  the open tag's token; multi: some token holds one tag twice; nz_total: non-whitespace tokens;
+  empty: bool[N, B] tokens that add no text.
   """
   first: jax.Array
   cross: jax.Array
@@ -127,6 +140,7 @@ class TagInfo:
   close_start: jax.Array
   multi: jax.Array
   nz_total: jax.Array
+  empty: jax.Array
 
 
 def tag_scan(ids_t, tables) -> TagInfo:
@@ -148,52 +162,51 @@ def tag_scan(ids_t, tables) -> TagInfo:
     special = (word >> np.uint32(31)) == 1
     low = word & np.uint32(rt.FIELD)
     ended = active & end
-    cross = reduce0(jnp.where((ended[None] & fields) != 0, weights, _U0), jnp.bitwise_or)
+    hit = jnp.where((ended[None] & fields) != 0, weights, _U0)
+    cross = hit[0] | hit[1] | hit[2] | hit[3]
     mid = jnp.where(special, _U0, low)
     shift = jnp.where(special, _U0, bits(word, 28, 3))
     active = jnp.where(special, low, _U0) | ((active & mid) << shift)
     event = (cross | ((end >> np.uint32(24)) & np.uint32(0xF0))).astype(jnp.uint8)
     nonws = (word != np.uint32(rt.ALLWS_WORD)) & (word != np.uint32(rt.EMPTY_WORD))
     multi = special & (bits(word, 28) != 0)
-    out = (event, last_sp, nz, multi)
+    out = (event, last_sp, nz, multi, word == np.uint32(rt.EMPTY_WORD))
     return (active, jnp.where(special, t, last_sp), nz + nonws.astype(jnp.int32)), out
 
   init = (jnp.zeros((batch,), jnp.uint32), jnp.full((batch,), -1, jnp.int32),
           jnp.zeros((batch,), jnp.int32))
-  (_, _, nz_total), (event, last_sp, nz, multi) = jax.lax.scan(
+  (_, _, nz_total), (event, last_sp, nz, multi, empty) = jax.lax.scan(
       body, init, (ids_t, jnp.arange(n, dtype=jnp.int32)))
-  pos = jnp.arange(n, dtype=jnp.int32)[:, None]
-  firsts, crosses, starts, counts, befores, throughs = [], [], [], [], [], []
-  for t in range(4):
-    cross = (event & np.uint8(1 << t)) != 0
-    hit = (event & np.uint8(0x11 << t)) != 0
-    first = first_true(hit)
-    is_cross = _take0(cross, first)
-    start = jnp.where(is_cross, _take0(last_sp, first), first)
-    firsts.append(first)
-    crosses.append(is_cross)
-    starts.append(start)
-    counts.append(count0(hit) + count0(cross & ((event & np.uint8(0x10 << t)) != 0)))
-    # Non-whitespace tokens before the start token / up to the end token (a start token is
-    # special, hence never whitespace).
-    befores.append(_take0(nz, start))
-    throughs.append(_take0(nz, first) + 1)
-  closes, close_crosses, close_starts = [], [], []
-  for pair in range(2):
-    t = 2 * pair + 1
-    hit = ((event & np.uint8(0x11 << t)) != 0) & (pos > firsts[2 * pair][None]) & (
-        firsts[2 * pair][None] >= 0)
-    close = first_true(hit)
-    is_cross = _take0((event & np.uint8(1 << t)) != 0, close)
-    closes.append(close)
-    close_crosses.append(is_cross)
-    close_starts.append(jnp.where(is_cross, _take0(last_sp, close), close))
-  multi = reduce0(multi, jnp.logical_or)
-  return TagInfo(first=jnp.stack(firsts), cross=jnp.stack(crosses), start=jnp.stack(starts),
-                 count=jnp.stack(counts), nz_before=jnp.stack(befores),
-                 nz_through=jnp.stack(throughs), close=jnp.stack(closes),
-                 close_cross=jnp.stack(close_crosses), close_start=jnp.stack(close_starts),
-                 multi=multi, nz_total=nz_total)
+  # Per tag t (axis 1): bit t = ends as a chain, bit 4 + t = inside one token.
+  shifts = jnp.arange(4, dtype=jnp.uint8)[None, :, None]
+  cross = ((event[:, None] >> shifts) & np.uint8(1)) != 0               # [N, 4, B]
+  inside = ((event[:, None] >> (shifts + 4)) & np.uint8(1)) != 0
+  hit = cross | inside
+  # Real reductions here (their inputs are materialized scan outputs): unlike the tree
+  # reductions, XLA does not duplicate them into each consumer of the results.
+  positions = jnp.arange(n, dtype=jnp.int32)[:, None, None]
+  first_of = lambda m: (lambda f: jnp.where(f < n, f, -1))(jnp.min(jnp.where(m, positions, n),
+                                                                     axis=0))
+  first = first_of(hit)                                                 # [4, B]
+  take = lambda x, idx: jnp.take_along_axis(x, jnp.clip(idx, 0, n - 1)[None], axis=0)[0]
+  is_cross = take(cross, first)
+  last_sp4 = jnp.broadcast_to(last_sp[:, None], cross.shape)
+  nz4 = jnp.broadcast_to(nz[:, None], cross.shape)
+  start = jnp.where(is_cross, take(last_sp4, first), first)
+  # Non-whitespace tokens before the start token / up to the end token (a start token is
+  # special, hence never whitespace).
+  nz_before = take(nz4, start)
+  nz_through = take(nz4, first) + 1
+  count = jnp.sum(hit, axis=0, dtype=jnp.int32) + jnp.sum(cross & inside, axis=0, dtype=jnp.int32)
+  opened = first[0::2]                                                  # [2, B]
+  later = hit[:, 1::2] & (positions > opened[None]) & (opened[None] >= 0)
+  close = first_of(later)
+  close_cross = take(cross[:, 1::2], close)
+  close_start = jnp.where(close_cross, take(last_sp4[:, :2], close), close)
+  multi = jnp.any(multi, axis=0)
+  return TagInfo(first=first, cross=is_cross, start=start, count=count, nz_before=nz_before,
+                 nz_through=nz_through, close=close, close_cross=close_cross,
+                 close_start=close_start, multi=multi, nz_total=nz_total, empty=empty)
 
 
 def _sp(tables, special, column):
@@ -210,18 +223,24 @@ def _special_at(ids_t, tables, position):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Span:
-  """A content: tokens t_open..t_close, cut at the start / end kinds; all [B]."""
+  """A content: tokens t_open..t_close, all [B]. Its pieces: j = 0 the cut record row_open
+  (the part of t_open after the open tag; up to the close tag when t_open == t_close),
+  j = t_close - t_open > 0 the cut record row_close, the whole tokens between; first / last:
+  the first / last non-empty piece (-1: none), where the bracket rule applies."""
   present: jax.Array
   t_open: jax.Array
-  start_kind: jax.Array
   t_close: jax.Array
-  end_kind: jax.Array
+  row_open: jax.Array
+  row_close: jax.Array
+  first: jax.Array
+  last: jax.Array
 
 
 def content_span(info: TagInfo, ids_t, tables, pair: int) -> Span:
   """The content from the first open tag to the first close tag after it (pair 0: think,
   1: answer)."""
   open_t, close_t = 2 * pair, 2 * pair + 1
+  n = ids_t.shape[0]
   t_open = info.first[open_t]
   crossed = info.cross[open_t]
   sp_open = _special_at(ids_t, tables, t_open)
@@ -233,9 +252,26 @@ def content_span(info: TagInfo, ids_t, tables, pair: int) -> Span:
   t_close = jnp.where(same, t_open, jnp.where(later_cross, info.close_start[pair],
                                               info.close[pair]))
   end_kind = jnp.where(~same & later_cross, rt.END_CROSS, rt.END_INTERNAL)
-  return Span(present=(t_open >= 0) & (same | later), t_open=t_open,
-              start_kind=jnp.where(crossed, rt.START_CROSS, rt.START_INTERNAL),
-              t_close=t_close, end_kind=end_kind)
+  start_kind = jnp.where(crossed, rt.START_CROSS, rt.START_INTERNAL)
+  sp_close = _special_at(ids_t, tables, t_close)
+  single = t_open == t_close
+  row_open = tables.sp_kinds[jnp.maximum(sp_open, 0), pair, start_kind,
+                             jnp.where(single, end_kind, rt.END_TOKEN)]
+  row_close = tables.sp_kinds[jnp.maximum(sp_close, 0), pair, rt.START_TOKEN, end_kind]
+  # Non-empty pieces: the cut ends by their records, whole tokens by the tag scan.
+  empty = lambda r: bits(gather(tables.rec_answer, r)[:, rt.A["a_flags"]], rt.F_EMPTY) != 0
+  open_ne, close_ne = ~empty(row_open), ~single & ~empty(row_close)
+  pos = jnp.arange(n, dtype=jnp.int32)[:, None]
+  middle = ~info.empty & (pos > t_open[None]) & (pos < t_close[None])
+  first_mid = jnp.min(jnp.where(middle, pos, n), axis=0)
+  last_mid = jnp.max(jnp.where(middle, pos, -1), axis=0)
+  span_j = t_close - t_open
+  first = jnp.where(open_ne, 0, jnp.where(first_mid < n, first_mid - t_open,
+                                          jnp.where(close_ne, span_j, -1)))
+  last = jnp.where(close_ne, span_j, jnp.where(last_mid >= 0, last_mid - t_open,
+                                               jnp.where(open_ne, 0, -1)))
+  return Span(present=(t_open >= 0) & (same | later), t_open=t_open, t_close=t_close,
+              row_open=row_open, row_close=row_close, first=first, last=last)
 
 
 def format_ok(info: TagInfo, ids_t, tables):
@@ -271,126 +307,132 @@ def format_ok(info: TagInfo, ids_t, tables):
 # 2. Contents.
 
 
-def content_rows(ids_t, span: Span, tables, mode: int, width: int, brackets: bool):
-  """Record rows of a content's token pieces: (rows int32[C, B], inside bool[C, B], last
-  index [B], overflow bool[B]), C = width. Rows come out of a scan (which also keeps XLA
-  from fusing this index arithmetic into every consumer of the later gathers)."""
-  n, batch = ids_t.shape
-  sp_open = _special_at(ids_t, tables, span.t_open)
-  sp_close = _special_at(ids_t, tables, span.t_close)
-  same = span.t_open == span.t_close
-  row_open = tables.sp_kinds[jnp.maximum(sp_open, 0), mode, span.start_kind,
-                             jnp.where(same, span.end_kind, rt.END_TOKEN)]
-  row_close = tables.sp_kinds[jnp.maximum(sp_close, 0), mode, rt.START_TOKEN, span.end_kind]
+def content_tokens(ids_t, span: Span):
+  """int32[N, B]: token t_open + j of every row at j (one vectorized gather, so that the
+  loops below read contiguous rows instead of gathering from ids_t at every step)."""
+  n = ids_t.shape[0]
+  at = jnp.clip(span.t_open[None] + jnp.arange(n, dtype=jnp.int32)[:, None], 0, n - 1)
+  return jnp.take_along_axis(ids_t, at, axis=0)
 
-  def body(_, j):
-    at = span.t_open + j
-    inside = span.present & (at <= span.t_close)
-    token = jnp.take_along_axis(ids_t, jnp.clip(at, 0, n - 1)[None], axis=0)[0]
-    row = jnp.where(j == 0, row_open, jnp.where(at == span.t_close, row_close, token))
-    row = jnp.where(inside, row, tables.vocab_size)    # row V: the empty string
-    empty = bits(gather(tables.rec_answer, row)[:, rt.A["a_flags"]], rt.F_EMPTY) != 0
-    return None, (row, inside, inside & ~empty)
 
-  _, (rows, inside, nonempty) = jax.lax.scan(body, None, jnp.arange(width, dtype=jnp.int32))
+def _piece_row(j, tokens, span: Span, tables, brackets: bool):
+  """Record row [B] and inside flag of content piece j (a scalar) of every row."""
+  at = span.t_open + j
+  inside = span.present & (at <= span.t_close)
+  token = jax.lax.dynamic_index_in_dim(tokens, j, keepdims=False)
+  row = jnp.where(j == 0, span.row_open, jnp.where(at == span.t_close, span.row_close, token))
+  row = jnp.where(inside, row, tables.vocab_size)      # row V: the empty string
   if brackets:
-    j = jnp.arange(width, dtype=jnp.int32)[:, None]
-    first, last = first_true(nonempty), last_true(nonempty)
-    rows = jnp.where(j == first[None], tables.bracket_first[_take0(rows, first)][None], rows)
-    rows = jnp.where(j == last[None], tables.bracket_last[_take0(rows, last)][None], rows)
-  overflow = span.present & (span.t_close - span.t_open + 1 > width)
-  return rows, inside, jnp.clip(span.t_close - span.t_open, 0, width - 1), overflow
+    row = jnp.where(j == span.first, gather(tables.bracket_first, row), row)
+    row = jnp.where(j == span.last, gather(tables.bracket_last, row), row)
+  return row, inside
+
+
+def span_tokens(span: Span):
+  """Tokens a content spans [B] (0 when absent)."""
+  return jnp.where(span.present, span.t_close - span.t_open + 1, 0)
+
+
+def overflow(span: Span, cap: int):
+  """Contents spanning more than `cap` tokens [B] (never, when cap is 0)."""
+  return (span_tokens(span) > cap) if cap > 0 else jnp.zeros_like(span.present)
+
+
+def _steps(span: Span, cap: int, n: int):
+  """Loop trip count: the longest content of the batch (at most cap, or n when cap is 0)."""
+  return jnp.minimum(jnp.max(span_tokens(span)), cap if cap > 0 else n)
 
 
 # ------------------------------------------------------------------------------------------
 # 3. Parsers.
 
 
-def answer_step(state, piece, bases):
-  """Appends one separator-free piece to a label state (h1, h2, flags).
+def answer_step(state, rec, transitions):
+  """Appends piece a of records rec [B, cols] to label states (h1, h2, flags) [B].
 
-  State flags: bit 0 a non-whitespace character seen, bit 1 bad (whitespace inside the label
-  other than single spaces), bits 2-3 the kind of the pending whitespace run (0 none, 1 one
-  space, 2 other). Piece: core hashes and powers and flags (reward_tables F_* bits).
+  The flag logic (whitespace kinds, badness) is one lookup in the transition table; the hash
+  grows by the core's power (times the base for a one-space gap): h * m + H.
   """
   h1, h2, f = state
-  ph1, ph2, pp1, pp2, pf = piece
-  seen = bits(f, 0) != 0
-  gap = jnp.minimum(bits(f, 2, 2) + bits(pf, rt.F_LEAD, 2), np.uint32(2))
-  allws = bits(pf, rt.F_ALLWS) != 0
-  one = gap == 1
-  n1 = jnp.where(seen, h1 * jnp.where(one, np.uint32(bases[0]), np.uint32(1)) * pp1 + ph1, ph1)
-  n2 = jnp.where(seen, h2 * jnp.where(one, np.uint32(bases[1]), np.uint32(1)) * pp2 + ph2, ph2)
-  bad = (bits(f, 1) != 0) | (seen & (gap == 2)) | (bits(pf, rt.F_INNER_BAD) != 0)
-  grown = np.uint32(1) | (bad.astype(jnp.uint32) << np.uint32(1)) | (
-      bits(pf, rt.F_TRAIL, 2) << np.uint32(2))
-  waiting = (f & np.uint32(3)) | (gap << np.uint32(2))
-  return (jnp.where(allws, h1, n1), jnp.where(allws, h2, n2), jnp.where(allws, waiting, grown))
+  tr = gather(transitions, ((rec[:, rt.A["a_flags"]] & np.uint32(63)) << np.uint32(4)) | f)
+  gap_one = bits(tr, 4, 2) == 1
+  allws = bits(tr, 6) != 0
+  seen = bits(f, rt.S_SEEN) != 0
+
+  def grow(h, m0, m1, core):
+    return jnp.where(allws, h, jnp.where(seen, h * jnp.where(gap_one, m1, m0), _U0) + core)
+
+  return (grow(h1, rec[:, rt.A["a_m0_1"]], rec[:, rt.A["a_m1_1"]], rec[:, rt.A["a_h1"]]),
+          grow(h2, rec[:, rt.A["a_m0_2"]], rec[:, rt.A["a_m1_2"]], rec[:, rt.A["a_h2"]]),
+          tr & np.uint32(15))
 
 
-def answer_scan(rows, inside, last, tables):
-  """Answer parser over record rows [C, B] -> (cluster set words [W][B], item count [B]).
+def _or_words(words, found):
+  return [w | f for w, f in zip(words, found)]
 
-  Per position the scan gathers the record and advances the label state; labels closed by a
-  separator come out as hashes and are looked up afterwards in one vectorized pass.
+
+def answer_scan(ids_t, span: Span, cap: int, tables):
+  """Answer parser over the answer content's pieces -> (cluster set words [W][B], item count
+  [B]). A while loop over piece index j runs as many steps as the longest answer of the batch
+  has tokens (at most `cap` when cap > 0): per step it gathers each row's record, advances the
+  label state, and looks up the label a separator closes.
   """
-  width, batch = rows.shape
+  n, batch = ids_t.shape
   n_cols = len(rt.ANSWER_COLUMNS)
+  steps = _steps(span, cap, n)
+  tokens = content_tokens(ids_t, span)
   u = jnp.zeros((batch,), jnp.uint32)
   empty = (u, u, u)
 
-  def body(c, x):
-    state, final, words, count = c
-    row, ins, last_here = x
-    rec = gather(tables.rec_answer, row)                    # [B, 10 + W]
-    head = tuple(rec[:, i] for i in range(5))
-    tail = tuple(rec[:, 5 + i] for i in range(5))
-    sep = ins & (bits(head[4], rt.F_SEP) != 0)
-    closing = answer_step(state, head, tables.bases)
-    state = tuple(jnp.where(sep, a, b) for a, b in zip(answer_step(empty, tail, tables.bases),
-                                                         closing))
-    final = tuple(jnp.where(last_here, a, b) for a, b in zip(state, final))
-    words = [w | jnp.where(ins, rec[:, n_cols + k], _U0) for k, w in enumerate(words)]
-    count = count + jnp.where(ins, bits(head[4], rt.F_COUNT, 8), _U0).astype(jnp.int32)
-    closed = sep & (bits(closing[2], 0) != 0)
-    return (state, final, words, count), (closing[0], closing[1],
-                                          closed & (bits(closing[2], 1) == 0), closed)
+  def body(c):
+    j, state, words, count = c
+    row, ins = _piece_row(j, tokens, span, tables, brackets=True)
+    rec = gather(tables.rec_answer, row)                    # [B, cols + W]
+    flags = rec[:, rt.A["a_flags"]]
+    sep = ins & (bits(flags, rt.F_SEP) != 0)
+    closing = answer_step(state, rec, tables.transitions)
+    closed = sep & (bits(closing[2], rt.S_SEEN) != 0)
+    found = lookup(closing[0], closing[1], closed & (bits(closing[2], rt.S_BAD) == 0), tables)
+    inner = [jnp.where(ins, rec[:, n_cols + k], _U0) for k in range(tables.num_words)]
+    fresh = (rec[:, rt.A["f_h1"]], rec[:, rt.A["f_h2"]], rec[:, rt.A["f_state"]])
+    state = tuple(jnp.where(sep, a, b) for a, b in zip(fresh, closing))
+    count = (count + closed.astype(jnp.int32)
+             + jnp.where(ins, bits(flags, rt.F_COUNT, 8), _U0).astype(jnp.int32))
+    return j + 1, state, _or_words(_or_words(words, found), inner), count
 
-  is_last = jnp.arange(width, dtype=jnp.int32)[:, None] == last[None]
-  init = (empty, empty, [u] * tables.num_words, jnp.zeros((batch,), jnp.int32))
-  (_, final, inner, count), (h1, h2, ok, closed) = jax.lax.scan(
-      body, init, (rows, inside, is_last))
-  found = lookup(h1, h2, ok, tables)
-  final_seen = reduce0(inside, jnp.logical_or) & (bits(final[2], 0) != 0)
-  found_final = lookup(final[0], final[1], final_seen & (bits(final[2], 1) == 0), tables)
-  words = [reduce0(f, jnp.bitwise_or) | ff | i for f, ff, i in zip(found, found_final, inner)]
-  return words, count + count0(closed) + final_seen.astype(jnp.int32)
+  init = (jnp.int32(0), empty, [u] * tables.num_words, jnp.zeros((batch,), jnp.int32))
+  _, final, words, count = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
+  # The last label ends with the content (rows shorter than the loop keep their state: the
+  # pieces past a content's end are empty strings).
+  final_seen = span.present & (bits(final[2], rt.S_SEEN) != 0)
+  found = lookup(final[0], final[1], final_seen & (bits(final[2], rt.S_BAD) == 0), tables)
+  return _or_words(words, found), count + final_seen.astype(jnp.int32)
 
 
-def think_scan(rows, inside, last, tables):
-  """Think parser over record rows [C, B] -> cluster set words [W][B] of the think words."""
-  width, batch = rows.shape
+def think_scan(ids_t, span: Span, cap: int, tables):
+  """Think parser over the think content's pieces -> cluster set words [W][B] of its words
+  (a while loop as in answer_scan)."""
+  n, batch = ids_t.shape
   n_cols = len(rt.THINK_COLUMNS)
+  steps = _steps(span, cap, n)
+  tokens = content_tokens(ids_t, span)
   u = jnp.zeros((batch,), jnp.uint32)
 
-  def body(c, x):
-    (h1, h2, ne), final, words = c
-    row, ins, last_here = x
+  def body(c):
+    j, (h1, h2, ne), words = c
+    row, ins = _piece_row(j, tokens, span, tables, brackets=False)
     rec = gather(tables.rec_think, row)
     flags = rec[:, rt.T["t_flags"]]
     brk = ins & (bits(flags, rt.T_BREAK) != 0)
     grown = (h1 * rec[:, 2] + rec[:, 0], h2 * rec[:, 3] + rec[:, 1],
              ne | bits(flags, rt.T_A_NONEMPTY))
+    found = lookup(grown[0], grown[1], brk & (grown[2] != 0), tables)
+    inner = [jnp.where(ins, rec[:, n_cols + k], _U0) for k in range(tables.num_words)]
     state = (jnp.where(brk, rec[:, 4], grown[0]), jnp.where(brk, rec[:, 5], grown[1]),
              jnp.where(brk, bits(flags, rt.T_B_NONEMPTY), grown[2]))
-    final = tuple(jnp.where(last_here, a, b) for a, b in zip(state, final))
-    words = [w | jnp.where(ins, rec[:, n_cols + k], _U0) for k, w in enumerate(words)]
-    return (state, final, words), (grown[0], grown[1], brk & (grown[2] != 0))
+    return j + 1, state, _or_words(_or_words(words, found), inner)
 
-  is_last = jnp.arange(width, dtype=jnp.int32)[:, None] == last[None]
-  init = ((u, u, u), (u, u, u), [u] * tables.num_words)
-  (_, final, inner), (h1, h2, ok) = jax.lax.scan(body, init, (rows, inside, is_last))
-  found = lookup(h1, h2, ok, tables)
-  found_final = lookup(final[0], final[1], reduce0(inside, jnp.logical_or) & (final[2] != 0),
-                       tables)
-  return [reduce0(f, jnp.bitwise_or) | ff | i for f, ff, i in zip(found, found_final, inner)]
+  init = (jnp.int32(0), (u, u, u), [u] * tables.num_words)
+  _, final, words = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
+  found = lookup(final[0], final[1], span.present & (final[2] != 0), tables)
+  return _or_words(words, found)

@@ -49,8 +49,12 @@ ALLWS_WORD = 7 << 28                                  # tok_word of a whitespace
 EMPTY_WORD = FIELD                                    # tok_word of a token adding no text
 MOD = 1 << 32
 GOLDEN = (0x9E3779B1, 0x85EBCA77)
-# Answer pieces: ws kinds 0 none, 1 a single ' ', 2 anything else.
+# Answer pieces: ws kinds 0 none, 1 a single ' ', 2 anything else. The low 6 bits of a
+# piece's flags are its class (whitespace only, kind of leading / trailing whitespace,
+# non-space whitespace inside) for the label-state transition table.
 F_ALLWS, F_LEAD, F_TRAIL, F_INNER_BAD, F_SEP, F_EMPTY, F_COUNT = 0, 1, 3, 5, 6, 7, 8
+# Label state flags: bit 0 non-whitespace seen, bit 1 bad, bits 2-3 pending whitespace kind.
+S_SEEN, S_BAD, S_PEND = 0, 1, 2
 # Think flags.
 T_BREAK, T_A_NONEMPTY, T_B_NONEMPTY = 0, 1, 2
 # Cut pieces of special tokens. Content starts: token start, after the first '>', after the
@@ -197,6 +201,34 @@ def _ws_kind(run: str) -> int:
   return 0 if not run else (1 if run == " " else 2)
 
 
+def piece_transition(klass: int, state: int) -> tuple[int, int, bool]:
+  """(new state flags, whitespace gap before the piece's core, whitespace only) when a
+  separator-free piece of class `klass` is appended to a label with state flags `state`.
+
+  A gap of 1 is one space between two words; 2 (several or non-space whitespace) makes the
+  label bad once something follows it. Leading and trailing whitespace never counts (the
+  official strip()).
+  """
+  seen, bad, pend = state & 1, (state >> 1) & 1, (state >> 2) & 3
+  allws, lead = klass & 1, (klass >> F_LEAD) & 3
+  trail, inner_bad = (klass >> F_TRAIL) & 3, (klass >> F_INNER_BAD) & 1
+  gap = min(pend + lead, 2)
+  if allws:
+    return (state & 3) | (gap << S_PEND), gap, True
+  bad = bad | (seen & int(gap == 2)) | inner_bad
+  return 1 | (bad << S_BAD) | (trail << S_PEND), gap, False
+
+
+def transition_table() -> np.ndarray:
+  """uint32[64 * 16]: entry klass * 16 + state = new state | gap << 4 | whitespace-only << 6."""
+  out = np.zeros(64 * 16, np.uint32)
+  for klass in range(64):
+    for state in range(16):
+      new, gap, allws = piece_transition(klass, state)
+      out[klass * 16 + state] = new | (gap << 4) | (int(allws) << 6)
+  return out
+
+
 def _answer_piece(text: str, bases) -> list[int]:
   """[h1, h2, p1, p2, flags] of a separator-free string (flags: F_* bits)."""
   core = text.strip()
@@ -215,12 +247,14 @@ def _answer_piece(text: str, bases) -> list[int]:
 # ------------------------------------------------------------------------------------------
 # Records.
 
-# Record tables are row-major: answer rows hold pieces a and b then the inner labels' cluster
-# set words; think rows hold the first and last word fragments, flags, inner words' sets.
-ANSWER_COLUMNS = ("a_h1", "a_h2", "a_p1", "a_p2", "a_flags", "b_h1", "b_h2", "b_p1", "b_p2",
-                  "b_flags")
-THINK_COLUMNS = ("ta_h1", "ta_h2", "ta_p1", "ta_p2", "tb_h1", "tb_h2", "tb_p1", "tb_p2",
-                 "t_flags")
+# Record tables are row-major. Answer rows: piece a (text before the first separator: core
+# hash h, multipliers m0 = P^core and m1 = base * P^core for a one-space gap, flags), the
+# label state right after the last separator (piece b appended to an empty label: f_h,
+# f_state), then the inner labels' cluster set words. Think rows: the first word fragment
+# (hash, power), the last one's hash, flags, then the inner words' cluster sets.
+ANSWER_COLUMNS = ("a_h1", "a_h2", "a_m0_1", "a_m0_2", "a_m1_1", "a_m1_2", "a_flags", "f_h1",
+                  "f_h2", "f_state")
+THINK_COLUMNS = ("ta_h1", "ta_h2", "ta_p1", "ta_p2", "tb_h1", "tb_h2", "t_flags")
 
 
 @dataclasses.dataclass
@@ -254,11 +288,17 @@ class _Records:
       return self.index[text]
     parts = re.split("[,'\"]", text)
     inner_items = [p.strip() for p in parts[1:-1]]
-    a = _answer_piece(parts[0], self.bases)
-    b = _answer_piece(parts[-1], self.bases) if len(parts) > 1 else [0, 0, 1, 1, 0]
+    h1, h2, p1, p2, flags = _answer_piece(parts[0], self.bases)
     count = sum(1 for p in inner_items if p)
-    a[4] |= (int(len(parts) > 1) << F_SEP) | (int(text == "") << F_EMPTY) | (
+    flags |= (int(len(parts) > 1) << F_SEP) | (int(text == "") << F_EMPTY) | (
         min(count, 255) << F_COUNT)
+    a = [h1, h2, p1, p2, p1 * self.bases[0] % MOD, p2 * self.bases[1] % MOD, flags]
+    if len(parts) > 1:   # the label state after the last separator
+      b1, b2, _, _, klass = _answer_piece(parts[-1], self.bases)
+      state, _, allws = piece_transition(klass & 63, 0)
+      a += [0, 0, state] if allws else [b1, b2, state]
+    else:
+      a += [0, 0, 0]
     runs, current, breaks = [], [], 0
     for ch in text:
       encoded = ch.encode("utf-8", "surrogateescape")
@@ -269,10 +309,10 @@ class _Records:
         current, breaks = [], breaks + 1
     runs.append("".join(current))
     ta = self._word(runs[0])
-    tb = self._word(runs[-1]) if breaks else [0, 0, 1, 1]
+    tb = self._word(runs[-1])[:2] if breaks else [0, 0]
     t_flags = (int(breaks > 0) << T_BREAK) | (int(bool(runs[0])) << T_A_NONEMPTY) | (
         int(breaks > 0 and bool(runs[-1])) << T_B_NONEMPTY)
-    self.rows.append(a + b + ta + tb + [t_flags])
+    self.rows.append(a + ta + tb + [t_flags])
     self.inner.append((self._set(inner_items), self._set(runs[1:-1])))
     self.texts.append(text)
     self.index[text] = len(self.rows) - 1
@@ -394,6 +434,7 @@ class RewardTables:
   rec_answer: uint32[R, len(ANSWER_COLUMNS) + W], rec_think: uint32[R, len(THINK_COLUMNS)
     + W] records (the last W columns: cluster sets of the labels inside the string);
     bracket_first / bracket_last: int32[R].
+  transitions: uint32[1024] label-state transitions (`transition_table`).
   slots: uint32[T, 2 + W] perfect hash slots (h1, h2, cluster set); disp: uint32[buckets].
   sets: uint32[S, W] cluster set of every surface form.
   """
@@ -407,6 +448,7 @@ class RewardTables:
   rec_think: jax.Array
   bracket_first: jax.Array
   bracket_last: jax.Array
+  transitions: jax.Array
   slots: jax.Array
   disp: jax.Array
   sets: jax.Array
@@ -527,7 +569,7 @@ def build_reward_tables(tokenizer, tables: wheel_lib.EwTables, bases=(0x01000193
       rec_think=np.concatenate([rows[:, n_answer:], inner[1]], axis=1),
       bracket_first=np.array(bracket_first, np.int32),
       bracket_last=np.array(bracket_last, np.int32),
-      slots=slots, disp=disp, sets=sets,
+      transitions=transition_table(), slots=slots, disp=disp, sets=sets,
       field_bits=field_bits, fields_per_word=per_word, slot_bits=slot_bits,
       bucket_bits=bucket_bits, bases=bases)
 
@@ -535,3 +577,14 @@ def build_reward_tables(tokenizer, tables: wheel_lib.EwTables, bases=(0x01000193
 def to_device(tables: RewardTables) -> RewardTables:
   """The same tables as device arrays (jnp), ready to pass into jitted code."""
   return jax.tree_util.tree_map(jax.numpy.asarray, tables)
+
+
+def wheel_tokenizer(tables: wheel_lib.EwTables):
+  """A byte-level BPE tokenizer (the demo's recipe, affect_jax/data/tokenizer.py) trained on
+  the wheel's surface forms inside think / answer tags; built once, cached under the user
+  cache dir. The default tokenizer of launch.score --engine=device and the reward benchmark."""
+  from affect_jax.data import tokenizer as tokenizer_lib
+  from configs import data as data_config
+  texts = [f"<think>{s}</think><answer>{s}, {s.capitalize()}</answer>" for s in tables.surfaces]
+  root = str(wheel_lib.cache_dir() / "tokenizers")
+  return tokenizer_lib.ensure_demo_tokenizer(root, texts, data_config.tokenizer_config())

@@ -10,8 +10,9 @@
 - dual: EW-F of the <think> words (as prediction) against the ground truth.
 - penalty: P1 / P2 / P3 when the answer has more items than the ground truth (configurable),
   multiplied into the configured terms; total = weighted sum (RewardConfig).
-Completions with more than max_labels answer items, or an answer over max_answer_tokens
-tokens, score 0 on every term. Nothing here can produce NaN.
+Completions with more than max_labels answer items score 0 on every term (and, when the
+optional caps max_answer_tokens / max_think_tokens are set, an answer over its cap scores 0
+and a think over its cap yields no think words). Nothing here can produce NaN.
 
 The text rules are those of affect_jax/emotion/labels.py, evaluated on device from per-token
 tables (affect_jax/rl/reward_tables.py, built once per tokenizer and wheel) by the scans of
@@ -51,8 +52,8 @@ class RewardConfig:
   penalty_terms: tuple = ("accuracy",)
   p3_form: str = "shifted"
   max_labels: int = 16
-  max_answer_tokens: int = 64
-  max_think_tokens: int = 256
+  max_answer_tokens: int = 0
+  max_think_tokens: int = 0
   max_gt_labels: int = 16
   hash_bases: tuple = (0x01000193, 0x5BD1E995)
 
@@ -64,9 +65,12 @@ class RewardConfig:
       raise ValueError(f"reward.penalty_terms: unknown {unknown}; terms are {TERMS}.")
     if self.p3_form not in ("shifted", "raw"):
       raise ValueError(f"reward.p3_form='{self.p3_form}': expected 'shifted' or 'raw'.")
-    for name in ("max_labels", "max_answer_tokens", "max_think_tokens", "max_gt_labels"):
+    for name in ("max_labels", "max_gt_labels"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"reward.{name}={getattr(self, name)}: must be >= 1.")
+    for name in ("max_answer_tokens", "max_think_tokens"):
+      if int(getattr(self, name)) < 0:
+        raise ValueError(f"reward.{name}={getattr(self, name)}: must be >= 0 (0 = no cap).")
     for name in ("w_accuracy", "w_format", "w_alignment", "w_dual"):
       if not math.isfinite(float(getattr(self, name))):
         raise ValueError(f"reward.{name}: must be a finite number.")
@@ -170,7 +174,7 @@ def reference_scores(text: str, gt_cell, tables: wheel_lib.EwTables, cfg: Reward
   """All reward terms of one completion text, by the text rules (labels.py).
 
   token_spans: optional (start_byte, end_byte) per token of the completion; when given, the
-  max_answer_tokens / max_think_tokens caps apply as on device.
+  optional max_answer_tokens / max_think_tokens caps (> 0) apply as on device.
   """
   columns = [tables.variant_index(v) for v in wheel_lib.LEVEL1]
   index = tables.surface_ids()
@@ -178,7 +182,7 @@ def reference_scores(text: str, gt_cell, tables: wheel_lib.EwTables, cfg: Reward
   items = labels_lib.parse_labels(comp.answer) if comp.answer is not None else []
   gt_items = labels_lib.parse_labels(gt_cell)
   answer_over = think_over = False
-  if token_spans is not None:
+  if token_spans is not None and (cfg.max_answer_tokens or cfg.max_think_tokens):
     raw = text.encode("utf-8", "surrogateescape")
     for content, tags, cap in ((comp.answer, (b"<answer>", b"</answer>"), cfg.max_answer_tokens),
                                (comp.think, (b"<think>", b"</think>"), cfg.max_think_tokens)):
@@ -187,7 +191,7 @@ def reference_scores(text: str, gt_cell, tables: wheel_lib.EwTables, cfg: Reward
       start = raw.find(tags[0]) + len(tags[0])
       stop = raw.find(tags[1], start)
       count = _token_index(token_spans, stop) - _token_index(token_spans, start - 1) + 1
-      if count > cap:
+      if 0 < cap < count:
         if tags[0] == b"<answer>":
           answer_over = True
         else:
@@ -243,9 +247,12 @@ def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
     cfg: RewardConfig.
   Returns:
     dict of float32[B]: accuracy, format, alignment, dual, penalty, total; int32[B] n_pred;
-    bool[B] bad; float32[B, 5] precision, recall and bool[B, 5] scored (the answer against
-    the ground truth per level-1 wheel, what the dataset metric averages).
+    bool[B] bad; float32[B, 5] precision, recall, hits (|G & P|) and bool[B, 5] scored (the
+    answer against the ground truth per level-1 wheel, what the dataset metrics average).
   """
+  if tuple(cfg.hash_bases) != tuple(tables.bases):
+    raise ValueError(f"reward.hash_bases={tuple(cfg.hash_bases)} but the tables were built with "
+                     f"{tables.bases}; build them with bases=cfg.hash_bases.")
   ids = jnp.asarray(ids, jnp.int32)
   batch, n = ids.shape
   vocab = tables.vocab_size
@@ -253,19 +260,17 @@ def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
   ids_t = jnp.where(valid & (ids.T >= 0) & (ids.T < vocab), ids.T, vocab)    # [N, B]
   info = rs.tag_scan(ids_t, tables)
 
-  answer = rs.content_span(info, ids_t, tables, pair=1)
-  rows, inside, last, answer_over = rs.content_rows(
-      ids_t, answer, tables, rt.MODE_ANSWER, min(cfg.max_answer_tokens, n), True)
-  answer_words, n_pred = rs.answer_scan(rows, inside, last, tables)
+  answer = rs.content_span(info, ids_t, tables, pair=rt.MODE_ANSWER)
+  answer_words, n_pred = rs.answer_scan(ids_t, answer, cfg.max_answer_tokens, tables)
+  answer_over = rs.overflow(answer, cfg.max_answer_tokens)
   truth = gt_words(gt_ids, tables)
   f_acc, precision, recall = _set_f(truth, answer_words, tables)
 
   if cfg.needs_think_words:
-    think = rs.content_span(info, ids_t, tables, pair=0)
-    rows_t, inside_t, last_t, think_over = rs.content_rows(
-        ids_t, think, tables, rt.MODE_THINK, min(cfg.max_think_tokens, n), False)
+    think = rs.content_span(info, ids_t, tables, pair=rt.MODE_THINK)
+    think_over = rs.overflow(think, cfg.max_think_tokens)
     think_words = [jnp.where(think_over, np.uint32(0), x)
-                   for x in rs.think_scan(rows_t, inside_t, last_t, tables)]
+                   for x in rs.think_scan(ids_t, think, cfg.max_think_tokens, tables)]
     alignment = jnp.mean(_set_f(answer_words, think_words, tables)[0], axis=1)
     dual = jnp.mean(_set_f(truth, think_words, tables)[0], axis=1)
   else:
@@ -278,8 +283,9 @@ def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
   terms = {k: jnp.where(bad, 0.0, v).astype(jnp.float32) for k, v in terms.items()}
   factor, total = _combine(terms, n_pred, n_gt, cfg, xp=jnp)
   scored = rs.wheel_counts(truth, tables) > 0
+  hits = rs.wheel_counts([g & a for g, a in zip(truth, answer_words)], tables)
   return dict(terms, penalty=factor, total=total.astype(jnp.float32), n_pred=n_pred, bad=bad,
-              precision=precision, recall=recall, scored=scored)
+              precision=precision, recall=recall, scored=scored, hits=hits)
 
 
 def make_reward_fn(tables: rt.RewardTables, cfg: RewardConfig):

@@ -1,0 +1,293 @@
+"""On-device EW reward == the host rules, for several tokenizers; bad inputs; penalties."""
+import pathlib
+import sys
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "emotion"))
+import ew_testlib  # noqa: E402
+from affect_jax.emotion import labels, metrics, wheel  # noqa: E402
+from affect_jax.rl import reward_tables, rewards  # noqa: E402
+from configs.reward import get_reward_config  # noqa: E402
+
+TERMS = ("accuracy", "format", "alignment", "dual", "penalty", "total")
+CFG = rewards.RewardConfig(w_accuracy=1.0, w_format=0.25, w_alignment=0.5, w_dual=0.5,
+                           penalty="p3", penalty_terms=("accuracy", "dual"))
+
+
+@pytest.fixture(scope="module")
+def demo():
+  return wheel.load_tables(None)
+
+
+def _corpus(tables, count=1500, seed=0):
+  rng = np.random.default_rng(seed)
+  surfaces = list(tables.surfaces)
+  return tuple(ew_testlib.random_completion(rng, surfaces) for _ in range(count)) + tuple(
+      surfaces)
+
+
+def _tokenizer(kind, tables):
+  corpus = _corpus(tables)
+  if kind == "bpe":
+    return ew_testlib.bpe_tokenizer(corpus)
+  if kind == "bpe_merged":   # merges across tags, separators and words
+    return ew_testlib.bpe_tokenizer(corpus, vocab_size=2500, qwen_regex=False)
+  if kind == "bpe_tag_tokens":
+    return ew_testlib.bpe_tokenizer(corpus, added=("<think>", "</think>", "<answer>",
+                                                   "</answer>", "</think><answer>"))
+  if kind == "char":
+    return ew_testlib.char_tokenizer("".join(sorted(set("".join(corpus)))))
+  if kind == "project":
+    from affect_jax.data import tokenizer as tokenizer_lib
+    from configs import data as data_config
+    c = data_config.tokenizer_config()
+    return tokenizer_lib.build_tokenizer(
+        list(corpus), 1024, dict(c.special_tokens), tuple(c.added_tokens),
+        pretokenize_regex=c.pretokenize_regex)
+  raise ValueError(kind)
+
+
+def _device(tokenizer, tables, texts, gts, cfg=CFG, width=None):
+  ids, lengths = ew_testlib.encode(tokenizer, texts, width)
+  gt_ids, n_gt = rewards.gt_arrays(gts, tables, cfg.max_gt_labels)
+  device_tables = reward_tables.to_device(
+      reward_tables.build_reward_tables(tokenizer, tables, bases=cfg.hash_bases))
+  return jax.device_get(rewards.make_reward_fn(device_tables, cfg)(ids, lengths, gt_ids, n_gt))
+
+
+@pytest.mark.parametrize("kind", ["bpe", "bpe_merged", "bpe_tag_tokens", "char", "project"])
+def test_device_equals_host_rules(demo, kind):
+  tokenizer = _tokenizer(kind, demo)
+  rng = np.random.default_rng(1)
+  surfaces = list(demo.surfaces)
+  texts = [ew_testlib.random_completion(rng, surfaces) for _ in range(160)]
+  gts = [", ".join(rng.choice(surfaces, size=int(rng.integers(0, 4)))) for _ in texts]
+  out = _device(tokenizer, demo, texts, gts)
+  ref = ew_testlib.ReferenceWheel(wheel.DEMO_DIR)
+  for i, text in enumerate(texts):
+    assert reward_tables.decode(tokenizer, tokenizer(text, add_special_tokens=False)[
+        "input_ids"]) == text
+    host = rewards.reference_scores(text, gts[i], demo, CFG)
+    for term in TERMS:
+      assert out[term][i] == pytest.approx(host[term], abs=1e-6), (term, text, gts[i])
+    assert out["n_pred"][i] == host["n_pred"]
+    # The accuracy term is the official metric on the answer (independent reference).
+    answer = labels.split_completion(text).answer
+    if not host["bad"]:
+      assert out["accuracy"][i] == pytest.approx(ref.sample_f(gts[i], answer), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# Property test: random label lists from the surface forms plus junk, to 1e-6.
+
+_JUNK_WORDS = ("xyzzy", "neutral", "happy!", "la la", "[sad", "glad]", "qwerty", "ok", "")
+_WIDTH, _BATCH = 160, 8
+
+
+def _property_setup(tables, name):
+  surfaces = list(tables.surfaces)
+  rng = np.random.default_rng(5)
+  corpus = tuple(f"<think>{a} and {b}</think><answer>{a}, {b.upper()}, {c.capitalize()}"
+                 f"</answer>" for a, b, c in rng.choice(surfaces, size=(3000, 3))) + tuple(
+                     surfaces)
+  tokenizer = ew_testlib.bpe_tokenizer(corpus, vocab_size=3000)
+  cfg = rewards.RewardConfig(max_gt_labels=8)
+  device_tables = reward_tables.to_device(reward_tables.build_reward_tables(tokenizer, tables))
+  return dict(surfaces=surfaces, tokenizer=tokenizer, cfg=cfg,
+              fn=rewards.make_reward_fn(device_tables, cfg), name=name)
+
+
+def _render(draw, surfaces):
+  label = st.one_of(st.sampled_from(surfaces), st.sampled_from(_JUNK_WORDS),
+                    st.text("abcdefghij -", max_size=6))
+  case = st.sampled_from([str, str.upper, str.capitalize, lambda s: " " + s])
+  preds = draw(st.lists(st.tuples(label, case), max_size=6))
+  sep = draw(st.sampled_from([", ", ",", " , ", "; "]))
+  think = " ".join(draw(st.lists(st.sampled_from(surfaces[:50] + ["the", "sad."]), max_size=4)))
+  gt = ", ".join(draw(st.lists(st.sampled_from(surfaces), max_size=3)))
+  answer = sep.join(f(x) for x, f in preds)
+  return f"<think>{think}</think><answer>{answer}</answer>", gt
+
+
+def _check_property(setup, draw, tables, reference):
+  rows = [_render(draw, setup["surfaces"]) for _ in range(_BATCH)]
+  texts, gts = [r[0] for r in rows], [r[1] for r in rows]
+  ids, lengths = ew_testlib.encode(setup["tokenizer"], texts, _WIDTH)
+  gt_ids, n_gt = rewards.gt_arrays(gts, tables, setup["cfg"].max_gt_labels)
+  out = jax.device_get(setup["fn"](ids, lengths, gt_ids, n_gt))
+  for i, text in enumerate(texts):
+    expected = reference.sample_f(gts[i], labels.split_completion(text).answer)
+    if len(labels.parse_labels(labels.split_completion(text).answer)) > setup["cfg"].max_labels:
+      expected = 0.0
+    assert abs(float(out["accuracy"][i]) - expected) <= 1e-6, (text, gts[i])
+    assert np.isfinite(out["total"][i])
+
+
+@pytest.fixture(scope="module")
+def official_setup(official_ew_dir):
+  tables = wheel.load_tables(official_ew_dir)
+  return tables, ew_testlib.ReferenceWheel(official_ew_dir), _property_setup(tables, "official")
+
+
+@pytest.fixture(scope="module")
+def demo_setup(demo):
+  return demo, ew_testlib.ReferenceWheel(wheel.DEMO_DIR), _property_setup(demo, "demo")
+
+
+@hypothesis.settings(max_examples=25, deadline=None, derandomize=True,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(data=st.data())
+def test_property_official_surfaces(official_setup, data):
+  tables, reference, setup = official_setup
+  _check_property(setup, data.draw, tables, reference)
+
+
+@hypothesis.settings(max_examples=15, deadline=None, derandomize=True,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(data=st.data())
+def test_property_demo_surfaces(demo_setup, data):
+  tables, reference, setup = demo_setup
+  _check_property(setup, data.draw, tables, reference)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad completions: reward 0, never NaN, never a crash.
+
+
+def test_bad_completions_score_zero(demo):
+  tokenizer = _tokenizer("bpe", demo)
+  many = ", ".join(["happy"] * 3000)
+  texts = ["", "no tags at all: happy", "<think>x</think><answer>", "<answer>happy",
+           "<think>x</think><answer></answer>", "<think>x</think><answer> , ,, </answer>",
+           "<think>" * 40, "</answer>happy<answer>", f"<think>x</think><answer>{many}</answer>",
+           "<think>x</think><answer>anxious</answer>"]
+  gts = ["happy"] * (len(texts) - 1) + ["anxious"]    # anxious maps in all 5 demo wheels
+  out = _device(tokenizer, demo, texts, gts)
+  for term in TERMS:
+    assert np.all(np.isfinite(out[term]))
+  assert out["accuracy"][:-1].tolist() == [0.0] * (len(texts) - 1)
+  # Only format can pay: the answer " , ,, " is well-formed (non-whitespace) but empty.
+  expected_total = [0.0] * (len(texts) - 2)
+  expected_total[5] = CFG.w_format
+  assert out["total"][:-2].tolist() == pytest.approx(expected_total)
+  assert bool(out["bad"][-2]) and out["n_pred"][-2] == 3000    # thousands of labels
+  assert out["total"][-2] == 0.0 and out["format"][-2] == 0.0
+  assert out["accuracy"][-1] == 1.0 and out["format"][-1] == 1.0
+
+
+def test_garbage_ids_and_lengths(demo):
+  tokenizer = _tokenizer("bpe", demo)
+  tables = reward_tables.to_device(reward_tables.build_reward_tables(tokenizer, demo))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(-5, tables.vocab_size + 50, size=(32, 64)).astype(np.int32)
+  lengths = rng.integers(-3, 90, size=32).astype(np.int32)
+  gt_ids = rng.integers(-1, len(demo.surfaces), size=(32, 4)).astype(np.int32)
+  out = jax.device_get(rewards.make_reward_fn(tables, CFG)(ids, lengths, gt_ids,
+                                                           np.full(32, 2, np.int32)))
+  for term in TERMS:
+    assert np.all(np.isfinite(out[term])) and np.all(out[term] >= 0)
+
+
+def test_optional_token_caps_match_host(demo):
+  tokenizer = _tokenizer("bpe", demo)
+  cfg = rewards.RewardConfig(max_answer_tokens=5, max_think_tokens=4, w_alignment=1.0)
+  rng = np.random.default_rng(3)
+  surfaces = list(demo.surfaces)
+  texts = [ew_testlib.random_completion(rng, surfaces) for _ in range(80)]
+  gts = [", ".join(rng.choice(surfaces, size=2)) for _ in texts]
+  out = _device(tokenizer, demo, texts, gts, cfg)
+  for i, text in enumerate(texts):
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = reward_tables.token_bytes(tokenizer)
+    spans, at = [], 0
+    for t in ids:
+      spans.append((at, at + len(pieces[t])))
+      at += len(pieces[t])
+    host = rewards.reference_scores(text, gts[i], demo, cfg, token_spans=spans)
+    for term in TERMS:
+      assert out[term][i] == pytest.approx(host[term], abs=1e-6), (term, text)
+
+
+# ------------------------------------------------------------------------------------------
+# Penalties, config, tokenizers.
+
+
+@pytest.mark.parametrize("penalty, p3_form", [("p1", "shifted"), ("p2", "shifted"),
+                                              ("p3", "shifted"), ("p3", "raw"),
+                                              ("none", "shifted")])
+def test_penalty_formulas(penalty, p3_form):
+  cfg = rewards.RewardConfig(penalty=penalty, p3_form=p3_form)
+  n_pred = np.array([0, 1, 3, 5, 5, 2, 4])
+  n_gt = np.array([1, 1, 1, 2, 0, 3, 4])
+  expected = []
+  for p, g in zip(n_pred, n_gt):
+    if p <= g or penalty == "none":
+      expected.append(1.0)
+    elif penalty == "p1":
+      expected.append(1 / (p - g + 1))
+    elif penalty == "p2":
+      expected.append(g / p)
+    elif p3_form == "shifted":
+      expected.append(np.log(g + 1) / np.log(p + 1))
+    else:
+      expected.append(np.log(g) / np.log(p) if g > 1 else 0.0)
+  np.testing.assert_allclose(rewards.penalty_factor(n_pred, n_gt, cfg), expected, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(rewards.penalty_factor(n_pred, n_gt, cfg, xp=jax.numpy)),
+                             expected, rtol=1e-6)
+
+
+def test_config_round_trip_and_errors():
+  cfg = rewards.RewardConfig.from_config(get_reward_config(penalty="p2",
+                                                           penalty_terms="accuracy, format"))
+  assert cfg.penalty == "p2" and cfg.penalty_terms == ("accuracy", "format")
+  with pytest.raises(ValueError, match="reward.penalty='p9'"):
+    rewards.RewardConfig(penalty="p9")
+  with pytest.raises(ValueError, match="unknown \\['speed'\\]"):
+    rewards.RewardConfig(penalty_terms=("speed",))
+  with pytest.raises(ValueError, match="max_labels=0"):
+    rewards.RewardConfig(max_labels=0)
+  with pytest.raises(ValueError, match="unknown field"):
+    get_reward_config(w_magic=1.0)
+
+
+def test_hash_bases_must_match_tables(demo):
+  tokenizer = ew_testlib.char_tokenizer("abc<>/ ,")
+  tables = reward_tables.to_device(reward_tables.build_reward_tables(tokenizer, demo))
+  cfg = rewards.RewardConfig(hash_bases=(3, 5))
+  with pytest.raises(ValueError, match="hash_bases"):
+    rewards.completion_rewards(np.zeros((1, 4), np.int32), np.ones(1, np.int32),
+                               np.full((1, 2), -1, np.int32), np.zeros(1, np.int32), tables, cfg)
+
+
+def test_tables_as_jit_arguments(demo):
+  tokenizer = ew_testlib.char_tokenizer("".join(sorted(set("<think>/answer happy, sad"))))
+  tables = reward_tables.to_device(reward_tables.build_reward_tables(tokenizer, demo))
+  fn = jax.jit(rewards.completion_rewards, static_argnames=("cfg",))
+  ids, lengths = ew_testlib.encode(tokenizer, ["<think>sad</think><answer>happy, sad</answer>"])
+  gt_ids, n_gt = rewards.gt_arrays(["happy"], demo, 4)
+  out = fn(ids, lengths, gt_ids, n_gt, tables, cfg=rewards.RewardConfig(max_gt_labels=4))
+  assert float(out["format"][0]) == 1.0
+  assert 0.0 < float(out["accuracy"][0]) <= 1.0
+
+
+def test_non_concatenating_tokenizer_is_rejected(demo):
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+  tok = Tokenizer(models.WordPiece({"[UNK]": 0, "happy": 1, "##ly": 2}, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.decoder = decoders.WordPiece()
+  with pytest.raises(reward_tables.TokenizerError, match="concatenation"):
+    reward_tables.build_reward_tables(PreTrainedTokenizerFast(tokenizer_object=tok), demo)
+
+
+def test_gt_arrays_limits(demo):
+  ids, n = rewards.gt_arrays(["happy, xyzzy", ""], demo, 3)
+  assert n.tolist() == [2, 0]
+  assert ids[0, 0] == demo.surface_ids()["happy"] and ids[0, 1] == -1 and ids[1].max() == -1
+  with pytest.raises(ValueError, match="ground truth row 0: 4 labels"):
+    rewards.gt_arrays(["a, b, c, d"], demo, 3)
