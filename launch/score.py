@@ -30,14 +30,19 @@ import sys
 
 from absl import app, flags
 
-_GT = flags.DEFINE_string("gt", None, "Ground-truth CSV.")
-_PRED = flags.DEFINE_string("pred", None, "Prediction CSV.")
-_TASK = flags.DEFINE_enum("task", "ov", ["ov", "hit", "sentiment"], "What to score.")
-_EW_DIR = flags.DEFINE_string("ew_dir", None, "Emotion-wheel folder (default: demo wheel).")
-_ENGINE = flags.DEFINE_enum("engine", "host", ["host", "device"], "Host numpy or on-device.")
-_PER_SAMPLE = flags.DEFINE_string("per_sample_out", None, "CSV of name, reward.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer folder for --engine=device.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the JSON object here.")
+
+
+def define_flags():
+  """The CLI flags (defined only when run as a program, so that importing this module next
+  to other launchers never clashes)."""
+  flags.DEFINE_string("gt", None, "Ground-truth CSV.")
+  flags.DEFINE_string("pred", None, "Prediction CSV.")
+  flags.DEFINE_enum("task", "ov", ["ov", "hit", "sentiment"], "What to score.")
+  flags.DEFINE_string("ew_dir", None, "Emotion-wheel folder (default: demo wheel).")
+  flags.DEFINE_enum("engine", "host", ["host", "device"], "Host numpy or on-device.")
+  flags.DEFINE_string("per_sample_out", None, "CSV of name, reward.")
+  flags.DEFINE_string("tokenizer", None, "Tokenizer folder for --engine=device.")
+  flags.DEFINE_string("json_out", None, "Also write the JSON object here.")
 
 SENTIMENTS = {"positive": 1, "negative": -1, "neutral": 0}
 
@@ -230,19 +235,20 @@ def _variants(s: dict) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not _GT.value or not _PRED.value:
+  f = flags.FLAGS
+  if not f.gt or not f.pred:
     raise app.UsageError("--gt and --pred are required.")
   try:
-    result = score(_GT.value, _PRED.value, _TASK.value, _EW_DIR.value, _ENGINE.value,
-                   _PER_SAMPLE.value, _TOKENIZER.value)
+    result = score(f.gt, f.pred, f.task, f.ew_dir, f.engine, f.per_sample_out, f.tokenizer)
   except ValueError as e:   # ScoreInputError, WheelFileError, TokenizerError
     print(f"launch.score: {e}", file=sys.stderr)
     sys.exit(2)
   text = json.dumps(result, sort_keys=True)
   print(text)
-  if _JSON_OUT.value:
-    pathlib.Path(_JSON_OUT.value).write_text(text + "\n")
+  if f.json_out:
+    pathlib.Path(f.json_out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
