@@ -19,6 +19,8 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.ew_dir = ""                      # "" = the project's demo wheel
+  # Start from a launch.convert checkpoint or another run's workdir ("" = random init / SFT).
+  c.init_from = ""
   c.data = get_data_config()
   c.data.media.image_size = 32       # the tiny CLIP tower's input
   # R1 output format: "<think>reason</think><answer>labels</answer>" then EOS, nothing after

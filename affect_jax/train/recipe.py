@@ -141,11 +141,11 @@ def _pipeline_cfg(batch_size: int, seed: int, train: bool) -> ml_collections.Con
   return p
 
 
-def run_sft(prep: Prepared, workdir: pathlib.Path) -> dict:
+def run_sft(prep: Prepared, workdir: pathlib.Path, params: Mapping) -> dict:
   c = prep.config
   policy = policy_lib.AffectGPTPolicy(prep.model)
   opt = optimizer(c.sft, c.sft.steps)
-  state = grpo_step.init_state(policy, prep.params, opt, jax.random.key(c.seed + 1))
+  state = grpo_step.init_state(policy, params, opt, jax.random.key(c.seed + 1))
   state.pop("reference", None)
   loader = pipeline.sft_loader(prep.sources["train"], prep.meta, prep.tokenizer, c.data,
                                _pipeline_cfg(c.sft.batch_size, c.seed, True))
@@ -233,33 +233,52 @@ def run_eval(prep: Prepared, params: Mapping, workdir: pathlib.Path, tag: str, s
   return scores
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """The whole recipe (module doc); returns and writes summary.json."""
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+        phases: tuple[str, ...] = ("sft", "grpo")) -> dict:
+  """The recipe (module doc) for `phases` ("sft", "grpo" or both); writes summary.json.
+
+  With "grpo" alone, GRPO starts from the SFT checkpoint in <workdir>/checkpoints/sft, or from
+  config.init_from (a launch.convert checkpoint or another run's workdir) when that is set.
+  """
+  unknown = [p for p in phases if p not in ("sft", "grpo")]
+  if unknown or not phases:
+    raise ValueError(f"phases {phases}: use 'sft', 'grpo' or both.")
   t0 = time.perf_counter()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   prep = prepare(config, workdir)
-  t_prep = time.perf_counter() - t0
-  sft = run_sft(prep, workdir)
-  if sft["preempted"]:
-    return {"preempted": "sft", "step": sft["step"]}
-  sft_params = policy_lib.merge(sft["state"]["trainable"], sft["state"]["frozen"])
-  sft_scores = run_eval(prep, sft_params, workdir, "sft", config.sft.steps)
-  grpo = run_grpo(prep, workdir, sft_params)
-  if grpo["preempted"]:
-    return {"preempted": "grpo", "step": grpo["step"]}
-  grpo_params = policy_lib.merge(grpo["state"]["trainable"], grpo["state"]["frozen"])
-  grpo_scores = run_eval(prep, grpo_params, workdir,
-                         "grpo", config.sft.steps + config.grpo.steps)
+  summary = {"prepare_s": time.perf_counter() - t0, "workdir": str(workdir),
+             "eval_split": config.eval.split, "eval_clips": len(prep.rows[config.eval.split])}
+  params = prep.params
+  init_from = config.get("init_from", "")
+  if init_from:
+    params = manager.load_initial_params(init_from, manager.abstract(params), init=params)
+  if "sft" in phases:
+    sft = run_sft(prep, workdir, params)
+    if sft["preempted"]:
+      return {"preempted": "sft", "step": sft["step"]}
+    params = policy_lib.merge(sft["state"]["trainable"], sft["state"]["frozen"])
+    sft_scores = run_eval(prep, params, workdir, "sft", config.sft.steps)
+    summary.update(sft_eval_ew_f=sft_scores["ew_f"], sft_eval=sft_scores,
+                   sft_steps=config.sft.steps)
+  elif not init_from:
+    sft_dir = workdir / "checkpoints" / "sft"
+    if not sft_dir.is_dir():
+      raise FileNotFoundError(f"GRPO alone needs an SFT run in {sft_dir} or config.init_from; "
+                              "run launch.sft first or set --config.init_from.")
+    params = manager.load_initial_params(sft_dir, manager.abstract(params), init=params)
+  if "grpo" in phases:
+    grpo = run_grpo(prep, workdir, params)
+    if grpo["preempted"]:
+      return {"preempted": "grpo", "step": grpo["step"]}
+    params = policy_lib.merge(grpo["state"]["trainable"], grpo["state"]["frozen"])
+    grpo_scores = run_eval(prep, params, workdir, "grpo",
+                           config.sft.steps * ("sft" in phases) + config.grpo.steps)
+    summary.update(grpo_eval_ew_f=grpo_scores["ew_f"], grpo_eval=grpo_scores,
+                   grpo_steps=config.grpo.steps)
+    if "sft_eval_ew_f" in summary:
+      summary["gain_ew_f"] = summary["grpo_eval_ew_f"] - summary["sft_eval_ew_f"]
   png = run_logging.plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
-  summary = {
-      "sft_eval_ew_f": sft_scores["ew_f"], "grpo_eval_ew_f": grpo_scores["ew_f"],
-      "gain_ew_f": grpo_scores["ew_f"] - sft_scores["ew_f"],
-      "sft_eval": sft_scores, "grpo_eval": grpo_scores, "eval_split": config.eval.split,
-      "eval_clips": len(prep.rows[config.eval.split]),
-      "sft_steps": config.sft.steps, "grpo_steps": config.grpo.steps,
-      "prepare_s": t_prep, "total_s": time.perf_counter() - t0,
-      "plot": str(png) if png else None, "workdir": str(workdir),
-  }
+  summary.update(plot=str(png) if png else None, total_s=time.perf_counter() - t0)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary

@@ -1,0 +1,35 @@
+r"""Cold-start SFT (token loss on the "<think>..</think><answer>..</answer>" target only).
+
+  python -m launch.sft --workdir=runs/sft                       # the demo data and model
+  python -m launch.sft --config=configs/demo.py --config.sft.steps=500 --workdir=runs/sft
+  python -m launch.grpo --workdir=runs/sft --phases=grpo        # GRPO from this SFT run
+
+Writes checkpoints/sft/, metrics.jsonl, tensorboard/, curves.png and summary.json
+(sft_eval_ew_f); rerunning with the same workdir resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/sft", "Output folder (resumed if it exists).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from affect_jax import distributed
+  from affect_jax.train import recipe
+  distributed.initialize()
+  logging.set_verbosity(logging.WARNING)
+  summary = recipe.run(_CONFIG.value, _WORKDIR.value, phases=("sft",))
+  print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=1))
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  app.run(main)
