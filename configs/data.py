@@ -175,12 +175,47 @@ def prompt_config() -> ml_collections.ConfigDict:
   return c
 
 
+def builder_config() -> ml_collections.ConfigDict:
+  """Dataset building (affect_jax/data/builders/mer.py)."""
+  c = ml_collections.ConfigDict()
+  c.media = "raw"               # 'raw' (decoded arrays) | 'paths' (decoded by the pipeline)
+  c.visual_source = "frames"    # 'frames' from video/ | 'faces' from openface_face/
+  c.validate = "decode"         # paths mode: 'decode' every file once | 'exists' only
+  c.compression = "zlib"        # array encoding in the records: 'zlib' | 'none'
+  c.num_workers = 0             # processes decoding media while building (0: in-process)
+  c.jobs_per_worker = 4         # clips queued per decoding process (bounds memory)
+  c.labels_file = ""            # overrides the layout's label file name ('' = the official)
+  return c
+
+
+def pipeline_config() -> ml_collections.ConfigDict:
+  """The grain input pipeline (affect_jax/data/pipeline.py); loops override batch_size, seed,
+  shuffle, num_epochs and drop_remainder per phase."""
+  c = ml_collections.ConfigDict()
+  c.batch_size = 4
+  c.shuffle = True
+  c.seed = 0                    # shuffle seed (a non-negative 32-bit int)
+  c.num_epochs = 0              # 0: repeat forever; n: n passes over this host's shard
+  c.drop_remainder = True       # False: the last batch is padded, marked in example_mask
+  c.shard_index = -1            # -1 (both): this JAX process of all (grain ShardByJaxProcess)
+  c.shard_count = -1
+  c.shard_drop_remainder = False  # True: equal shards, the remainder of the records dropped
+  c.worker_count = 0            # processes transforming and prefetching batches (0: inline)
+  c.worker_buffer_size = 2      # batches each worker prepares ahead
+  c.read_threads = 2            # threads reading records (grain ReadOptions)
+  c.read_buffer = 16            # records read ahead
+  c.neutral_label = "neutral"   # the SFT target's label when a clip's label set is empty
+  return c
+
+
 def get_data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.media = media_config()
   c.synthetic = synthetic_config()
   c.tokenizer = tokenizer_config()
   c.prompt = prompt_config()
+  c.builder = builder_config()
+  c.pipeline = pipeline_config()
   return c
 
 

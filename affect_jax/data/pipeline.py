@@ -49,26 +49,9 @@ TEXT_FIELDS = ("name", "subtitle", "reason", "basic_label", "task", "visual_path
 
 
 def pipeline_config() -> ml_collections.ConfigDict:
-  """Input-pipeline settings (attach as `c.pipeline` in a config file)."""
-  c = ml_collections.ConfigDict()
-  c.batch_size = 4
-  c.shuffle = True
-  c.seed = 0                    # shuffle seed (a non-negative 32-bit int)
-  c.num_epochs = 0              # 0: repeat forever; n: n passes over this host's shard
-  # True: every batch full (the rest of a finite run dropped); False: the last batch is
-  # filled with copies of its last example, marked False in example_mask.
-  c.drop_remainder = True
-  c.shard_index = -1            # -1 (both): this JAX process of all (grain ShardByJaxProcess)
-  c.shard_count = -1
-  c.shard_drop_remainder = False  # True: equal shards, the remainder of the records dropped
-  # Processes transforming and prefetching batches (0: inline). grain's workers read absl
-  # flags: run under absl.app.run (the launch/ scripts do), or call FLAGS.mark_as_parsed().
-  c.worker_count = 0
-  c.worker_buffer_size = 2      # batches each worker prepares ahead
-  c.read_threads = 2            # threads reading records (grain ReadOptions)
-  c.read_buffer = 16            # records read ahead
-  c.neutral_label = "neutral"   # the SFT target's label when a clip's label set is empty
-  return c
+  """The defaults of this section, held in configs/data.py (used when a config lacks it)."""
+  from configs import data as data_config  # the numbers live in the config file
+  return data_config.pipeline_config()
 
 
 def _text(value) -> str:

@@ -131,8 +131,10 @@ def _to_device(prep: Prepared, keep: tuple[str, ...]):
   return fn
 
 
-def _pipeline_cfg(batch_size: int, seed: int, train: bool) -> ml_collections.ConfigDict:
-  p = pipeline.pipeline_config()
+def _pipeline_cfg(base: ml_collections.ConfigDict, batch_size: int, seed: int, train: bool
+                  ) -> ml_collections.ConfigDict:
+  """The config's pipeline section with one phase's batch size, seed and epoch settings."""
+  p = ml_collections.ConfigDict(base.to_dict())
   p.batch_size = batch_size
   p.seed = seed
   p.shuffle = train
@@ -148,7 +150,7 @@ def run_sft(prep: Prepared, workdir: pathlib.Path, params: Mapping) -> dict:
   state = grpo_step.init_state(policy, params, opt, jax.random.key(c.seed + 1))
   state.pop("reference", None)
   loader = pipeline.sft_loader(prep.sources["train"], prep.meta, prep.tokenizer, c.data,
-                               _pipeline_cfg(c.sft.batch_size, c.seed, True))
+                               _pipeline_cfg(c.data.pipeline, c.sft.batch_size, c.seed, True))
   step = sft_step.make_step(policy, opt, logprob_chunk=c.sft.logprob_chunk,
                             micro_batches=c.sft.micro_batches)
   result = loop.train(phase="sft", step_fn=step, state=state, loader=loader,
@@ -191,7 +193,7 @@ def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping) -> di
   state = grpo_step.init_state(policy, start_params, opt, jax.random.key(c.seed + 2))
   reward_fn, label_encoder = reward_fn_for(prep)
   loader = pipeline.prompt_loader(prep.sources["rl"], prep.meta, prep.tokenizer, c.data,
-                                  _pipeline_cfg(c.grpo.prompts_per_step, c.seed + 1, True),
+                                  _pipeline_cfg(c.data.pipeline, c.grpo.prompts_per_step, c.seed + 1, True),
                                   label_encoder=label_encoder)
   step = grpo_step.make_step(policy, scfg, opt, reward_fn)
   keys = ("prompt_tokens", "prompt_mask", "gt_ids", "n_gt")
@@ -211,7 +213,7 @@ def run_eval(prep: Prepared, params: Mapping, workdir: pathlib.Path, tag: str, s
       pad_id=specials["pad"]))
   split = c.eval.split
   loader = pipeline.prompt_loader(prep.sources[split], prep.meta, prep.tokenizer, c.data,
-                                  _pipeline_cfg(c.eval.batch_size, c.seed, False))
+                                  _pipeline_cfg(c.data.pipeline, c.eval.batch_size, c.seed, False))
   to_dev = _to_device(prep, ("prompt_tokens", "prompt_mask"))
   names, gt = [], []
   batches = []

@@ -108,16 +108,9 @@ DATASETS = ("demo", *LAYOUTS, *(f"unibench:{k}" for k in UNIBENCH))
 
 
 def builder_config() -> ml_collections.ConfigDict:
-  """Build settings not in configs/data.py `media` (attach as `c.builder` in a config file)."""
-  c = ml_collections.ConfigDict()
-  c.media = "raw"               # 'raw' (decoded arrays) | 'paths' (decoded by the pipeline)
-  c.visual_source = "frames"    # 'frames' from video/ | 'faces' from openface_face/
-  c.validate = "decode"         # paths mode: 'decode' every file once | 'exists' only
-  c.compression = "zlib"        # array encoding in the records: 'zlib' | 'none'
-  c.num_workers = 0             # processes decoding media while building (0: in-process)
-  c.jobs_per_worker = 4         # clips queued per decoding process (bounds memory)
-  c.labels_file = ""            # overrides the layout's label file name ('' = the official)
-  return c
+  """The defaults of this section, held in configs/data.py (used when a config lacks it)."""
+  from configs import data as data_config  # the numbers live in the config file
+  return data_config.builder_config()
 
 
 def layout_for(dataset: str, cfg: ml_collections.ConfigDict) -> Layout:
