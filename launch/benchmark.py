@@ -19,6 +19,8 @@ from absl import app, flags
 
 BENCHES = {
     "reward": "affect_jax.bench.reward_bench:run",
+    "rollout": "affect_jax.bench.rollout_bench:run",
+    "grpo_step": "affect_jax.bench.grpo_bench:run",
 }
 
 
