@@ -19,7 +19,7 @@ from jax import lax
 from affect_jax import sharding
 from affect_jax.models import lora as lora_lib
 
-KVCache = dict[str, jax.Array]  # {'k': [B, S, K, D], 'v': [B, S, K, D]} for one layer
+KVCache = dict[str, jax.Array]  # {'k': [B, S, K, D], 'v': [B, S, K, D]} (or flat [B, S*K, D])
 
 
 class RMSNorm(nn.Module):
@@ -90,6 +90,93 @@ def cache_mask(kv_mask: jax.Array, cache_index: jax.Array, length: int) -> jax.A
   return kv_mask.astype(bool)[:, None, :] & (slots[None, None, :] <= query_slot[None, :, None])
 
 
+def _kv_heads_split() -> bool:
+  """True while tracing under a mesh whose rules split kv_heads over more than one device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return False
+  axes = dict(nn.get_logical_axis_rules()).get("kv_heads")
+  if axes is None:
+    return False
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  sizes = dict(mesh.shape)
+  return any(sizes.get(a, 1) > 1 for a in axes)
+
+
+def _softmax_rows(scores: jax.Array, mask: jax.Array, dtype: Any) -> jax.Array:
+  """Masked softmax over the last axis in float32, cast to `dtype`."""
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(scores, axis=-1).astype(dtype)
+
+
+def _attention_grouped(q, k, v, mask):
+  """One einsum over (batch, kv head) pairs: the layout tensor parallelism shards on heads."""
+  b, t, n, d = q.shape
+  kv = k.shape[2]
+  q = q.reshape(b, t, kv, n // kv, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  probs = _softmax_rows(scores * (d ** -0.5), mask[:, None, None], v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, n, d)
+
+
+def _attention_per_kv_head(q, k, v, mask):
+  """A static loop over the K key/value heads; each is a plain batched matmul over B.
+
+  Query rows (t, g) of kv head j come straight from q's [B, T, N, D] layout, so only the kv
+  head's own K and V columns are gathered. On XLA:CPU this runs prefill / training shapes several
+  times faster (forward and backward) than the two-batch-dim einsum of `_attention_grouped`.
+  """
+  b, t, n, d = q.shape
+  kv = k.shape[2]
+  g = n // kv
+  row_mask = jnp.repeat(mask, g, axis=1) if g > 1 else mask          # [B, T*G, S]
+  outs = []
+  for j in range(kv):
+    qj = q[:, :, j * g:(j + 1) * g].reshape(b, t * g, d)
+    scores = jnp.einsum("bmd,bsd->bms", qj, k[:, :, j], preferred_element_type=jnp.float32)
+    probs = _softmax_rows(scores * (d ** -0.5), row_mask, v.dtype)
+    outs.append(jnp.einsum("bms,bsd->bmd", probs, v[:, :, j]).reshape(b, t, g, d))
+  return outs[0] if kv == 1 else jnp.concatenate(outs, axis=2)
+
+
+def _attention_flat(q, k, v, mask, num_kv_heads):
+  """Every query head against every (slot, kv head) row of a flat [B, S*K, D] cache.
+
+  k, v: float[B, S*K, D], row s*K + j holding slot s of kv head j (the [B, S, K, D] layout seen
+  as 3-D). Rows of a foreign kv head are masked out before the softmax (probability exactly 0),
+  so the result is the grouped attention's; the K-fold extra score work buys reading K and V in
+  place with no copy or transpose, the right trade for single-token decode (memory bound).
+  """
+  b, t, n, d = q.shape
+  kv = num_kv_heads
+  s = k.shape[1] // kv
+  scores = jnp.einsum("bmd,bjd->bmj", q.reshape(b, t * n, d), k,
+                      preferred_element_type=jnp.float32)
+  own = jnp.arange(kv)[:, None] == jnp.arange(kv)[None, :]                  # [K, K']
+  pair_mask = mask[:, :, None, None, :, None] & own[None, None, :, None, None, :]
+  scores = jnp.where(pair_mask, scores.reshape(b, t, kv, n // kv, s, kv) * (d ** -0.5),
+                     jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores.reshape(b, t * n, s * kv), axis=-1).astype(v.dtype)
+  out = jnp.einsum("bmj,bjd->bmd", probs, v)
+  return out.reshape(b, t, n, d)
+
+
+# Single-token decode reads the cache in place (flat) while the kv-head waste stays small.
+_FLAT_MAX_KV_HEADS = 4
+
+
+def flat_decode_cache(num_kv_heads: int) -> bool:
+  """Whether single-token decode should keep each layer's cache flat, [B, S*K, D].
+
+  Attention then reads the buffer the step has just updated, with no reshape in between: on
+  XLA:CPU a reshape of an updated cache gets fused with the update into a second, copied buffer,
+  which costs copies of every layer's cache on every step of a decode loop. False with many kv
+  heads (the flat attention's K-fold score work) and under a mesh that splits kv heads.
+  """
+  return num_kv_heads <= _FLAT_MAX_KV_HEADS and not _kv_heads_split()
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           mask: jax.Array) -> jax.Array:
   """Grouped-query attention, softmax in float32.
@@ -101,16 +188,19 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
   Returns:
     float[B, T, N, D] in v's dtype.
+
+  The implementation is picked from the shapes (all give the same values): single-token decode
+  with few kv heads attends the cache in its own layout (`_attention_flat`), other shapes loop
+  over kv heads (`_attention_per_kv_head`), and a mesh that splits kv heads over devices keeps
+  the head-batched einsum (`_attention_grouped`).
   """
-  b, t, n, d = q.shape
-  kv = k.shape[2]
-  q = q.reshape(b, t, kv, n // kv, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores * (d ** -0.5)
-  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(b, t, n, d)
+  t, kv = q.shape[1], k.shape[2]
+  if _kv_heads_split():
+    return _attention_grouped(q, k, v, mask)
+  if t == 1 and 1 < kv <= _FLAT_MAX_KV_HEADS:
+    b, s, _, d = k.shape
+    return _attention_flat(q, k.reshape(b, s * kv, d), v.reshape(b, s * kv, d), mask, kv)
+  return _attention_per_kv_head(q, k, v, mask)
 
 
 class Attention(nn.Module):
@@ -144,7 +234,8 @@ class Attention(nn.Module):
       x: float[B, T, H].
       cos, sin: float[B, T, D] from `rotary_tables`.
       mask: bool[B, T, S] (`causal_mask` or `cache_mask`).
-      cache: this layer's {'k', 'v'}: [B, S, K, D], or None.
+      cache: this layer's {'k', 'v'}: [B, S, K, D], or flat [B, S*K, D] (the same memory; see
+        flat_decode_cache), or None. The updated cache keeps the layout.
       cache_index: int32 scalar, first slot written (required with a cache).
       use_lora: static; False runs the base projections only.
       deterministic: static; False enables LoRA dropout (rng 'dropout').
@@ -164,18 +255,31 @@ class Attention(nn.Module):
     q = apply_rotary(q, cos, sin)
     k = apply_rotary(k, cos, sin)
     new_cache = None
-    if cache is not None:
+    if cache is None:
+      out = dot_product_attention(q, k, v, mask)
+    elif cache["k"].ndim == 3:       # flat [B, S*K, D]: slots [i, i + T) are rows [i*K, (i+T)*K)
+      start = (0, cache_index * kv, 0)
+      axes = ("batch", "kv_length", "head_dim")
+      new_cache = {
+          name: sharding.constrain(lax.dynamic_update_slice(
+              cache[name], new.reshape(b, t * kv, d).astype(cache[name].dtype), start), axes)
+          for name, new in (("k", k), ("v", v))}
+      ck, cv = new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype)
+      if t == 1 and flat_decode_cache(kv):
+        out = _attention_flat(q, ck, cv, mask, kv)
+      else:
+        slots = ck.shape[1] // kv
+        out = dot_product_attention(q, ck.reshape(b, slots, kv, d), cv.reshape(b, slots, kv, d),
+                                    mask)
+    else:
       start = (0, cache_index, 0, 0)
       axes = ("batch", "kv_length", "kv_heads", "head_dim")
       new_cache = {
-          "k": sharding.constrain(
-              lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start), axes),
-          "v": sharding.constrain(
-              lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start), axes),
-      }
-      k = new_cache["k"].astype(self.dtype)
-      v = new_cache["v"].astype(self.dtype)
-    out = dot_product_attention(q, k, v, mask)
+          name: sharding.constrain(lax.dynamic_update_slice(
+              cache[name], new.astype(cache[name].dtype), start), axes)
+          for name, new in (("k", k), ("v", v))}
+      out = dot_product_attention(q, new_cache["k"].astype(self.dtype),
+                                  new_cache["v"].astype(self.dtype), mask)
     out = sharding.constrain(out, ("batch", "length", "heads", "head_dim")).reshape(b, t, n * d)
     out = self._dense("o_proj", h, ("heads", "embed"), False)(out, **flags)
     return out, new_cache

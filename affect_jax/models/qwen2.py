@@ -15,6 +15,9 @@ Public API:
   init_cache(config, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, K, D]
   CACHE_AXES                  logical names of the cache arrays (for shardings)
   positions_from_mask(mask bool[B, T]) -> int32[B, T]   rotary positions of a padded batch
+  unstack_layers(params) -> per-layer trees; split_cache / stack_cache: [L, ...] <-> per layer
+  decode_forward(config, params, layer_params, tokens, *, positions, caches, cache_index,
+                 kv_mask, ...) -> (logits, caches)    the cached forward, layer by layer (decode)
   init_params(config, rng) -> params;  abstract_params(config) -> boxed ShapeDtypeStructs
   param_count(config, include_lora=False) -> int        computed abstractly (no allocation)
 
@@ -389,6 +392,78 @@ def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype: Any = None)
            config.head_dim)
   dtype = config.compute_dtype if dtype is None else dtype
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def unstack_layers(params: Mapping) -> tuple[dict, ...]:
+  """params['layers'] (leading layer axis L) -> L per-layer parameter trees (DecoderLayer's).
+
+  Copies the layer weights once; call it outside a decode loop so every step reads each layer's
+  weights in place (a scanned layer stack slices, i.e. copies, them on every step on XLA:CPU).
+  """
+  layers_ = params["layers"]
+  num = jax.tree.leaves(layers_)[0].shape[0]
+  return tuple(jax.tree.map(lambda x, i=i: x[i], layers_) for i in range(num))
+
+
+def split_cache(cache: Mapping) -> tuple[dict, ...]:
+  """{'k', 'v'}: [L, B, S, K, D] -> L per-layer caches {'k', 'v'}: [B, S, K, D]."""
+  return tuple({"k": cache["k"][i], "v": cache["v"][i]} for i in range(cache["k"].shape[0]))
+
+
+def stack_cache(caches: tuple[Mapping, ...]) -> dict:
+  """The inverse of split_cache."""
+  return {name: jnp.stack([c[name] for c in caches]) for name in ("k", "v")}
+
+
+def decode_forward(config: Qwen2Config, params: Mapping, layer_params: tuple[Mapping, ...],
+                   tokens: jax.Array | None = None, *, embeds: jax.Array | None = None,
+                   positions: jax.Array, caches: tuple[Mapping, ...], cache_index: jax.Array,
+                   kv_mask: jax.Array, use_lora: bool = True, return_hidden: bool = False
+                   ) -> tuple[jax.Array, tuple[dict, ...]]:
+  """Qwen2.__call__ with a cache, layer by layer over per-layer weights and caches.
+
+  The same computation as `Qwen2(config).apply({'params': params}, tokens, positions=...,
+  cache=stack_cache(caches), ...)` (deterministic), for decode loops: with `layer_params` from
+  unstack_layers (hoisted out of the loop) and one cache buffer per layer carried by the loop,
+  a step updates each cache in place and copies no weights or cache slices.
+
+  Args:
+    params: the full parameter tree (its 'layers' entry is not read; it may be absent).
+    layer_params: unstack_layers(params).
+    tokens: int32[B, T], or embeds: float[B, T, H].
+    positions: int32[B, T].
+    caches: split_cache(cache): L x {'k', 'v'}: [B, S, K, D].
+    cache_index: int32 scalar, the slot of the first new token.
+    kv_mask: bool[B, S], True for slots holding real tokens (new ones included).
+    use_lora: static; False runs the base projections.
+    return_hidden: static; return the final-normed hidden float[B, T, H] instead of logits.
+
+  Returns:
+    (logits float32[B, T, V] or hidden, the updated per-layer caches).
+  """
+  c = config
+  if len(layer_params) != c.num_hidden_layers or len(caches) != c.num_hidden_layers:
+    raise ValueError(f"decode_forward: {len(layer_params)} layer params and {len(caches)} "
+                     f"caches for a {c.num_hidden_layers}-layer model.")
+  model = Qwen2(c)
+  outer = {"params": {k: v for k, v in params.items() if k != "layers"}}
+  if (tokens is None) == (embeds is None):
+    raise ValueError("decode_forward: pass exactly one of tokens or embeds.")
+  if embeds is None:
+    x = model.apply(outer, tokens, method=Qwen2.embed)
+  else:
+    x = sharding.constrain(embeds.astype(c.compute_dtype), ("batch", "length", "embed"))
+  t = x.shape[1]
+  cache_index = jnp.asarray(cache_index, jnp.int32)
+  mask = layers.cache_mask(kv_mask, cache_index, t)
+  cos, sin = layers.rotary_tables(positions, c.head_dim, c.rope_theta)
+  block = DecoderLayer(c)
+  new_caches = []
+  for lp, cache in zip(layer_params, caches):
+    x, cache = block.apply({"params": lp}, x, cache, cos, sin, mask, cache_index, use_lora, True)
+    new_caches.append(cache)
+  final = lambda m, h: m.norm(h) if return_hidden else m.logits(m.norm(h))
+  return model.apply(outer, x, method=final), tuple(new_caches)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

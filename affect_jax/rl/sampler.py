@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affect_jax import sharding
+from affect_jax.models import layers, qwen2
 from affect_jax.models.qwen2 import Qwen2, Qwen2Config, init_cache
 
 
@@ -117,17 +118,75 @@ def filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
   return logits
 
 
+_BLOCK = 128   # vocabulary block of the two-level inverse-CDF sampler
+
+
+def _argmax(x: jax.Array) -> jax.Array:
+  """int32[B]: the first index of each row's maximum of float32[B, V].
+
+  Two plain reductions (max, then the smallest index holding it); XLA:CPU runs them several times
+  faster than jnp.argmax's (value, index) pair reduction over a 32k vocabulary.
+  """
+  v = x.shape[-1]
+  top = jnp.max(x, axis=-1, keepdims=True)
+  index = jnp.min(jnp.where(x == top, jax.lax.broadcasted_iota(jnp.int32, x.shape, 1), v), -1)
+  return jnp.minimum(index, v - 1)      # a NaN row has no index equal to its max
+
+
+def _logsumexp(x: jax.Array) -> jax.Array:
+  """float32[B, V] -> float32[B]."""
+  top = jnp.max(x, axis=-1)
+  return top + jnp.log(jnp.sum(jnp.exp(x - top[:, None]), axis=-1))
+
+
+def _picked(x: jax.Array, token: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]
+
+
+def _first_last_positive(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Indices of the first and last positive entry of each row of w float32[..., M]."""
+  iota = jax.lax.broadcasted_iota(jnp.int32, w.shape, w.ndim - 1)
+  m = w.shape[-1]
+  first = jnp.min(jnp.where(w > 0, iota, m), axis=-1)
+  last = jnp.max(jnp.where(w > 0, iota, -1), axis=-1)
+  return jnp.minimum(first, m - 1), jnp.maximum(last, 0)
+
+
+def _categorical(logits: jax.Array, rng: jax.Array) -> jax.Array:
+  """One draw per row from softmax(logits float32[B, V]) -> int32[B].
+
+  Inverse-CDF sampling with one uniform per row, in two levels (blocks of _BLOCK tokens, then
+  the tokens of the chosen block), so besides one exp pass over the logits all the work is on
+  [B, V / _BLOCK] and [B, _BLOCK] arrays. jax.random.categorical draws B x V Gumbel variates
+  instead, which costs ~50x more per decode step on CPU. Tokens of zero probability (masked to
+  -inf or the float32 minimum) are never drawn: the search is clamped to the positive range of
+  each level.
+  """
+  b, v = logits.shape
+  nb = -(-v // _BLOCK)
+  x = jnp.pad(logits, ((0, 0), (0, nb * _BLOCK - v)), constant_values=-jnp.inf)
+  w = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)).reshape(b, nb, _BLOCK)
+  block_mass = jnp.sum(w, axis=-1)                                     # [B, nb]
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  target = jax.random.uniform(rng, (b,), jnp.float32) * block_cdf[:, -1]
+  lo, hi = _first_last_positive(block_mass)
+  block = jnp.clip(jnp.sum(block_cdf <= target[:, None], axis=-1), lo, hi).astype(jnp.int32)
+  target = target - _picked(block_cdf - block_mass, block)
+  w = jnp.take_along_axis(w, block[:, None, None], axis=1)[:, 0]       # [B, _BLOCK]
+  lo, hi = _first_last_positive(w)
+  inner = jnp.clip(jnp.sum(jnp.cumsum(w, axis=-1) <= target[:, None], axis=-1), lo, hi)
+  return block * _BLOCK + inner.astype(jnp.int32)
+
+
 def _choose(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig):
   """Picks the next token for every row: (int32[B], its log-prob float32[B])."""
   logits = logits.astype(jnp.float32)
   if sampling.greedy:
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-  else:
-    token = jax.random.categorical(rng, filter_logits(logits, sampling), axis=-1)
-    token = token.astype(jnp.int32)
-    logp = jax.nn.log_softmax(logits / sampling.temperature, axis=-1)
-  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+    token = _argmax(logits)
+    return token, _picked(logits, token) - _logsumexp(logits)
+  scaled = logits / sampling.temperature
+  token = _categorical(filter_logits(logits, sampling), rng)
+  return token, _picked(scaled, token) - _logsumexp(scaled)
 
 
 def check_lengths(prompt_len: int, config: Qwen2Config, sampling: SamplingConfig) -> int:
@@ -173,17 +232,28 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
                      f"slots, need {rows} x {total} (B*G x P+N).")
 
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
+  # The decode loop runs the layers one by one over per-layer weights (copied once, here) and
+  # per-layer cache buffers carried by the while_loop, so a step updates each cache in place and
+  # copies no weights or cache slices (a scan over the stacked layers would, every step).
+  layer_params = qwen2.unstack_layers(params)
+  layer_axes = ("batch", "kv_length", "kv_heads", "head_dim")
   # Prefill each prompt once on the first B rows' worth of cache, then repeat rows G times.
-  small = jax.tree.map(lambda c: c[:, :b], cache)
+  small = tuple(jax.tree.map(lambda x: x[:b], c) for c in qwen2.split_cache(cache))
   kv_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
-  hidden, small = model.apply(variables, tokens, embeds=embeds, positions=positions,
-                              cache=small, cache_index=jnp.int32(0), kv_mask=kv_mask,
-                              use_lora=use_lora, return_hidden=True)
+  hidden, small = qwen2.decode_forward(config, params, layer_params, tokens, embeds=embeds,
+                                       positions=positions, caches=small,
+                                       cache_index=jnp.int32(0), kv_mask=kv_mask,
+                                       use_lora=use_lora, return_hidden=True)
   last = model.apply(variables, hidden[:, -1:], method=Qwen2.logits)[:, 0]      # [B, V]
   rep = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
-  cache = jax.tree.map(lambda c: rep(c, 1), small)
-  cache = jax.tree.map(lambda c: sharding.constrain(
-      c, ("layers", "batch", "kv_length", "kv_heads", "head_dim")), cache)
+  caches = tuple(jax.tree.map(lambda x: sharding.constrain(rep(x, 0), layer_axes), c)
+                 for c in small)
+  # Decode carries each layer's cache flat, [R, S*K, D] (same memory), so attention reads the
+  # buffer the step updates in place (see layers.flat_decode_cache).
+  kvh, hd = config.num_key_value_heads, config.head_dim
+  flat = layers.flat_decode_cache(kvh)
+  if flat:
+    caches = tuple(jax.tree.map(lambda x: x.reshape(rows, total * kvh, hd), c) for c in caches)
   logits = rep(last, 0)
   kv_mask = rep(kv_mask, 0)
   next_pos = rep(positions[:, -1] + 1, 0)
@@ -194,7 +264,7 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
     return (t < n) & ~jnp.all(done)
 
   def body(state):
-    t, cache, logits, out_tok, out_logp, done, pos, kv_mask, rng = state
+    t, caches, logits, out_tok, out_logp, done, pos, kv_mask, rng = state
     rng, step_rng = jax.random.split(rng)
     token, logp = _choose(logits, step_rng, sampling)
     token = jnp.where(done, sampling.pad_id, token)
@@ -204,15 +274,20 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
     now_done = done | jnp.any(token[:, None] == eos[None, :], axis=-1)
     slot = p + t
     kv_mask = kv_mask.at[:, slot].set(~done)
-    new_logits, cache = model.apply(variables, token[:, None], positions=pos[:, None],
-                                    cache=cache, cache_index=slot, kv_mask=kv_mask,
-                                    use_lora=use_lora)
-    return (t + 1, cache, new_logits[:, 0], out_tok, out_logp, now_done, pos + 1, kv_mask, rng)
+    new_logits, caches = qwen2.decode_forward(config, params, layer_params, token[:, None],
+                                              positions=pos[:, None], caches=caches,
+                                              cache_index=slot, kv_mask=kv_mask,
+                                              use_lora=use_lora)
+    return (t + 1, caches, new_logits[:, 0], out_tok, out_logp, now_done, pos + 1, kv_mask, rng)
 
-  state = (jnp.int32(0), cache, logits, jnp.full((rows, n), sampling.pad_id, jnp.int32),
+  state = (jnp.int32(0), caches, logits, jnp.full((rows, n), sampling.pad_id, jnp.int32),
            jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), bool), next_pos, kv_mask, rng)
   state = jax.lax.while_loop(cond, body, state)
-  _, cache, _, out_tok, out_logp, done, _, _, _ = state
+  _, caches, _, out_tok, out_logp, done, _, _, _ = state
+  if flat:
+    caches = tuple(jax.tree.map(lambda x: x.reshape(rows, total, kvh, hd), c) for c in caches)
+  cache = jax.tree.map(lambda x: sharding.constrain(x, qwen2.CACHE_AXES),
+                       qwen2.stack_cache(caches))
   is_eos = jnp.any(out_tok[..., None] == eos, axis=-1)
   first_eos = jnp.where(jnp.any(is_eos, -1), jnp.argmax(is_eos, -1) + 1, n)
   out = SampleOutput(tokens=out_tok, logps=out_logp, lengths=first_eos.astype(jnp.int32),
