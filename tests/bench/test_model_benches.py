@@ -1,0 +1,35 @@
+"""launch.benchmark --bench=rollout / grpo_step on a tiny checkpoint: the DESIGN.md JSON contract."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+import qwen2_testlib as lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run(*args):
+  r = subprocess.run([sys.executable, "-m", "launch.benchmark", *args], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_rollout_and_grpo_step_json(tmp_path):
+  ckpt = lib.save_hf(lib.hf_model(seed=1), tmp_path / "ckpt")
+  prompts = tmp_path / "prompts.npy"
+  np.save(prompts, np.random.default_rng(0).integers(3, 256, (2, 8)).astype(np.int32))
+  common = [f"--hf_dir={ckpt}", f"--prompts={prompts}", "--num_generations=2",
+            "--new_tokens=4"]
+  out = _run("--bench=rollout", *common, "--runs=1", f"--tokens_out={tmp_path / 't.npy'}")
+  for key in ("tokens_per_s", "seconds", "compile_s"):
+    assert out[key] > 0, key
+  assert np.load(tmp_path / "t.npy").shape == (4, 4)
+  out = _run("--bench=grpo_step", *common, "--steps=2", "--lora_rank=0",
+             f"--json_out={tmp_path / 'g.json'}")
+  for key in ("step_s", "sequences_per_s", "tokens_per_s", "compile_s"):
+    assert out[key] > 0, key
+  assert json.loads((tmp_path / "g.json").read_text())["bench"] == "grpo_step"
