@@ -2,9 +2,9 @@
 
 Completions are generated deterministically in the R1 format,
 "<think>{a sentence with 2-3 emotion words}</think><answer>{1-4 labels}</answer>", from the
-wheel's surface forms (capitalisation varies), with 1-3 ground-truth labels that partly
-overlap the answer. They are tokenized once (default: the byte-level BPE tokenizer built from
-the wheel vocabulary, reward_tables.wheel_tokenizer) and padded to the longest.
+wheel's surface forms (lower case, Capitalized or Title Case), with 1-3 ground-truth labels
+that partly overlap the answer. They are tokenized once (default: the byte-level BPE tokenizer
+built from the wheel vocabulary, reward_tables.wheel_tokenizer) and padded to the longest.
 
 - device_samples_per_s: batch / median steady-state seconds of the jitted reward (the same
   `rewards.completion_rewards` the GRPO step calls), compile time reported apart (compile_s);
@@ -13,7 +13,8 @@ the wheel vocabulary, reward_tables.wheel_tokenizer) and padded to the longest.
   (metrics.official_completion_reward: parse <answer>, map every label through the format /
   synonym / wheel dicts with sorted candidates, as the official code does) on the same
   completions as text; host_decode_samples_per_s adds tokenizer.decode of the token ids.
-- speedup = device / host; max_abs_diff: device accuracy vs the host metric on the timed rows.
+- speedup = device / host (medians); speedup_best from the fastest runs of each;
+  max_abs_diff: device accuracy vs the host metric on the timed rows.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def make_completions(tables: wheel.EwTables, batch: int, seed: int = 0):
   """(completions, ground-truth cells): deterministic R1-style texts (module doc)."""
   rng = np.random.default_rng(seed)
   surfaces = list(tables.surfaces)
-  styles = (str, str.capitalize, str, str.upper)
+  styles = (str, str.capitalize, str, str.title)
   texts, gts = [], []
   for _ in range(batch):
     gt = list(rng.choice(surfaces, size=int(rng.integers(1, 4)), replace=False))
@@ -61,7 +62,8 @@ def _pad(encoded, multiple: int = 8):
 
 
 def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: int = 10,
-        host_samples: int = 2000, tokenizer_dir: str | None = None, config=None, **_) -> dict:
+        host_samples: int = 2000, host_runs: int = 3, tokenizer_dir: str | None = None,
+        config=None, **_) -> dict:
   """Runs the reward benchmark; returns the JSON-ready result (module doc).
 
   config: a reward ConfigDict (configs/reward.py); default get_reward_config().
@@ -106,11 +108,11 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
   host_values = []
   host_timing = timing.time_host(
       lambda: host_values.append([metrics.official_completion_reward(gts[i], texts[i], maps)
-                                  for i in range(count)]), runs=1)
+                                  for i in range(count)]), runs=host_runs)
   decode_timing = timing.time_host(
       lambda: [metrics.official_completion_reward(
           gts[i], reward_tables.decode(tokenizer, ids[i, :lengths[i]]), maps)
-               for i in range(count)], runs=1)
+               for i in range(count)], runs=host_runs)
   host = np.array(host_values[-1])
   device_rate = batch / device_timing.median_s
   host_rate = count / host_timing.median_s
@@ -123,6 +125,7 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
       "host_samples_per_s": round(host_rate, 1),
       "host_decode_samples_per_s": round(count / decode_timing.median_s, 1),
       "host_samples": count, "speedup": round(device_rate / host_rate, 2),
+      "speedup_best": round((batch / device_timing.min_s) / (count / host_timing.min_s), 2),
       "max_abs_diff": float(np.max(np.abs(accuracy[:count] - host))),
       "ew_dir": tables.source, "runs": runs,
   }

@@ -1,17 +1,19 @@
-"""Device internals of the EW reward: one pass over the tokens, one over each content.
+"""Device internals of the EW reward: one scan over the tokens, one loop over each content.
 
-Everything is a sequential `lax.scan` over positions with [B]-vector state (each position is
-visited once; on CPU this beats fixed-point iteration over [B, N] arrays several times over).
-Inputs are time-major: token words [N, B]. See rewards.py for the rules and reward_tables.py
-for the table layout.
+Loops run over positions with [B]-vector state, each position visited once: on XLA:CPU this
+was several times faster than fixed-point iteration over [B, N] arrays, and the loop outputs
+are kept few because XLA:CPU emits one kernel per loop output. Token ids are time-major
+[N, B]. See rewards.py for the rules and reward_tables.py for the table layout.
 
-1. `tag_scan`: the tags. A bit recurrence finds every tag however it is split into tokens;
-   per row it keeps, for each of the 4 tags, the first occurrence (end token, start token,
-   whether it spans tokens), the number of occurrences and counts of non-whitespace tokens
-   around it (for the format rule), and the first close tag after each open tag.
-2. `content_rows`: the answer (or think) content's token pieces as record rows [C, B].
-3. `answer_scan` / `think_scan`: the label parsers over those rows, with the label hashes
-   looked up in the perfect hash table as they complete; result: cluster sets per row.
+1. `tag_scan`: a bit recurrence over the tokens finds every tag however it is split into
+   tokens; per row, for each of the 4 tags: the first occurrence (end token, start token,
+   whether it spans tokens), the number of occurrences, the non-whitespace tokens around it
+   (for the format rule) and the first close tag after each open tag.
+2. `content_span`: where the answer (or think) content starts and ends, and the record rows
+   of the tokens cut by its tags.
+3. `answer_scan` / `think_scan`: while loops as long as the longest content of the batch;
+   per piece they gather the record, advance the label state and look up each label that a
+   separator (or word break) closes in the perfect hash table; result: cluster sets per row.
 """
 from __future__ import annotations
 
@@ -27,60 +29,11 @@ from affect_jax.rl import reward_tables as rt
 _U0 = np.uint32(0)
 _FIELDS = np.array([((1 << b) - 1) << o for b, o in zip(rt.TAG_BITS, rt.TAG_OFFSETS)],
                    np.uint32)
-_INSIDE_SHIFT = np.arange(28, 32, dtype=np.uint32)
 
 
 def gather(table, idx):
   """table[idx] for indices already known to be in range (no bounds handling)."""
   return table.at[idx].get(mode="promise_in_bounds")
-
-
-
-def _take0(x, idx):
-  """x[idx[b], b] for time-major x [C, B] (idx clipped into range)."""
-  return jnp.take_along_axis(x, jnp.clip(idx, 0, x.shape[0] - 1)[None], axis=0)[0]
-
-
-def reduce0(x, op, identity):
-  """Reduces axis 0 by a tree of elementwise `op`s over halves (padded with `identity` to a
-  power of two). On XLA:CPU this is several times faster than a reduction or an argmax along
-  the major axis of a fused producer."""
-  n = x.shape[0]
-  size = 1 << max(0, (n - 1).bit_length())
-  if size != n:
-    x = jnp.concatenate([x, jnp.full((size - n,) + x.shape[1:], identity, x.dtype)])
-  while x.shape[0] > 1:
-    half = x.shape[0] // 2
-    x = op(x[:half], x[half:])
-  return x[0]
-
-
-def _positions(n, ndim):
-  return jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * (ndim - 1))
-
-
-def first_true(mask):
-  """Index of the first True along axis 0, -1 when none."""
-  n = mask.shape[0]
-  first = reduce0(jnp.where(mask, _positions(n, mask.ndim), n), jnp.minimum, n)
-  return jnp.where(first < n, first, -1)
-
-
-def last_true(mask):
-  """Index of the last True along axis 0, -1 when none."""
-  return reduce0(jnp.where(mask, _positions(mask.shape[0], mask.ndim), -1), jnp.maximum, -1)
-
-
-def count0(mask):
-  return reduce0(mask.astype(jnp.int32), jnp.add, 0)
-
-
-def any0(mask):
-  return reduce0(mask, jnp.logical_or, False)
-
-
-def or0(words):
-  return reduce0(words, jnp.bitwise_or, 0)
 
 
 def bits(x, at, width=1):
@@ -100,17 +53,6 @@ def wheel_counts(words, tables):
     field = (word >> np.uint32(tables.field_bits * (k % tables.fields_per_word))) & mask
     out.append(jax.lax.population_count(field).astype(jnp.float32))
   return jnp.stack(out, axis=-1)
-
-
-def lookup(h1, h2, valid, tables):
-  """Label hashes [B] -> cluster sets (list of W uint32 [B]; 0 when not a surface form)."""
-  bucket = ((h1 * np.uint32(rt.GOLDEN[0])) >> np.uint32(32 - tables.bucket_bits)).astype(
-      jnp.int32)
-  slot = (((h2 ^ gather(tables.disp, bucket)) * np.uint32(rt.GOLDEN[1]))
-          >> np.uint32(32 - tables.slot_bits)).astype(jnp.int32)
-  row = gather(tables.slots, slot)
-  hit = valid & (row[..., 0] == h1) & (row[..., 1] == h2)
-  return [jnp.where(hit, row[..., 2 + w], _U0) for w in range(tables.num_words)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -158,7 +100,8 @@ def tag_scan(ids_t, tables) -> TagInfo:
   def body(c, x):
     active, last_sp, nz = c
     token, t = x
-    word, end = gather(tables.tok_word, token), gather(tables.tok_end, token)
+    packed = gather(tables.tok, token)
+    word, end = packed[:, 0], packed[:, 1]
     special = (word >> np.uint32(31)) == 1
     low = word & np.uint32(rt.FIELD)
     ended = active & end
@@ -167,23 +110,35 @@ def tag_scan(ids_t, tables) -> TagInfo:
     mid = jnp.where(special, _U0, low)
     shift = jnp.where(special, _U0, bits(word, 28, 3))
     active = jnp.where(special, low, _U0) | ((active & mid) << shift)
-    event = (cross | ((end >> np.uint32(24)) & np.uint32(0xF0))).astype(jnp.uint8)
+    event = cross | ((end >> np.uint32(24)) & np.uint32(0xF0))
     nonws = (word != np.uint32(rt.ALLWS_WORD)) & (word != np.uint32(rt.EMPTY_WORD))
-    multi = special & (bits(word, 28) != 0)
-    out = (event, last_sp, nz, multi, word == np.uint32(rt.EMPTY_WORD))
+    flags = (event | ((special & (bits(word, 28) != 0)).astype(jnp.uint32) << np.uint32(8))
+             | ((word == np.uint32(rt.EMPTY_WORD)).astype(jnp.uint32) << np.uint32(9)))
+    if packed_out:   # one output per step: flags, last special token + 1, non-ws count
+      out = (flags | ((last_sp + 1).astype(jnp.uint32) << np.uint32(10))
+             | (nz.astype(jnp.uint32) << np.uint32(21)))
+    else:
+      out = (flags, last_sp, nz)
     return (active, jnp.where(special, t, last_sp), nz + nonws.astype(jnp.int32)), out
 
+  packed_out = n < 2048          # 11-bit fields
   init = (jnp.zeros((batch,), jnp.uint32), jnp.full((batch,), -1, jnp.int32),
           jnp.zeros((batch,), jnp.int32))
-  (_, _, nz_total), (event, last_sp, nz, multi, empty) = jax.lax.scan(
-      body, init, (ids_t, jnp.arange(n, dtype=jnp.int32)))
+  (_, _, nz_total), out = jax.lax.scan(body, init, (ids_t, jnp.arange(n, dtype=jnp.int32)))
+  if packed_out:
+    flags = out & np.uint32(1023)
+    last_sp = ((out >> np.uint32(10)) & np.uint32(2047)).astype(jnp.int32) - 1
+    nz = (out >> np.uint32(21)).astype(jnp.int32)
+  else:
+    flags, last_sp, nz = out
+  event = (flags & np.uint32(255)).astype(jnp.uint8)
+  multi = bits(flags, 8) != 0
+  empty = bits(flags, 9) != 0
   # Per tag t (axis 1): bit t = ends as a chain, bit 4 + t = inside one token.
   shifts = jnp.arange(4, dtype=jnp.uint8)[None, :, None]
   cross = ((event[:, None] >> shifts) & np.uint8(1)) != 0               # [N, 4, B]
   inside = ((event[:, None] >> (shifts + 4)) & np.uint8(1)) != 0
   hit = cross | inside
-  # Real reductions here (their inputs are materialized scan outputs): unlike the tree
-  # reductions, XLA does not duplicate them into each consumer of the results.
   positions = jnp.arange(n, dtype=jnp.int32)[:, None, None]
   first_of = lambda m: (lambda f: jnp.where(f < n, f, -1))(jnp.min(jnp.where(m, positions, n),
                                                                      axis=0))
@@ -197,7 +152,8 @@ def tag_scan(ids_t, tables) -> TagInfo:
   # special, hence never whitespace).
   nz_before = take(nz4, start)
   nz_through = take(nz4, first) + 1
-  count = jnp.sum(hit, axis=0, dtype=jnp.int32) + jnp.sum(cross & inside, axis=0, dtype=jnp.int32)
+  count = (jnp.sum(hit, axis=0, dtype=jnp.int32)
+           + jnp.sum(cross & inside, axis=0, dtype=jnp.int32))
   opened = first[0::2]                                                  # [2, B]
   later = hit[:, 1::2] & (positions > opened[None]) & (opened[None] >= 0)
   close = first_of(later)
@@ -295,7 +251,7 @@ def format_ok(info: TagInfo, ids_t, tables):
     return clean if need_ws else ~clean
 
   counts_ok = jnp.all(info.count == 1, axis=0) & ~info.multi
-  keys = [info.first[t] * 4096 + end_off[t] for t in range(4)]
+  keys = [info.first[t] * rt.KEY_STRIDE + end_off[t] for t in range(4)]
   ordered = (keys[0] < keys[1]) & (keys[1] < keys[2]) & (keys[2] < keys[3])
   head = (info.nz_before[0] == 0) & ws(starts[0], 0, before[0])
   tail = (info.nz_total == info.nz_through[3]) & ws(specials[3], after[3], 0)
@@ -315,16 +271,33 @@ def content_tokens(ids_t, span: Span):
   return jnp.take_along_axis(ids_t, at, axis=0)
 
 
-def _piece_row(j, tokens, span: Span, tables, brackets: bool):
-  """Record row [B] and inside flag of content piece j (a scalar) of every row."""
+def _plain_row(j, token, span: Span, tables):
+  """Record row [B] and inside flag of content piece j (j and token: scalar or [B])."""
   at = span.t_open + j
   inside = span.present & (at <= span.t_close)
-  token = jax.lax.dynamic_index_in_dim(tokens, j, keepdims=False)
   row = jnp.where(j == 0, span.row_open, jnp.where(at == span.t_close, span.row_close, token))
-  row = jnp.where(inside, row, tables.vocab_size)      # row V: the empty string
-  if brackets:
-    row = jnp.where(j == span.first, gather(tables.bracket_first, row), row)
-    row = jnp.where(j == span.last, gather(tables.bracket_last, row), row)
+  return jnp.where(inside, row, tables.vocab_size), inside   # row V: the empty string
+
+
+def bracket_rows(tokens, span: Span, tables):
+  """The rows of the first / last non-empty answer pieces with the official bracket rule
+  applied (a leading "[" / trailing "]" made a separator), [B] each."""
+  pick = lambda j: _plain_row(j, jnp.take_along_axis(
+      tokens, jnp.clip(j, 0, tokens.shape[0] - 1)[None], axis=0)[0], span, tables)[0]
+  first = gather(tables.bracket_first, pick(span.first))
+  last_plain = jnp.where(span.last == span.first, first, pick(span.last))
+  return first, gather(tables.bracket_last, last_plain)
+
+
+def _piece_row(j, tokens, span: Span, tables, brackets=None):
+  """Record row [B] and inside flag of content piece j (a scalar) of every row; brackets:
+  bracket_rows(...) for the answer, None for the think content."""
+  token = jax.lax.dynamic_index_in_dim(tokens, j, keepdims=False)
+  row, inside = _plain_row(j, token, span, tables)
+  if brackets is not None:
+    first, last = brackets
+    row = jnp.where(j == span.first, first, row)
+    row = jnp.where(j == span.last, last, row)
   return row, inside
 
 
@@ -347,92 +320,97 @@ def _steps(span: Span, cap: int, n: int):
 # 3. Parsers.
 
 
-def answer_step(state, rec, transitions):
-  """Appends piece a of records rec [B, cols] to label states (h1, h2, flags) [B].
+def lookup_pairs(h, valid, tables):
+  """Label hashes h uint32[2, B] -> cluster sets uint32[W, B] (0 when not a surface form)."""
+  bucket = ((h[0] * np.uint32(rt.GOLDEN[0])) >> np.uint32(32 - tables.bucket_bits)).astype(
+      jnp.int32)
+  slot = (((h[1] ^ gather(tables.disp, bucket)) * np.uint32(rt.GOLDEN[1]))
+          >> np.uint32(32 - tables.slot_bits)).astype(jnp.int32)
+  row = gather(tables.slots, slot).T                      # [2 + W, B]
+  hit = valid & (row[0] == h[0]) & (row[1] == h[1])
+  return jnp.where(hit[None], row[2:], _U0)
+
+
+def answer_step(h, f, rec, transitions):
+  """Appends piece a of records rec [cols, B] to label states: hashes h uint32[2, B] and
+  flags f uint32[B] (rt.S_* bits). Returns the new (h, f).
 
   The flag logic (whitespace kinds, badness) is one lookup in the transition table; the hash
   grows by the core's power (times the base for a one-space gap): h * m + H.
   """
-  h1, h2, f = state
-  tr = gather(transitions, ((rec[:, rt.A["a_flags"]] & np.uint32(63)) << np.uint32(4)) | f)
-  gap_one = bits(tr, 4, 2) == 1
-  allws = bits(tr, 6) != 0
-  seen = bits(f, rt.S_SEEN) != 0
-
-  def grow(h, m0, m1, core):
-    return jnp.where(allws, h, jnp.where(seen, h * jnp.where(gap_one, m1, m0), _U0) + core)
-
-  return (grow(h1, rec[:, rt.A["a_m0_1"]], rec[:, rt.A["a_m1_1"]], rec[:, rt.A["a_h1"]]),
-          grow(h2, rec[:, rt.A["a_m0_2"]], rec[:, rt.A["a_m1_2"]], rec[:, rt.A["a_h2"]]),
-          tr & np.uint32(15))
-
-
-def _or_words(words, found):
-  return [w | f for w, f in zip(words, found)]
+  a = rt.A
+  tr = gather(transitions, ((rec[a["a_flags"]] & np.uint32(63)) << np.uint32(4)) | f)
+  gap_one = (bits(tr, 4, 2) == 1)[None]
+  allws = (bits(tr, 6) != 0)[None]
+  seen = (bits(f, rt.S_SEEN) != 0)[None]
+  m = jnp.where(gap_one, rec[a["a_m1_1"]:a["a_m1_1"] + 2], rec[a["a_m0_1"]:a["a_m0_1"] + 2])
+  grown = jnp.where(seen, h * m, _U0) + rec[a["a_h1"]:a["a_h1"] + 2]
+  return jnp.where(allws, h, grown), tr & np.uint32(15)
 
 
 def answer_scan(ids_t, span: Span, cap: int, tables):
-  """Answer parser over the answer content's pieces -> (cluster set words [W][B], item count
-  [B]). A while loop over piece index j runs as many steps as the longest answer of the batch
-  has tokens (at most `cap` when cap > 0): per step it gathers each row's record, advances the
-  label state, and looks up the label a separator closes.
+  """Answer parser over the answer content's pieces -> (cluster set words uint32[B, W], item
+  count [B]). A while loop over piece index j runs as many steps as the longest answer of the
+  batch has tokens (at most `cap` when cap > 0): per step it gathers each row's record,
+  advances the label state, and looks up the label a separator closes. The loop state is
+  three arrays (XLA:CPU emits one kernel per loop output, so fewer outputs run faster).
   """
   n, batch = ids_t.shape
-  n_cols = len(rt.ANSWER_COLUMNS)
+  a, n_cols = rt.A, len(rt.ANSWER_COLUMNS)
   steps = _steps(span, cap, n)
   tokens = content_tokens(ids_t, span)
-  u = jnp.zeros((batch,), jnp.uint32)
-  empty = (u, u, u)
+  brackets = bracket_rows(tokens, span, tables)
 
   def body(c):
-    j, state, words, count = c
-    row, ins = _piece_row(j, tokens, span, tables, brackets=True)
-    rec = gather(tables.rec_answer, row)                    # [B, cols + W]
-    flags = rec[:, rt.A["a_flags"]]
+    j, h, fc, words = c          # fc: label flags in bits 0-3, the item count above
+    row, ins = _piece_row(j, tokens, span, tables, brackets)
+    rec = gather(tables.rec_answer, row).T                  # [cols + W, B]
+    flags = rec[a["a_flags"]]
     sep = ins & (bits(flags, rt.F_SEP) != 0)
-    closing = answer_step(state, rec, tables.transitions)
-    closed = sep & (bits(closing[2], rt.S_SEEN) != 0)
-    found = lookup(closing[0], closing[1], closed & (bits(closing[2], rt.S_BAD) == 0), tables)
-    inner = [jnp.where(ins, rec[:, n_cols + k], _U0) for k in range(tables.num_words)]
-    fresh = (rec[:, rt.A["f_h1"]], rec[:, rt.A["f_h2"]], rec[:, rt.A["f_state"]])
-    state = tuple(jnp.where(sep, a, b) for a, b in zip(fresh, closing))
-    count = (count + closed.astype(jnp.int32)
-             + jnp.where(ins, bits(flags, rt.F_COUNT, 8), _U0).astype(jnp.int32))
-    return j + 1, state, _or_words(_or_words(words, found), inner), count
+    closing_h, closing_f = answer_step(h, fc & np.uint32(15), rec, tables.transitions)
+    closed = sep & (bits(closing_f, rt.S_SEEN) != 0)
+    found = lookup_pairs(closing_h, closed & (bits(closing_f, rt.S_BAD) == 0), tables)
+    h = jnp.where(sep[None], rec[a["f_h1"]:a["f_h1"] + 2], closing_h)
+    f = jnp.where(sep, rec[a["f_state"]], closing_f)
+    count = (fc >> np.uint32(4)) + closed.astype(jnp.uint32) + jnp.where(
+        ins, bits(flags, rt.F_COUNT, 8), _U0)
+    inner = jnp.where(ins[None], rec[n_cols:], _U0)
+    return j + 1, h, f | (count << np.uint32(4)), words | found | inner
 
-  init = (jnp.int32(0), empty, [u] * tables.num_words, jnp.zeros((batch,), jnp.int32))
-  _, final, words, count = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
+  init = (jnp.int32(0), jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
+          jnp.zeros((tables.num_words, batch), jnp.uint32))
+  _, h, fc, words = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
   # The last label ends with the content (rows shorter than the loop keep their state: the
   # pieces past a content's end are empty strings).
-  final_seen = span.present & (bits(final[2], rt.S_SEEN) != 0)
-  found = lookup(final[0], final[1], final_seen & (bits(final[2], rt.S_BAD) == 0), tables)
-  return _or_words(words, found), count + final_seen.astype(jnp.int32)
+  final_seen = span.present & (bits(fc, rt.S_SEEN) != 0)
+  words = words | lookup_pairs(h, final_seen & (bits(fc, rt.S_BAD) == 0), tables)
+  count = (fc >> np.uint32(4)).astype(jnp.int32) + final_seen.astype(jnp.int32)
+  return list(words), count
 
 
 def think_scan(ids_t, span: Span, cap: int, tables):
   """Think parser over the think content's pieces -> cluster set words [W][B] of its words
   (a while loop as in answer_scan)."""
   n, batch = ids_t.shape
-  n_cols = len(rt.THINK_COLUMNS)
+  t, n_cols = rt.T, len(rt.THINK_COLUMNS)
   steps = _steps(span, cap, n)
   tokens = content_tokens(ids_t, span)
-  u = jnp.zeros((batch,), jnp.uint32)
 
   def body(c):
-    j, (h1, h2, ne), words = c
-    row, ins = _piece_row(j, tokens, span, tables, brackets=False)
-    rec = gather(tables.rec_think, row)
-    flags = rec[:, rt.T["t_flags"]]
+    j, h, ne, words = c
+    row, ins = _piece_row(j, tokens, span, tables)
+    rec = gather(tables.rec_think, row).T
+    flags = rec[t["t_flags"]]
     brk = ins & (bits(flags, rt.T_BREAK) != 0)
-    grown = (h1 * rec[:, 2] + rec[:, 0], h2 * rec[:, 3] + rec[:, 1],
-             ne | bits(flags, rt.T_A_NONEMPTY))
-    found = lookup(grown[0], grown[1], brk & (grown[2] != 0), tables)
-    inner = [jnp.where(ins, rec[:, n_cols + k], _U0) for k in range(tables.num_words)]
-    state = (jnp.where(brk, rec[:, 4], grown[0]), jnp.where(brk, rec[:, 5], grown[1]),
-             jnp.where(brk, bits(flags, rt.T_B_NONEMPTY), grown[2]))
-    return j + 1, state, _or_words(_or_words(words, found), inner)
+    grown = h * rec[t["ta_p1"]:t["ta_p1"] + 2] + rec[t["ta_h1"]:t["ta_h1"] + 2]
+    grown_ne = ne | bits(flags, rt.T_A_NONEMPTY)
+    found = lookup_pairs(grown, brk & (grown_ne != 0), tables)
+    h = jnp.where(brk[None], rec[t["tb_h1"]:t["tb_h1"] + 2], grown)
+    ne = jnp.where(brk, bits(flags, rt.T_B_NONEMPTY), grown_ne)
+    return j + 1, h, ne, words | found | jnp.where(ins[None], rec[n_cols:], _U0)
 
-  init = (jnp.int32(0), (u, u, u), [u] * tables.num_words)
-  _, final, words = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
-  found = lookup(final[0], final[1], span.present & (final[2] != 0), tables)
-  return _or_words(words, found)
+  init = (jnp.int32(0), jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
+          jnp.zeros((tables.num_words, batch), jnp.uint32))
+  _, h, ne, words = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
+  words = words | lookup_pairs(h, span.present & (ne != 0), tables)
+  return list(words)

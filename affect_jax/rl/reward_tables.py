@@ -4,7 +4,7 @@ The device reads completions as token ids, so everything the text rules of
 affect_jax/emotion/labels.py need is precomputed here per vocabulary token, from the exact
 bytes each token adds to the decoded text (`token_bytes`):
 
-- per token, two packed words (`tok_word`, `tok_end`): for each of the 4 tags, the proper
+- per token, two packed words (`tok`: word, end): for each of the 4 tags, the proper
   prefixes the token ends with (start bits), the inner slices it equals (mid bits, with the
   token length), the suffixes it starts with (end bits), whether it holds a whole tag, and
   whether it is whitespace only. A tag split over any number of tokens is found on device by
@@ -14,11 +14,11 @@ bytes each token adds to the decoded text (`token_bytes`):
 - records: one record summarises one string (a whole token, or a token cut at a tag, or with a
   leading "[" / trailing "]" turned into a separator for the official bracket rule) for the
   two label parsers:
-  * answer parser (split at , ' " then strip): the text before the first separator (piece a)
-    and after the last one (piece b) as a 64-bit polynomial hash of their non-whitespace core
-    with its power, and whitespace kinds (none / one space / other) before and after the core;
-    labels lying wholly between two separators inside the string are resolved here, on the
-    host, into their cluster sets.
+  * answer parser (split at , ' " then strip): the text before the first separator (piece a:
+    64-bit polynomial hash of its non-whitespace core, the multipliers that append it after
+    no gap or after one space, its whitespace class for `transition_table`) and the label
+    state right after the last separator; labels lying wholly between two separators inside
+    the string are resolved here, on the host, into their cluster sets.
   * think parser (words = runs of the wheel's word characters): first and last word fragments
     and the cluster sets of the whole words inside.
 - a perfect hash table (hash and displace) from label hash to cluster sets, the level-1
@@ -45,9 +45,10 @@ TAG_BITS = tuple(len(t) - 1 for t in TAGS)            # proper prefix lengths 1.
 TAG_OFFSETS = tuple(int(sum(TAG_BITS[:i])) for i in range(len(TAGS)))
 FIELD = (1 << 28) - 1                                 # the 28 tag bits of a packed word
 SPECIAL = 1 << 31
-ALLWS_WORD = 7 << 28                                  # tok_word of a whitespace-only token
-EMPTY_WORD = FIELD                                    # tok_word of a token adding no text
+ALLWS_WORD = 7 << 28                                  # tok word of a whitespace-only token
+EMPTY_WORD = FIELD                                    # tok word of a token adding no text
 MOD = 1 << 32
+KEY_STRIDE = 1 << 12                                  # token * KEY_STRIDE + byte: a position
 GOLDEN = (0x9E3779B1, 0x85EBCA77)
 # Answer pieces: ws kinds 0 none, 1 a single ' ', 2 anything else. The low 6 bits of a
 # piece's flags are its class (whitespace only, kind of leading / trailing whitespace,
@@ -426,8 +427,8 @@ class RewardTables:
   """Device lookup tables of one (tokenizer, emotion wheel) pair. Shapes: V tokens (+1 row
   for padding / unknown ids), P special tokens, R records, T slots, W words per cluster set.
 
-  tok_word, tok_end: uint32[V + 1] packed tag words; tok_special: int32[V + 1] special row
-    or -1.
+  tok: uint32[V + 1, 2] packed tag words (word, end; see _tag_words); tok_special:
+    int32[V + 1] special row or -1.
   sp: int32[P, len(SP_COLUMNS)] offsets; sp_kinds: int32[P, 2, 3, 3] record rows of cut
     pieces (mode, start kind, end kind); sp_ws: int32[P, 6, 6] 1 if a cut piece is
     whitespace only.
@@ -438,8 +439,7 @@ class RewardTables:
   slots: uint32[T, 2 + W] perfect hash slots (h1, h2, cluster set); disp: uint32[buckets].
   sets: uint32[S, W] cluster set of every surface form.
   """
-  tok_word: jax.Array
-  tok_end: jax.Array
+  tok: jax.Array
   tok_special: jax.Array
   sp: jax.Array
   sp_kinds: jax.Array
@@ -460,7 +460,7 @@ class RewardTables:
 
   @property
   def vocab_size(self) -> int:
-    return self.tok_word.shape[0] - 1
+    return self.tok.shape[0] - 1
 
   @property
   def num_words(self) -> int:
@@ -515,13 +515,15 @@ def build_reward_tables(tokenizer, tables: wheel_lib.EwTables, bases=(0x01000193
   records = _Records(surface_ids=tables.surface_ids(), sets=sets,
                      word_chars=tables.word_chars, word_bytes=word_bytes, bases=bases)
   vocab = len(pieces)
-  tok_word = np.zeros(vocab + 1, np.uint32)
-  tok_end = np.zeros(vocab + 1, np.uint32)
+  tok = np.zeros((vocab + 1, 2), np.uint32)
   tok_special = np.full(vocab + 1, -1, np.int32)
   for i, data in enumerate(pieces + [b""]):
+    if len(data) >= KEY_STRIDE:
+      raise TokenizerError(f"tokenizer token {i} adds {len(data)} bytes; at most "
+                           f"{KEY_STRIDE - 1} are supported.")
     if records.add(_lower(data)) != i:   # whole-token records sit at row i
       records.copy(records.index[_lower(data)])
-    tok_word[i], tok_end[i] = _tag_words(data)
+    tok[i] = _tag_words(data)
   sp_rows, kinds, ws = [], [], []
   for i, data in enumerate(pieces):
     if b"<" not in data and b">" not in data:
@@ -561,7 +563,7 @@ def build_reward_tables(tokenizer, tables: wheel_lib.EwTables, bases=(0x01000193
   n_answer = len(ANSWER_COLUMNS)
   n_sp = max(1, len(sp_rows))
   return RewardTables(
-      tok_word=tok_word, tok_end=tok_end, tok_special=tok_special,
+      tok=tok, tok_special=tok_special,
       sp=np.array(sp_rows or [[-1] * len(SP_COLUMNS)], np.int32).reshape(n_sp, -1),
       sp_kinds=np.array(kinds or [np.full((2, 3, 3), vocab)], np.int32),
       sp_ws=np.array(ws or [np.ones((WS_OPTIONS, WS_OPTIONS))], np.int32),
@@ -579,12 +581,23 @@ def to_device(tables: RewardTables) -> RewardTables:
   return jax.tree_util.tree_map(jax.numpy.asarray, tables)
 
 
+# Everyday English for the wheel tokenizer (so that descriptions in <think> tokenize like
+# text, not letter by letter).
+_PLAIN_ENGLISH = (
+    "The speaker's voice is low and the face looks calm, then she smiles a bit. His tone "
+    "rises; the words and the audio suggest that he feels it, with hints of something "
+    "underneath. They frown, sounds agree, maybe not. She says that it was fine, but her "
+    "eyes and hands show more. The subtitle reads: I can't believe this happened to us!")
+
+
 def wheel_tokenizer(tables: wheel_lib.EwTables):
   """A byte-level BPE tokenizer (the demo's recipe, affect_jax/data/tokenizer.py) trained on
-  the wheel's surface forms inside think / answer tags; built once, cached under the user
-  cache dir. The default tokenizer of launch.score --engine=device and the reward benchmark."""
+  the wheel's surface forms inside think / answer tags and a paragraph of everyday English;
+  built once, cached under the user cache dir. The default tokenizer of launch.score
+  --engine=device and of the reward benchmark."""
   from affect_jax.data import tokenizer as tokenizer_lib
   from configs import data as data_config
   texts = [f"<think>{s}</think><answer>{s}, {s.capitalize()}</answer>" for s in tables.surfaces]
+  texts += [_PLAIN_ENGLISH] * 20
   root = str(wheel_lib.cache_dir() / "tokenizers")
   return tokenizer_lib.ensure_demo_tokenizer(root, texts, data_config.tokenizer_config())
