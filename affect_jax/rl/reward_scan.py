@@ -65,11 +65,11 @@ class TagInfo:
   """Per row ([B]; per-tag fields [4, B]) facts about the tags.
 
   first: token where the tag's first occurrence ends (-1: none); cross: it spans tokens;
-  start: token holding its '<'; count: occurrences; nz_before / nz_through: non-whitespace
-  tokens before its start token / up to and including its end token; close / close_cross /
-  close_start ([2, B], for <think> and <answer>): the first close tag ending in a token after
-  the open tag's token; multi: some token holds one tag twice; nz_total: non-whitespace tokens;
-  empty: bool[N, B] tokens that add no text.
+  start: token holding its '<'; count: occurrences (2 = two or more); nz_before /
+  nz_through: non-whitespace tokens before its start token / up to and including its end
+  token; close / close_cross / close_start ([2, B], for <think> and <answer>): the first
+  close tag ending in a token after the open tag's token; multi: some token holds one tag
+  twice; nz_total: non-whitespace tokens; empty: bool[N, B] tokens that add no text.
   """
   first: jax.Array
   cross: jax.Array
@@ -89,9 +89,10 @@ def tag_scan(ids_t, tables) -> TagInfo:
   """Tags of time-major token ids (int32[N, B], padding = the empty-token row V).
 
   The scan carries only what is sequential (the tag prefix bits, the last token with '<' or
-  '>', the count of non-whitespace tokens); per token it emits an event byte (bit t: tag t
-  ends here as a chain over tokens, bit 4 + t: tag t lies inside this token). First
-  occurrences and counts are then read off the events in vectorized form.
+  '>', the count of non-whitespace tokens) and emits one packed word per token: event bits
+  (bit t: tag t ends here as a chain over tokens, bit 4 + t: tag t lies inside this token),
+  "holds a tag twice", "adds no text", and the two counters. First occurrences and counts are
+  then read off with a few vectorized reductions.
   """
   n, batch = ids_t.shape
   fields = jnp.asarray(_FIELDS)[:, None]
@@ -127,42 +128,56 @@ def tag_scan(ids_t, tables) -> TagInfo:
   (_, _, nz_total), out = jax.lax.scan(body, init, (ids_t, jnp.arange(n, dtype=jnp.int32)))
   if packed_out:
     flags = out & np.uint32(1023)
-    last_sp = ((out >> np.uint32(10)) & np.uint32(2047)).astype(jnp.int32) - 1
-    nz = (out >> np.uint32(21)).astype(jnp.int32)
+    field_at = lambda idx: jnp.take_along_axis(out, jnp.clip(idx, 0, n - 1)[None], axis=0)[0]
+    flags_at = lambda idx: field_at(idx) & np.uint32(1023)
+    last_sp_at = lambda idx: ((field_at(idx) >> np.uint32(10)) & np.uint32(2047)).astype(
+        jnp.int32) - 1
+    nz_at = lambda idx: (field_at(idx) >> np.uint32(21)).astype(jnp.int32)
   else:
     flags, last_sp, nz = out
-  event = (flags & np.uint32(255)).astype(jnp.uint8)
-  multi = bits(flags, 8) != 0
-  empty = bits(flags, 9) != 0
-  # Per tag t (axis 1): bit t = ends as a chain, bit 4 + t = inside one token.
-  shifts = jnp.arange(4, dtype=jnp.uint8)[None, :, None]
-  cross = ((event[:, None] >> shifts) & np.uint8(1)) != 0               # [N, 4, B]
-  inside = ((event[:, None] >> (shifts + 4)) & np.uint8(1)) != 0
-  hit = cross | inside
-  positions = jnp.arange(n, dtype=jnp.int32)[:, None, None]
-  first_of = lambda m: (lambda f: jnp.where(f < n, f, -1))(jnp.min(jnp.where(m, positions, n),
-                                                                     axis=0))
-  first = first_of(hit)                                                 # [4, B]
-  take = lambda x, idx: jnp.take_along_axis(x, jnp.clip(idx, 0, n - 1)[None], axis=0)[0]
-  is_cross = take(cross, first)
-  last_sp4 = jnp.broadcast_to(last_sp[:, None], cross.shape)
-  nz4 = jnp.broadcast_to(nz[:, None], cross.shape)
-  start = jnp.where(is_cross, take(last_sp4, first), first)
-  # Non-whitespace tokens before the start token / up to the end token (a start token is
-  # special, hence never whitespace).
-  nz_before = take(nz4, start)
-  nz_through = take(nz4, first) + 1
-  count = (jnp.sum(hit, axis=0, dtype=jnp.int32)
-           + jnp.sum(cross & inside, axis=0, dtype=jnp.int32))
-  opened = first[0::2]                                                  # [2, B]
-  later = hit[:, 1::2] & (positions > opened[None]) & (opened[None] >= 0)
-  close = first_of(later)
-  close_cross = take(cross[:, 1::2], close)
-  close_start = jnp.where(close_cross, take(last_sp4[:, :2], close), close)
-  multi = jnp.any(multi, axis=0)
-  return TagInfo(first=first, cross=is_cross, start=start, count=count, nz_before=nz_before,
-                 nz_through=nz_through, close=close, close_cross=close_cross,
-                 close_start=close_start, multi=multi, nz_total=nz_total, empty=empty)
+    take = lambda x, idx: jnp.take_along_axis(x, jnp.clip(idx, 0, n - 1)[None], axis=0)[0]
+    flags_at = lambda idx: take(flags, idx)
+    last_sp_at = lambda idx: take(last_sp, idx)
+    nz_at = lambda idx: take(nz, idx)
+  pos = jnp.arange(n, dtype=jnp.int32)[:, None]
+
+  def first_where(mask):
+    first = jnp.min(jnp.where(mask, pos, n), axis=0)
+    return jnp.where(first < n, first, -1)
+
+  firsts, crosses, starts, counts, befores, throughs = [], [], [], [], [], []
+  for t in range(4):
+    hit = (flags & np.uint32(0x11 << t)) != 0                    # chain end or inside
+    first = first_where(hit)
+    last = jnp.max(jnp.where(hit, pos, -1), axis=0)
+    at_first = flags_at(first)
+    is_cross = (first >= 0) & (bits(at_first, t) != 0)
+    start = jnp.where(is_cross, last_sp_at(first), first)
+    # Occurrences: 0, 1, or 2 standing for "more than one" (all the format rule needs).
+    both = (bits(at_first, t) != 0) & (bits(at_first, 4 + t) != 0)
+    counts.append(jnp.where(first < 0, 0, jnp.where((last > first) | both, 2, 1)))
+    firsts.append(first)
+    crosses.append(is_cross)
+    starts.append(start)
+    # Non-whitespace tokens before the start token / up to the end token (a start token is
+    # special, hence never whitespace).
+    befores.append(nz_at(start))
+    throughs.append(nz_at(first) + 1)
+  closes, close_crosses, close_starts = [], [], []
+  for pair in range(2):
+    t, opened = 2 * pair + 1, firsts[2 * pair]
+    close = first_where(((flags & np.uint32(0x11 << t)) != 0) & (pos > opened[None])
+                        & (opened[None] >= 0))
+    is_cross = (close >= 0) & (bits(flags_at(close), t) != 0)
+    closes.append(close)
+    close_crosses.append(is_cross)
+    close_starts.append(jnp.where(is_cross, last_sp_at(close), close))
+  return TagInfo(first=jnp.stack(firsts), cross=jnp.stack(crosses), start=jnp.stack(starts),
+                 count=jnp.stack(counts), nz_before=jnp.stack(befores),
+                 nz_through=jnp.stack(throughs), close=jnp.stack(closes),
+                 close_cross=jnp.stack(close_crosses), close_start=jnp.stack(close_starts),
+                 multi=jnp.any(bits(flags, 8) != 0, axis=0), nz_total=nz_total,
+                 empty=bits(flags, 9) != 0)
 
 
 def _sp(tables, special, column):
