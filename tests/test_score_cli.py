@@ -89,6 +89,19 @@ def test_ov_equals_reference_any_order_and_style(data):
   np.testing.assert_allclose([float(row["reward"]) for row in rows], expected, atol=1e-6)
 
 
+def test_official_wheel_paper_example(official_ew_dir, tmp_path):
+  gt = _csv(tmp_path / "gt.csv", ["name", "openset"],
+            [("b", "neutral"), ("a", "[happy, excited]")])
+  pred = _csv(tmp_path / "pred.csv", ["name", "openset"],
+              [("a", "joyful,surprised"), ("b", "['happy']")])
+  out = score.score(gt, pred, "ov", ew_dir=str(official_ew_dir))
+  pr = [(1, 1), (.5, 1), (.5, 1), (.5, .5), (1, .5)]     # PAPER_NOTES.md section 4
+  assert out["n_scored"] == 1
+  assert out["ew_f"] == pytest.approx(100 * np.mean([2 * p * r / (p + r) for p, r in pr]),
+                                      abs=1e-3)
+  assert out["ew_precision"] == pytest.approx(100 * np.mean([p for p, _ in pr]), abs=1e-3)
+
+
 def test_device_engine_equals_host(data, tmp_path, monkeypatch):
   monkeypatch.setenv("AFFECT_JAX_CACHE", str(tmp_path / "cache"))
   host = score.score(data["gt_path"], data["pred_path"], "ov",

@@ -92,17 +92,20 @@ def variant_scores(gt_ids, pred_ids, tables, variant: str) -> dict:
           "n_scored": n}
 
 
-def ov_scores(gt_cells, pred_cells, tables: wheel_lib.EwTables) -> dict:
-  """OV-MER: ew_f / ew_precision / ew_recall (mean over the 5 level-1 wheels), n_scored (of
-  wheel 1) and the 12 variants. Samples whose ground truth maps to nothing are skipped per
-  variant; a variant with no scored sample reports 0 (the official code would give NaN)."""
+def ov_scores(gt_cells, pred_cells, tables: wheel_lib.EwTables, level: int = 1) -> dict:
+  """OV-MER: ew_f / ew_precision / ew_recall (mean over the 5 wheels at `level`, 1 by
+  default as the papers report), n_scored (of wheel 1) and the 12 variants. Samples whose
+  ground truth maps to nothing are skipped per variant; a variant with no scored sample
+  reports 0 (the official code would give NaN)."""
+  if level not in wheel_lib.LEVELS:
+    raise ValueError(f"level={level}: expected one of {wheel_lib.LEVELS}.")
   gt_ids, pred_ids = surface_ids(gt_cells, tables), surface_ids(pred_cells, tables)
   variants = {v: variant_scores(gt_ids, pred_ids, tables, v) for v in wheel_lib.VARIANTS}
-  level1 = [variants[v] for v in wheel_lib.LEVEL1]
-  return {"ew_f": float(np.mean([s["f"] for s in level1])),
-          "ew_precision": float(np.mean([s["precision"] for s in level1])),
-          "ew_recall": float(np.mean([s["recall"] for s in level1])),
-          "n_scored": level1[0]["n_scored"], "variants": variants}
+  headline = [variants[f"wheel{k}_level{level}"] for k in range(1, wheel_lib.NUM_WHEELS + 1)]
+  return {"ew_f": float(np.mean([s["f"] for s in headline])),
+          "ew_precision": float(np.mean([s["precision"] for s in headline])),
+          "ew_recall": float(np.mean([s["recall"] for s in headline])),
+          "n_scored": headline[0]["n_scored"], "variants": variants}
 
 
 def per_sample_rewards(gt_cells, pred_cells, tables: wheel_lib.EwTables) -> np.ndarray:

@@ -69,6 +69,11 @@ def test_dataset_scores_equal_reference_on_random_rows():
     assert got["recall"] == pytest.approx(np.mean(rs))
     assert got["f"] == pytest.approx(_f(np.mean(ps), np.mean(rs)))
   assert len(s["variants"]) == 12
+  level2 = metrics.ov_scores(gt, pred, tables, level=2)
+  assert level2["ew_f"] == pytest.approx(np.mean(
+      [s["variants"][f"wheel{k}_level2"]["f"] for k in range(1, 6)]))
+  with pytest.raises(ValueError, match="level=3"):
+    metrics.ov_scores(gt, pred, tables, level=3)
   per_sample = metrics.per_sample_rewards(gt, pred, tables)
   np.testing.assert_allclose(per_sample, [ref.sample_f(g, p) for g, p in zip(gt, pred)],
                              atol=1e-12)
