@@ -17,9 +17,10 @@ and a think over its cap yields no think words). Nothing here can produce NaN.
 The text rules are those of affect_jax/emotion/labels.py, evaluated on device from per-token
 tables (affect_jax/rl/reward_tables.py, built once per tokenizer and wheel) by the scans of
 affect_jax/rl/reward_scan.py: tags are found by a bit recurrence over tokens (any split of a
-tag into tokens), the answer / think contents are cut out as [C, B] record rows, the label
-parsers hash each label (2 x 32-bit polynomial hash of its lowercased, stripped bytes) and
-a perfect hash table maps it to level-1 cluster sets of the 5 wheels, compared with popcounts.
+tag into tokens), the answer / think contents are walked piece by piece (a token, or the part
+of a token beside a tag), the label parsers hash each label (2 x 32-bit polynomial hash of
+its lowercased, stripped bytes) and a perfect hash table maps it to level-1 cluster sets of
+the 5 wheels, compared with popcounts.
 `reference_scores` is a plain host implementation of the same rules (the tests' reference).
 """
 from __future__ import annotations
