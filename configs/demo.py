@@ -73,14 +73,15 @@ def get_config():
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.steps = 60
-  c.grpo.prompts_per_step = 8
-  c.grpo.learning_rate = 3e-4
+  c.grpo.prompts_per_step = 16
+  c.grpo.learning_rate = 1e-4
   c.grpo.weight_decay = 0.0
   c.grpo.grad_clip = 1.0
   c.grpo.log_every = 5
-  c.grpo_loss = get_grpo_loss_config(num_generations=8, beta=0.02, logprob_chunk=64,
+  c.grpo_loss = get_grpo_loss_config(num_generations=8, beta=0.04, logprob_chunk=64,
                                      loss_aggregation="token_mean")
-  c.sampling = dict(max_new_tokens=80, temperature=1.0, top_k=0, top_p=1.0,
+  # Rollouts at temperature 0.7: samples near the greedy policy that evaluation uses.
+  c.sampling = dict(max_new_tokens=80, temperature=0.7, top_k=0, top_p=1.0,
                     buckets=(32, 48, 64, 96, 128))
   c.reward = get_reward_config()
 
