@@ -255,6 +255,8 @@ def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
     raise ValueError(f"reward.hash_bases={tuple(cfg.hash_bases)} but the tables were built with "
                      f"{tables.bases}; build them with bases=cfg.hash_bases.")
   ids = jnp.asarray(ids, jnp.int32)
+  if ids.shape[1] == 0:       # no tokens at all: one padding column keeps the shapes valid
+    ids = jnp.zeros((ids.shape[0], 1), jnp.int32)
   batch, n = ids.shape
   vocab = tables.vocab_size
   valid = jnp.arange(n)[:, None] < jnp.asarray(lengths, jnp.int32)[None]

@@ -191,6 +191,11 @@ def test_garbage_ids_and_lengths(demo):
                                                            np.full(32, 2, np.int32)))
   for term in TERMS:
     assert np.all(np.isfinite(out[term])) and np.all(out[term] >= 0)
+  for width in (0, 1):                                  # degenerate widths
+    out = jax.device_get(rewards.make_reward_fn(tables, CFG)(
+        np.zeros((2, width), np.int32), np.zeros(2, np.int32), gt_ids[:2],
+        np.full(2, 2, np.int32)))
+    assert out["total"].tolist() == [0.0, 0.0]
 
 
 def test_optional_token_caps_match_host(demo):
