@@ -27,6 +27,16 @@ def get_config():
   # (the format reward allows only whitespace after </answer>).
   c.data.prompt.end_marker = ""
   c.data.cache_dir = ""              # "" = <workdir>/data
+  # Which data each phase reads: a dataset of affect_jax/data/builders (demo, mercaptionplus,
+  # ovmerd, ovmerdplus, mer2025ov, unibench:<name>), its folder ("" = generate the demo set)
+  # and split. The paper: SFT on MER-Caption+, GRPO on MER2025-OV, evaluation on OV-MERD+.
+  c.data.sources = dict(
+      sft=dict(dataset="demo", data_dir="", split="train"),
+      grpo=dict(dataset="demo", data_dir="", split="rl"),
+      eval=dict(dataset="demo", data_dir="", split="test"))
+  # The decoder's tokenizer folder ("" = train the demo's byte-level BPE offline); its special
+  # tokens (data.tokenizer.special_tokens) are added when missing.
+  c.tokenizer_dir = ""
 
   c.model = ml_collections.ConfigDict()
   # vocab_size and placeholder ids come from the tokenizer at run time (-1 = fill in).
@@ -86,7 +96,6 @@ def get_config():
   c.reward = get_reward_config()
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.split = "test"
   c.eval.batch_size = 32
   c.eval.max_new_tokens = 80
 

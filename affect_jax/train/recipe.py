@@ -43,7 +43,6 @@ from affect_jax.rl import grpo_step, losses, policy as policy_lib, reward_tables
 from affect_jax.train import evaluate, loop, sft_step
 from affect_jax.train import logging as run_logging
 
-SPLITS = ("train", "rl", "test")
 
 
 def optimizer(section: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
@@ -59,6 +58,9 @@ def optimizer(section: ml_collections.ConfigDict, steps: int) -> optax.GradientT
                      optax.adamw(lr, weight_decay=section.weight_decay))
 
 
+PHASES = ("sft", "grpo", "eval")
+
+
 @dataclasses.dataclass
 class Prepared:
   """Everything the phases share."""
@@ -66,48 +68,106 @@ class Prepared:
   model: affectgpt.AffectGPTConfig
   params: dict
   tokenizer: Any
-  sources: dict          # split -> FeatureSource
+  sources: dict          # phase (sft / grpo / eval) -> FeatureSource of its split
   meta: dict
-  rows: dict             # split -> synthetic rows (ground truth for evaluation)
   feature_stats: tuple   # (video mean, video std, audio mean, audio std)
   ew_tables: Any
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Prepared:
+def _build_datasets(dc: ml_collections.ConfigDict, root: pathlib.Path) -> dict:
+  """phase -> (built dataset path, split); the demo set is generated on first use."""
+  groups: dict[tuple[str, str], set] = {}
+  for phase in PHASES:
+    spec = dc.sources[phase]
+    data_dir = spec.data_dir
+    if spec.dataset == "demo" and not data_dir:
+      data_dir = synthetic.ensure_demo_data(str(root), dc.synthetic)
+    if not data_dir:
+      raise ValueError(f"config.data.sources.{phase}.data_dir is empty; point it at the "
+                       f"{spec.dataset} folder (see PAPER_NOTES section 6 for the layouts).")
+    groups.setdefault((spec.dataset, data_dir), set()).add(spec.split)
+  built = {}
+  for (dataset, data_dir), splits in groups.items():
+    report = mer.build(dataset, data_dir, str(root / "built"), dc, splits=tuple(sorted(splits)))
+    logging.info("dataset %s from %s (reused=%s): %s", dataset, data_dir, report["reused"],
+                 {s: v["kept"] for s, v in report["splits"].items()})
+    built[(dataset, data_dir)] = report["path"]
+  out = {}
+  for phase in PHASES:
+    spec = dc.sources[phase]
+    data_dir = spec.data_dir or (synthetic.ensure_demo_data(str(root), dc.synthetic)
+                                 if spec.dataset == "demo" else "")
+    out[phase] = (built[(spec.dataset, data_dir)], spec.split)
+  return out
+
+
+def _tokenizer(config: ml_collections.ConfigDict, root: pathlib.Path):
+  """The config's tokenizer folder (special tokens added if missing), or the demo's BPE."""
   dc = config.data
-  root = pathlib.Path(dc.cache_dir or workdir / "data")
-  raw = synthetic.ensure_demo_data(str(root), dc.synthetic)
-  report = mer.build("demo", raw, str(root / "built"), dc, splits=SPLITS)
-  logging.info("dataset %s (reused=%s): %s", report["path"], report["reused"],
-               {s: v["kept"] for s, v in report["splits"].items()})
-  rows = {s: synthetic.read_split(raw, s, dc.synthetic) for s in SPLITS}
   specials = dict(dc.tokenizer.special_tokens)
+  if config.tokenizer_dir:
+    tok = tokenizer_lib.load_tokenizer(config.tokenizer_dir)
+    missing = [t for t in specials.values() if t not in tok.get_vocab()]
+    if missing:
+      tok.add_special_tokens({"additional_special_tokens": missing})
+    return tok
+  if not all(dc.sources[p].dataset == "demo" for p in PHASES):
+    raise ValueError("config.tokenizer_dir is empty but the data is not the demo set; point it "
+                     "at the decoder's tokenizer folder (e.g. Qwen2.5-7B-Instruct).")
+  raw = synthetic.ensure_demo_data(str(root), dc.synthetic)
   texts = [prompts_lib.example_text(r["english"], labels_lib.parse_labels(r["openset"]),
                                     r["reason"], dc.prompt, specials)
-           for s in ("train", "rl") for r in rows[s]]
-  tok = tokenizer_lib.ensure_demo_tokenizer(str(root), texts, dc.tokenizer)
+           for split in ("train", "rl") for r in synthetic.read_split(raw, split, dc.synthetic)]
+  return tokenizer_lib.ensure_demo_tokenizer(str(root), texts, dc.tokenizer)
 
+
+def _model_config(config: ml_collections.ConfigDict, tok) -> affectgpt.AffectGPTConfig:
+  """The model section with -1 fields (vocab size, placeholder ids) taken from the tokenizer;
+  explicit ones must agree with it."""
   mc = ml_collections.ConfigDict(config.model.to_dict())
-  mc.llm.vocab_size = len(tok)
+  specials = dict(config.data.tokenizer.special_tokens)
   ids = tokenizer_lib.placeholder_ids(tok, specials)
-  mc.placeholder_ids = {k: int(ids[k]) for k in config.model.placeholder_ids}
-  model = affectgpt.AffectGPTConfig.from_config(mc)
-  params = jax.jit(lambda k: sharding.unbox(affectgpt.init(model, k)))(jax.random.key(config.seed))
+  if mc.llm.vocab_size == -1:
+    mc.llm.vocab_size = len(tok)
+  elif len(tok) > mc.llm.vocab_size:
+    raise ValueError(f"the tokenizer has {len(tok)} tokens but model.llm.vocab_size is "
+                     f"{mc.llm.vocab_size}; use the decoder's own tokenizer (config.tokenizer_dir).")
+  for name in config.model.placeholder_ids:
+    want = int(config.model.placeholder_ids[name])
+    if want not in (-1, int(ids[name])):
+      raise ValueError(f"model.placeholder_ids.{name}={want} but the tokenizer gives "
+                       f"{specials[name]} id {ids[name]}; set it to {ids[name]} (or -1).")
+    mc.placeholder_ids[name] = int(ids[name])
+  return affectgpt.AffectGPTConfig.from_config(mc)
 
-  key = features_lib.checkpoint_key(f"seed={config.seed}", json.dumps(mc.to_dict(),
-                                                                        sort_keys=True))
+
+def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Prepared:
+  """Datasets built, tokenizer, model config and parameters (random init, then
+  config.init_from when set), and the frozen encoders' features cached per split."""
+  dc = config.data
+  root = pathlib.Path(dc.cache_dir or workdir / "data")
+  datasets = _build_datasets(dc, root)
+  tok = _tokenizer(config, root)
+  model = _model_config(config, tok)
+  params = jax.jit(lambda k: sharding.unbox(affectgpt.init(model, k)))(jax.random.key(config.seed))
+  init_from = config.get("init_from", "")
+  if init_from:
+    params = manager.load_initial_params(init_from, manager.abstract(params), init=params)
+  key = features_lib.checkpoint_key(init_from or f"seed={config.seed}",
+                                    json.dumps(model.vision.__dict__, sort_keys=True, default=str),
+                                    json.dumps(model.audio.__dict__, sort_keys=True, default=str))
   video_fn = jax.jit(lambda f: affectgpt.encode_video(params, model, f))
   audio_fn = jax.jit(lambda w: affectgpt.encode_audio(params, model, w))
   sources, meta = {}, {}
-  for split in SPLITS:
-    source, meta = mer.load_source(report["path"], split)
-    path = features_lib.build_feature_cache(source, meta, report["path"], split, key, video_fn,
-                                            audio_fn, dc, batch_size=config.features.batch_size)
-    base, meta = mer.load_source(report["path"], split, skip_media=True)
-    sources[split] = features_lib.FeatureSource(base, path)
-  stats = _feature_stats(sources["train"], config.features.standardize)
+  for phase, (path, split) in datasets.items():
+    source, meta = mer.load_source(path, split)
+    cache = features_lib.build_feature_cache(source, meta, path, split, key, video_fn, audio_fn,
+                                             dc, batch_size=config.features.batch_size)
+    base, meta = mer.load_source(path, split, skip_media=True)
+    sources[phase] = features_lib.FeatureSource(base, cache)
+  stats = _feature_stats(sources["sft"], config.features.standardize)
   tables = wheel_lib.load_tables(config.ew_dir or None)
-  return Prepared(config, model, params, tok, sources, meta, rows, stats, tables)
+  return Prepared(config, model, params, tok, sources, meta, stats, tables)
 
 
 def _feature_stats(source, standardize: bool) -> tuple:
@@ -149,7 +209,7 @@ def run_sft(prep: Prepared, workdir: pathlib.Path, params: Mapping) -> dict:
   opt = optimizer(c.sft, c.sft.steps)
   state = grpo_step.init_state(policy, params, opt, jax.random.key(c.seed + 1))
   state.pop("reference", None)
-  loader = pipeline.sft_loader(prep.sources["train"], prep.meta, prep.tokenizer, c.data,
+  loader = pipeline.sft_loader(prep.sources["sft"], prep.meta, prep.tokenizer, c.data,
                                _pipeline_cfg(c.data.pipeline, c.sft.batch_size, c.seed, True))
   step = sft_step.make_step(policy, opt, logprob_chunk=c.sft.logprob_chunk,
                             micro_batches=c.sft.micro_batches)
@@ -192,7 +252,7 @@ def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping) -> di
   opt = optimizer(c.grpo, c.grpo.steps)
   state = grpo_step.init_state(policy, start_params, opt, jax.random.key(c.seed + 2))
   reward_fn, label_encoder = reward_fn_for(prep)
-  loader = pipeline.prompt_loader(prep.sources["rl"], prep.meta, prep.tokenizer, c.data,
+  loader = pipeline.prompt_loader(prep.sources["grpo"], prep.meta, prep.tokenizer, c.data,
                                   _pipeline_cfg(c.data.pipeline, c.grpo.prompts_per_step, c.seed + 1, True),
                                   label_encoder=label_encoder)
   step = grpo_step.make_step(policy, scfg, opt, reward_fn)
@@ -211,8 +271,7 @@ def run_eval(prep: Prepared, params: Mapping, workdir: pathlib.Path, tag: str, s
   sampling = sampler.SamplingConfig.from_dict(dict(
       c.sampling, greedy=True, max_new_tokens=c.eval.max_new_tokens, eos_ids=(specials["eos"],),
       pad_id=specials["pad"]))
-  split = c.eval.split
-  loader = pipeline.prompt_loader(prep.sources[split], prep.meta, prep.tokenizer, c.data,
+  loader = pipeline.prompt_loader(prep.sources["eval"], prep.meta, prep.tokenizer, c.data,
                                   _pipeline_cfg(c.data.pipeline, c.eval.batch_size, c.seed, False))
   to_dev = _to_device(prep, ("prompt_tokens", "prompt_mask"))
   names, gt = [], []
@@ -250,11 +309,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   workdir.mkdir(parents=True, exist_ok=True)
   prep = prepare(config, workdir)
   summary = {"prepare_s": time.perf_counter() - t0, "workdir": str(workdir),
-             "eval_split": config.eval.split, "eval_clips": len(prep.rows[config.eval.split])}
-  params = prep.params
+             "eval_dataset": config.data.sources.eval.dataset,
+             "eval_split": config.data.sources.eval.split, "eval_clips": len(prep.sources["eval"])}
+  params = prep.params                 # random init, or config.init_from
   init_from = config.get("init_from", "")
-  if init_from:
-    params = manager.load_initial_params(init_from, manager.abstract(params), init=params)
   if "sft" in phases:
     sft = run_sft(prep, workdir, params)
     if sft["preempted"]:

@@ -1,0 +1,43 @@
+"""The recipe's config checks: data sources, tokenizer and model ids fail early and clearly."""
+import pathlib
+
+import pytest
+
+from affect_jax.data import tokenizer as tokenizer_lib
+from affect_jax.train import recipe
+from configs import demo
+
+
+def _tok(tmp_path):
+  cfg = demo.get_config().data.tokenizer
+  texts = ["<think>calm and happy</think><answer>happy, calm</answer>"] * 20
+  return tokenizer_lib.build_from_config(texts, cfg)
+
+
+def test_non_demo_source_needs_a_folder(tmp_path):
+  c = demo.get_config()
+  c.data.sources.sft.dataset = "mercaptionplus"
+  with pytest.raises(ValueError, match=r"sources\.sft\.data_dir"):
+    recipe._build_datasets(c.data, pathlib.Path(tmp_path))
+
+
+def test_non_demo_data_needs_the_decoder_tokenizer(tmp_path):
+  c = demo.get_config()
+  c.data.sources.grpo.dataset = "mer2025ov"
+  with pytest.raises(ValueError, match="tokenizer_dir"):
+    recipe._tokenizer(c, pathlib.Path(tmp_path))
+
+
+def test_model_ids_must_agree_with_the_tokenizer(tmp_path):
+  c = demo.get_config()
+  tok = _tok(tmp_path)
+  model = recipe._model_config(c, tok)
+  assert model.llm.vocab_size == len(tok)
+  assert dict(model.placeholder_ids)["audio"] == tok.convert_tokens_to_ids("<AudioHere>")
+  c.model.placeholder_ids.audio = 77
+  with pytest.raises(ValueError, match="placeholder_ids.audio=77"):
+    recipe._model_config(c, tok)
+  c = demo.get_config()
+  c.model.llm.vocab_size = 10
+  with pytest.raises(ValueError, match="vocab_size"):
+    recipe._model_config(c, tok)
