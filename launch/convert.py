@@ -23,18 +23,24 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "HF folder(s), comma-separated, or a parent folder.")
-_OUT = flags.DEFINE_string("out", None, "Output folder (must not exist or be empty).")
-_TO_HF = flags.DEFINE_bool("to_hf", False, "Convert an affect_jax checkpoint to HF safetensors.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "affect_jax parameter checkpoint (--to_hf).")
-_MESH = flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. 'data=1,fsdp=8,tensor=1' (default: "
-                            "config.mesh).")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                           "Parameter dtype (default: the model config's param_dtype).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for the LoRA initialisation.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/affectgpt_r1_7b.py", "Config file (LoRA settings, mesh, sharding rules).")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI flags (defined only when run as a program, so importing this module beside other
+  launchers, e.g. in tests, never clashes)."""
+  flags.DEFINE_string("hf_dir", None, "HF folder(s), comma-separated, or a parent folder.")
+  flags.DEFINE_string("out", None, "Output folder (must not exist or be empty).")
+  flags.DEFINE_bool("to_hf", False, "Convert an affect_jax checkpoint to HF safetensors.")
+  flags.DEFINE_string("checkpoint", None, "affect_jax parameter checkpoint (--to_hf).")
+  flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. 'data=1,fsdp=8,tensor=1' (default: "
+                      "config.mesh).")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                    "Parameter dtype (default: the model config's param_dtype).")
+  flags.DEFINE_integer("seed", 0, "Seed for the LoRA initialisation.")
+  flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
+  config_flags.DEFINE_config_file(
+      "config", "configs/affectgpt_r1_7b.py", "Config file (LoRA settings, mesh, sharding rules).")
 
 
 def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None, seed: int,
@@ -94,21 +100,22 @@ def to_hf(checkpoint: str, out: str, overwrite: bool) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _OUT.value:
+  if not FLAGS.out:
     raise app.UsageError("--out is required.")
-  if _TO_HF.value:
-    if not _CHECKPOINT.value:
+  if FLAGS.to_hf:
+    if not FLAGS.checkpoint:
       raise app.UsageError("--to_hf needs --checkpoint=DIR (an affect_jax parameter checkpoint).")
-    result = to_hf(_CHECKPOINT.value, _OUT.value, _OVERWRITE.value)
+    result = to_hf(FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite)
   else:
-    if not _HF_DIR.value:
+    if not FLAGS.hf_dir:
       raise app.UsageError("--hf_dir is required (or --to_hf --checkpoint=DIR).")
-    result = to_project(_HF_DIR.value, _OUT.value, _CONFIG.value, _MESH.value, _DTYPE.value,
-                        _SEED.value, _OVERWRITE.value)
+    result = to_project(FLAGS.hf_dir, FLAGS.out, FLAGS.config, FLAGS.mesh, FLAGS.dtype,
+                        FLAGS.seed, FLAGS.overwrite)
   print(json.dumps(result))
 
 
 def run():
+  define_flags()
   try:
     app.run(main)
   except SystemExit:

@@ -17,11 +17,16 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output folder (resumed if it exists).")
-_PHASES = flags.DEFINE_list("phases", ["sft", "grpo"],
-                            "Phases to run: sft,grpo (the demo) or grpo (from an SFT run in the "
-                            "workdir or --config.init_from).")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI flags (defined only when run as a program, so imports never clash)."""
+  config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
+  flags.DEFINE_string("workdir", "runs/demo", "Output folder (resumed if it exists).")
+  flags.DEFINE_list("phases", ["sft", "grpo"],
+                    "Phases to run: sft,grpo (the demo) or grpo (from an SFT run in the workdir "
+                    "or --config.init_from).")
 
 
 def main(argv):
@@ -31,14 +36,15 @@ def main(argv):
   from affect_jax.train import recipe
   distributed.initialize()
   logging.set_verbosity(logging.WARNING)
-  summary = recipe.run(_CONFIG.value, _WORKDIR.value, phases=tuple(_PHASES.value))
+  summary = recipe.run(FLAGS.config, FLAGS.workdir, phases=tuple(FLAGS.phases))
   print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=1))
   if "gain_ew_f" in summary:
     print(f"held-out EW-F: after SFT {summary['sft_eval_ew_f']:.2f}, after GRPO "
           f"{summary['grpo_eval_ew_f']:.2f} ({summary['gain_ew_f']:+.2f} points); "
-          f"{summary['total_s'] / 60:.1f} min; details in {_WORKDIR.value}/summary.json")
+          f"{summary['total_s'] / 60:.1f} min; details in {FLAGS.workdir}/summary.json")
 
 
 if __name__ == "__main__":
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  define_flags()
   app.run(main)

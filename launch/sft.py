@@ -15,8 +15,13 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/sft", "Output folder (resumed if it exists).")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI flags (defined only when run as a program, so imports never clash)."""
+  config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
+  flags.DEFINE_string("workdir", "runs/sft", "Output folder (resumed if it exists).")
 
 
 def main(argv):
@@ -26,10 +31,11 @@ def main(argv):
   from affect_jax.train import recipe
   distributed.initialize()
   logging.set_verbosity(logging.WARNING)
-  summary = recipe.run(_CONFIG.value, _WORKDIR.value, phases=("sft",))
+  summary = recipe.run(FLAGS.config, FLAGS.workdir, phases=("sft",))
   print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=1))
 
 
 if __name__ == "__main__":
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  define_flags()
   app.run(main)
