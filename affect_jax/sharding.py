@@ -176,3 +176,30 @@ def unbox(tree: Any) -> Any:
 def param_bytes(tree: Any) -> int:
   return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
              for x in jax.tree.leaves(unbox(tree)))
+
+
+def jit_train_step(step, *, mesh: Mesh | None = None, rules: Sequence | None = None,
+                   state_sh: Any = None, batch_sh: Any = None, check=None):
+  """jax.jit of `step(state, batch) -> (state, metrics)` with the state donated and, on a mesh,
+  explicit in/out shardings (metrics replicated). The returned callable runs `check(state,
+  batch)` first (shape errors before compiling) and traces inside `active(mesh, rules)`; it
+  also exposes `.jitted` and `.lower(state, batch)`."""
+  kwargs = {"donate_argnums": (0,)}
+  if mesh is not None and state_sh is not None:
+    kwargs["in_shardings"] = (state_sh, batch_sh)
+    kwargs["out_shardings"] = (state_sh, replicated(mesh))
+  jitted = jax.jit(step, **kwargs)
+
+  def run(state, batch):
+    if check is not None:
+      check(state, batch)
+    with active(mesh, rules):
+      return jitted(state, batch)
+
+  def lower(state, batch):
+    with active(mesh, rules):
+      return jitted.lower(state, batch)
+
+  run.jitted = jitted
+  run.lower = lower
+  return run

@@ -201,23 +201,6 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
     }
     return new_state, metrics
 
-  kwargs = {"donate_argnums": (0,)}
-  if mesh is not None and state_sh is not None:
-    kwargs["in_shardings"] = (state_sh, batch_sh)
-    kwargs["out_shardings"] = (state_sh, sharding.replicated(mesh))
-
-  jitted = jax.jit(step, **kwargs)
-
-  def run(state, batch):
-    check_batch(policy, batch, cfg, mesh)
-    with sharding.active(mesh, rules):
-      return jitted(state, batch)
-
-  run.jitted = jitted
-  run.lower = lambda state, batch: _lower(jitted, mesh, rules, state, batch)
-  return run
-
-
-def _lower(jitted, mesh, rules, state, batch):
-  with sharding.active(mesh, rules):
-    return jitted.lower(state, batch)
+  return sharding.jit_train_step(
+      step, mesh=mesh, rules=rules, state_sh=state_sh, batch_sh=batch_sh,
+      check=lambda state, batch: check_batch(policy, batch, cfg, mesh))

@@ -95,19 +95,9 @@ def make_step(policy: policy_lib.Policy, optimizer: optax.GradientTransformation
                "token_p_above_half": m["likely_tokens"] / num_tokens}
     return new_state, metrics
 
-  kwargs = {"donate_argnums": (0,)}
-  if mesh is not None and state_sh is not None:
-    kwargs["in_shardings"] = (state_sh, batch_sh)
-    kwargs["out_shardings"] = (state_sh, sharding.replicated(mesh))
-  jitted = jax.jit(step, **kwargs)
-
-  def run(state, batch):
-    check_batch(policy, batch, micro_batches, mesh)
-    with sharding.active(mesh, rules):
-      return jitted(state, batch)
-
-  run.jitted = jitted
-  return run
+  return sharding.jit_train_step(
+      step, mesh=mesh, rules=rules, state_sh=state_sh, batch_sh=batch_sh,
+      check=lambda state, batch: check_batch(policy, batch, micro_batches, mesh))
 
 
 def make_eval_loss(policy: policy_lib.Policy, logprob_chunk: int = 256) -> Callable:
