@@ -6,10 +6,13 @@ TencentGameMate/chinese-hubert-large); convert them with launch.convert.
 import ml_collections
 
 from configs import base
+from configs import demo
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
+  # Training sections (data, sft, grpo, reward, eval, checkpoint) start from the demo's and
+  # are set to the paper's values below; the model is the real one.
+  c = demo.get_config()
   c.model = ml_collections.ConfigDict()
   c.model.llm = dict(
       vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
@@ -33,4 +36,39 @@ def get_config():
   c.model.audio_layers_avg = 4
   c.mesh = base.mesh_config(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = base.sharding_rules()
+
+  # Data (PAPER_NOTES.md sections 3 and 6): SFT on MER-Caption+, GRPO on MER2025-OV, evaluation
+  # on OV-MERD+; set the folders with --config.data.sources.<phase>.data_dir=...
+  c.data.media.image_size = 224
+  c.data.prompt.end_marker = ""
+  c.data.prompt.max_target_tokens = 1024
+  c.data.sources = dict(
+      sft=dict(dataset="mercaptionplus", data_dir="", split="train"),
+      grpo=dict(dataset="mer2025ov", data_dir="", split="train"),
+      eval=dict(dataset="ovmerdplus", data_dir="", split="train"))
+  c.tokenizer_dir = ""               # Qwen2.5-7B-Instruct's folder
+  c.init_from = ""                   # the launch.convert checkpoint of the three HF models
+  c.model.audio_layers_avg = 4
+  c.features.standardize = False
+  # Cold-start SFT: AdamW lr 1e-5, weight decay 0.05, warmup (PAPER_NOTES.md section 2).
+  c.sft.steps = 20000
+  c.sft.batch_size = 24
+  c.sft.learning_rate = 1e-5
+  c.sft.end_learning_rate = 1e-6
+  c.sft.warmup_steps = 5000
+  c.sft.weight_decay = 0.05
+  c.sft.logprob_chunk = 256
+  # GRPO (settings seen in reimplementations, PAPER_NOTES.md section 3).
+  c.grpo.steps = 1000
+  c.grpo.prompts_per_step = 8
+  c.grpo.learning_rate = 1e-5
+  c.grpo_loss.num_generations = 8
+  c.grpo_loss.beta = 0.04
+  c.grpo_loss.normalizer_constant = 1024.0
+  c.grpo_loss.logprob_chunk = 256
+  c.sampling = dict(max_new_tokens=1024, temperature=1.0, top_k=0, top_p=1.0,
+                    buckets=(128, 256, 512, 1024))
+  c.eval.max_new_tokens = 512
+  c.eval.batch_size = 16
+  c.checkpoint.save_every_steps = 500
   return c
