@@ -70,10 +70,10 @@ def run(*, hf_dir: str, prompts: str, num_generations: int = 4, new_tokens: int 
         num_samples=num_generations, tokens=batch["prompt_tokens"])[0])
     out, _ = _timed(gen, params, jax.random.key(seed))
     _, phase_s["rollout"] = _timed(gen, params, jax.random.key(seed + 1))
-    rows = jax.tree.map(lambda x: jnp.repeat(x, num_generations, 0), batch)
+    # As in the fused step: the B prompts once, their G completions each on top.
     mask = jnp.ones(out.tokens.shape, bool)
     ref = jax.jit(lambda p: policy_lib.completion_logps(
-        policy, p, rows, out.tokens, mask, chunk=logprob_chunk, temperature=1.0,
+        policy, p, batch, out.tokens, mask, chunk=logprob_chunk, temperature=1.0,
         use_lora=False)[0])
     _timed(ref, params)
     _, phase_s["reference_logps"] = _timed(ref, params)

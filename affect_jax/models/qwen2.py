@@ -15,9 +15,11 @@ Public API:
   init_cache(config, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, K, D]
   CACHE_AXES                  logical names of the cache arrays (for shardings)
   positions_from_mask(mask bool[B, T]) -> int32[B, T]   rotary positions of a padded batch
-  unstack_layers(params) -> per-layer trees; split_cache / stack_cache: [L, ...] <-> per layer
+  unstack_layers(params) -> per-layer trees
+  split_cache(cache, layout) / stack_cache(caches, layout): [L, B, S, K, D] <-> per-layer caches
   decode_forward(config, params, layer_params, tokens, *, positions, caches, cache_index,
-                 kv_mask, ...) -> (logits, caches)    the cached forward, layer by layer (decode)
+                 kv_mask, ..., cache_layout='decode') -> (logits, caches)
+                              the cached forward layer by layer, for decode loops
   init_params(config, rng) -> params;  abstract_params(config) -> boxed ShapeDtypeStructs
   param_count(config, include_lora=False) -> int        computed abstractly (no allocation)
 
@@ -240,8 +242,13 @@ class Qwen2Config:
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+  cache_layout: the layout of the layer cache it is called with (layers.CACHE_LAYOUTS); 'bskd'
+  inside Qwen2, 'decode' in decode_forward's loops. It changes no parameter.
+  """
   config: Qwen2Config
+  cache_layout: str = "bskd"
 
   @nn.compact
   def __call__(self, hidden, cache, cos, sin, mask, cache_index, use_lora, deterministic):
@@ -253,7 +260,7 @@ class DecoderLayer(nn.Module):
     h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **common)(hidden)
     h, cache = layers.Attention(
         c.num_attention_heads, c.num_key_value_heads, c.head_dim, lora=c.lora, kernel_init=init,
-        name="self_attn", **common)(h, cos, sin, mask, cache, cache_index, **flags)
+        cache_layout=self.cache_layout, name="self_attn", **common)(h, cos, sin, mask, cache, cache_index, **flags)
     hidden = sharding.constrain(hidden + h, ("batch", "length", "embed"))
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **common)(hidden)
     h = layers.SwiGLU(c.intermediate_size, lora=c.lora, kernel_init=init, name="mlp",
@@ -405,43 +412,66 @@ def unstack_layers(params: Mapping) -> tuple[dict, ...]:
   return tuple(jax.tree.map(lambda x, i=i: x[i], layers_) for i in range(num))
 
 
-def split_cache(cache: Mapping) -> tuple[dict, ...]:
-  """{'k', 'v'}: [L, B, S, K, D] -> L per-layer caches {'k', 'v'}: [B, S, K, D]."""
-  return tuple({"k": cache["k"][i], "v": cache["v"][i]} for i in range(cache["k"].shape[0]))
+_TO_DECODE = {"k": (0, 2, 3, 1), "v": (0, 2, 1, 3)}     # [B, S, K, D] -> decode layout
+_FROM_DECODE = {"k": (0, 3, 1, 2), "v": (0, 2, 1, 3)}
 
 
-def stack_cache(caches: tuple[Mapping, ...]) -> dict:
-  """The inverse of split_cache."""
-  return {name: jnp.stack([c[name] for c in caches]) for name in ("k", "v")}
+def split_cache(cache: Mapping, layout: str = "bskd") -> tuple[dict, ...]:
+  """{'k', 'v'}: [L, B, S, K, D] -> L per-layer caches {'k', 'v'} in `layout`.
+
+  layout: 'bskd' ([B, S, K, D] slices of the stacked cache) or 'decode' (k [B, K, D, S],
+  v [B, K, S, D], transposed copies: what decode loops carry, see decode_forward).
+  """
+  _check_layout(layout)
+  take = lambda name, x: x if layout == "bskd" else x.transpose(_TO_DECODE[name])
+  return tuple({name: take(name, cache[name][i]) for name in ("k", "v")}
+               for i in range(cache["k"].shape[0]))
+
+
+def stack_cache(caches: tuple[Mapping, ...], layout: str = "bskd") -> dict:
+  """The inverse of split_cache: L per-layer caches in `layout` -> {'k', 'v'}: [L, B, S, K, D]."""
+  _check_layout(layout)
+  put = lambda name, x: x if layout == "bskd" else x.transpose(_FROM_DECODE[name])
+  return {name: jnp.stack([put(name, c[name]) for c in caches]) for name in ("k", "v")}
+
+
+def _check_layout(layout: str) -> None:
+  if layout not in layers.CACHE_LAYOUTS:
+    raise ValueError(f"cache layout {layout!r}: use one of {layers.CACHE_LAYOUTS}.")
 
 
 def decode_forward(config: Qwen2Config, params: Mapping, layer_params: tuple[Mapping, ...],
                    tokens: jax.Array | None = None, *, embeds: jax.Array | None = None,
                    positions: jax.Array, caches: tuple[Mapping, ...], cache_index: jax.Array,
-                   kv_mask: jax.Array, use_lora: bool = True, return_hidden: bool = False
-                   ) -> tuple[jax.Array, tuple[dict, ...]]:
+                   kv_mask: jax.Array, use_lora: bool = True, return_hidden: bool = False,
+                   cache_layout: str = "decode") -> tuple[jax.Array, tuple[dict, ...]]:
   """Qwen2.__call__ with a cache, layer by layer over per-layer weights and caches.
 
   The same computation as `Qwen2(config).apply({'params': params}, tokens, positions=...,
-  cache=stack_cache(caches), ...)` (deterministic), for decode loops: with `layer_params` from
-  unstack_layers (hoisted out of the loop) and one cache buffer per layer carried by the loop,
-  a step updates each cache in place and copies no weights or cache slices.
+  cache=stack_cache(caches, cache_layout), ...)` (deterministic), for decode loops: with
+  `layer_params` from unstack_layers (hoisted out of the loop) and one cache per layer in the
+  'decode' layout carried by the loop, a step updates each cache in place and copies no weights or
+  cache slices. (A scan over the stacked layers slices, i.e. copies, every layer's weights and
+  cache on every step on XLA:CPU, and a [B, S, K, D] cache gets reshaped/transposed copies for
+  the attention.)
 
   Args:
     params: the full parameter tree (its 'layers' entry is not read; it may be absent).
     layer_params: unstack_layers(params).
     tokens: int32[B, T], or embeds: float[B, T, H].
     positions: int32[B, T].
-    caches: split_cache(cache): L x {'k', 'v'}: [B, S, K, D].
+    caches: L per-layer caches {'k', 'v'} in cache_layout (split_cache(cache, cache_layout)).
     cache_index: int32 scalar, the slot of the first new token.
     kv_mask: bool[B, S], True for slots holding real tokens (new ones included).
     use_lora: static; False runs the base projections.
     return_hidden: static; return the final-normed hidden float[B, T, H] instead of logits.
+    cache_layout: static; 'decode' (k [B, K, D, S], v [B, K, S, D]; default) or 'bskd'.
 
   Returns:
-    (logits float32[B, T, V] or hidden, the updated per-layer caches).
+    (logits float32[B, T, V] or hidden, the updated per-layer caches, same layout).
   """
   c = config
+  _check_layout(cache_layout)
   if len(layer_params) != c.num_hidden_layers or len(caches) != c.num_hidden_layers:
     raise ValueError(f"decode_forward: {len(layer_params)} layer params and {len(caches)} "
                      f"caches for a {c.num_hidden_layers}-layer model.")
@@ -457,7 +487,7 @@ def decode_forward(config: Qwen2Config, params: Mapping, layer_params: tuple[Map
   cache_index = jnp.asarray(cache_index, jnp.int32)
   mask = layers.cache_mask(kv_mask, cache_index, t)
   cos, sin = layers.rotary_tables(positions, c.head_dim, c.rope_theta)
-  block = DecoderLayer(c)
+  block = DecoderLayer(c, cache_layout=cache_layout)
   new_caches = []
   for lp, cache in zip(layer_params, caches):
     x, cache = block.apply({"params": lp}, x, cache, cos, sin, mask, cache_index, use_lora, True)

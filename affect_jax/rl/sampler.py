@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affect_jax import sharding
-from affect_jax.models import layers, qwen2
+from affect_jax.models import qwen2
 from affect_jax.models.qwen2 import Qwen2, Qwen2Config, init_cache
 
 
@@ -236,24 +236,22 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
   # per-layer cache buffers carried by the while_loop, so a step updates each cache in place and
   # copies no weights or cache slices (a scan over the stacked layers would, every step).
   layer_params = qwen2.unstack_layers(params)
-  layer_axes = ("batch", "kv_length", "kv_heads", "head_dim")
+  layout = "decode"     # k [R, K, D, S], v [R, K, S, D]: decode attends them in place
   # Prefill each prompt once on the first B rows' worth of cache, then repeat rows G times.
-  small = tuple(jax.tree.map(lambda x: x[:b], c) for c in qwen2.split_cache(cache))
+  small = tuple(jax.tree.map(lambda x: x[:b], c)
+                for c in qwen2.split_cache(cache, layout))
   kv_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
   hidden, small = qwen2.decode_forward(config, params, layer_params, tokens, embeds=embeds,
                                        positions=positions, caches=small,
                                        cache_index=jnp.int32(0), kv_mask=kv_mask,
-                                       use_lora=use_lora, return_hidden=True)
+                                       use_lora=use_lora, return_hidden=True,
+                                       cache_layout=layout)
   last = model.apply(variables, hidden[:, -1:], method=Qwen2.logits)[:, 0]      # [B, V]
   rep = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
-  caches = tuple(jax.tree.map(lambda x: sharding.constrain(rep(x, 0), layer_axes), c)
-                 for c in small)
-  # Decode carries each layer's cache flat, [R, S*K, D] (same memory), so attention reads the
-  # buffer the step updates in place (see layers.flat_decode_cache).
-  kvh, hd = config.num_key_value_heads, config.head_dim
-  flat = layers.flat_decode_cache(kvh)
-  if flat:
-    caches = tuple(jax.tree.map(lambda x: x.reshape(rows, total * kvh, hd), c) for c in caches)
+  caches = tuple({"k": sharding.constrain(rep(c["k"], 0), ("batch", "kv_heads", "head_dim",
+                                                            "kv_length")),
+                  "v": sharding.constrain(rep(c["v"], 0), ("batch", "kv_heads", "kv_length",
+                                                            "head_dim"))} for c in small)
   logits = rep(last, 0)
   kv_mask = rep(kv_mask, 0)
   next_pos = rep(positions[:, -1] + 1, 0)
@@ -277,17 +275,15 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
     new_logits, caches = qwen2.decode_forward(config, params, layer_params, token[:, None],
                                               positions=pos[:, None], caches=caches,
                                               cache_index=slot, kv_mask=kv_mask,
-                                              use_lora=use_lora)
+                                              use_lora=use_lora, cache_layout=layout)
     return (t + 1, caches, new_logits[:, 0], out_tok, out_logp, now_done, pos + 1, kv_mask, rng)
 
   state = (jnp.int32(0), caches, logits, jnp.full((rows, n), sampling.pad_id, jnp.int32),
            jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), bool), next_pos, kv_mask, rng)
   state = jax.lax.while_loop(cond, body, state)
   _, caches, _, out_tok, out_logp, done, _, _, _ = state
-  if flat:
-    caches = tuple(jax.tree.map(lambda x: x.reshape(rows, total, kvh, hd), c) for c in caches)
   cache = jax.tree.map(lambda x: sharding.constrain(x, qwen2.CACHE_AXES),
-                       qwen2.stack_cache(caches))
+                       qwen2.stack_cache(caches, layout))
   is_eos = jnp.any(out_tok[..., None] == eos, axis=-1)
   first_eos = jnp.where(jnp.any(is_eos, -1), jnp.argmax(is_eos, -1) + 1, n)
   out = SampleOutput(tokens=out_tok, logps=out_logp, lengths=first_eos.astype(jnp.int32),
