@@ -94,6 +94,12 @@ def cache_mask(kv_mask: jax.Array, cache_index: jax.Array, length: int) -> jax.A
   return kv_mask.astype(bool)[:, None, :] & (slots[None, None, :] <= query_slot[None, :, None])
 
 
+# Flat projections: the projections run on activations flattened to [B*T, features]. With
+# [B, T, features] operands, XLA:CPU lays out the weight-gradient matmul of the backward pass
+# with a transposed copy of the output gradient, fused with its elementwise producer (e.g.
+# SiLU's derivative): on the GRPO training shapes that copy cost more than the matmul itself.
+
+
 def _kv_heads_split() -> bool:
   """True while tracing under a mesh whose rules split kv_heads over more than one device."""
   mesh = jax.sharding.get_abstract_mesh()
@@ -271,9 +277,10 @@ class Attention(nn.Module):
     b, t, h = x.shape
     n, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
     flags = dict(use_lora=use_lora, deterministic=deterministic)
-    q = self._dense("q_proj", n * d, ("embed", "heads"), True)(x, **flags)
-    k = self._dense("k_proj", kv * d, ("embed", "kv_heads"), True)(x, **flags)
-    v = self._dense("v_proj", kv * d, ("embed", "kv_heads"), True)(x, **flags)
+    x2 = x.reshape(b * t, h)           # 2-D matmuls: see "Flat projections"
+    q = self._dense("q_proj", n * d, ("embed", "heads"), True)(x2, **flags)
+    k = self._dense("k_proj", kv * d, ("embed", "kv_heads"), True)(x2, **flags)
+    v = self._dense("v_proj", kv * d, ("embed", "kv_heads"), True)(x2, **flags)
     q = sharding.constrain(q.reshape(b, t, n, d), ("batch", "length", "heads", "head_dim"))
     k = sharding.constrain(k.reshape(b, t, kv, d), ("batch", "length", "kv_heads", "head_dim"))
     v = sharding.constrain(v.reshape(b, t, kv, d), ("batch", "length", "kv_heads", "head_dim"))
@@ -305,9 +312,9 @@ class Attention(nn.Module):
           for name, new in (("k", k), ("v", v))}
       out = dot_product_attention(q, new_cache["k"].astype(self.dtype),
                                   new_cache["v"].astype(self.dtype), mask)
-    out = sharding.constrain(out, ("batch", "length", "heads", "head_dim")).reshape(b, t, n * d)
+    out = sharding.constrain(out, ("batch", "length", "heads", "head_dim")).reshape(b * t, n * d)
     out = self._dense("o_proj", h, ("heads", "embed"), False)(out, **flags)
-    return out, new_cache
+    return out.reshape(b, t, h), new_cache
 
 
 class SwiGLU(nn.Module):
@@ -329,7 +336,13 @@ class SwiGLU(nn.Module):
                deterministic: bool = True) -> jax.Array:
     """x: float[B, T, H] -> float[B, T, H]."""
     flags = dict(use_lora=use_lora, deterministic=deterministic)
-    gate = self._dense("gate_proj", self.intermediate_size, ("embed", "mlp"))(x, **flags)
-    up = self._dense("up_proj", self.intermediate_size, ("embed", "mlp"))(x, **flags)
-    hidden = sharding.constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-    return self._dense("down_proj", x.shape[-1], ("mlp", "embed"))(hidden, **flags)
+    lead, width = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, width)          # 2-D matmuls: see "Flat projections"
+    gate = self._dense("gate_proj", self.intermediate_size, ("embed", "mlp"))(x2, **flags)
+    up = self._dense("up_proj", self.intermediate_size, ("embed", "mlp"))(x2, **flags)
+    hidden = nn.silu(gate) * up
+    if len(lead) == 2:
+      hidden = sharding.constrain(hidden.reshape(lead + (-1,)), ("batch", "length", "mlp"))
+      hidden = hidden.reshape(-1, self.intermediate_size)
+    out = self._dense("down_proj", width, ("mlp", "embed"))(hidden, **flags)
+    return out.reshape(lead + (width,))

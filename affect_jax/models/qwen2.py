@@ -260,7 +260,8 @@ class DecoderLayer(nn.Module):
     h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **common)(hidden)
     h, cache = layers.Attention(
         c.num_attention_heads, c.num_key_value_heads, c.head_dim, lora=c.lora, kernel_init=init,
-        cache_layout=self.cache_layout, name="self_attn", **common)(h, cos, sin, mask, cache, cache_index, **flags)
+        cache_layout=self.cache_layout, name="self_attn", **common)(
+            h, cos, sin, mask, cache, cache_index, **flags)
     hidden = sharding.constrain(hidden + h, ("batch", "length", "embed"))
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **common)(hidden)
     h = layers.SwiGLU(c.intermediate_size, lora=c.lora, kernel_init=init, name="mlp",
@@ -294,8 +295,11 @@ class LMHead(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init,
                                                                ("embed", "vocab")),
                         (hidden.shape[-1], self.vocab_size), self.param_dtype)
-    return jnp.einsum("bth,hv->btv", hidden.astype(self.dtype), kernel.astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    # A 2-D matmul over [B*T, H]: see "Flat projections" in layers.py (faster backward).
+    lead = hidden.shape[:-1]
+    out = jnp.dot(hidden.reshape(-1, hidden.shape[-1]).astype(self.dtype),
+                  kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+    return out.reshape(lead + (self.vocab_size,))
 
 
 class Qwen2(nn.Module):
@@ -323,8 +327,9 @@ class Qwen2(nn.Module):
     c = self.config
     if c.tie_word_embeddings:
       table = self.embed_tokens.embedding.astype(c.compute_dtype)
-      out = jnp.einsum("bth,vh->btv", hidden.astype(c.compute_dtype), table,
-                       preferred_element_type=jnp.float32)
+      lead = hidden.shape[:-1]
+      out = jnp.einsum("mh,vh->mv", hidden.reshape(-1, hidden.shape[-1]).astype(c.compute_dtype),
+                       table, preferred_element_type=jnp.float32).reshape(lead + (c.vocab_size,))
     else:
       out = self.lm_head(hidden)
     return sharding.constrain(out.astype(jnp.float32), ("batch", "length", "vocab"))
