@@ -68,11 +68,6 @@ def rules(config: ClipVisionConfig) -> list[Rule]:
   return table
 
 
-def _leaf_paths(tree: Any) -> dict[tuple[str, ...], Any]:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {tuple(k.key for k in path): leaf for path, leaf in flat}
-
-
 def _config_with_dtype(config: ClipVisionConfig, dtype: Any) -> ClipVisionConfig:
   if dtype is None:
     return config
@@ -107,40 +102,12 @@ def load(hf_dir: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
     raise CheckpointError(f"{hf_dir}/config.json: {e}") from None
   reader = SafetensorsReader(hf_dir)
   table = rules(config)
-  num_layers = config.num_hidden_layers
-  extra = [n for n in hf_mapping.unused_tensors(reader, table, num_layers)
-           if n.startswith(TOWER_PREFIX)]
-  if extra:
-    raise CheckpointError(
-        f"{hf_dir}: tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} belong to the image "
-        f"tower but config.json (num_hidden_layers={num_layers}) does not account for them; "
-        "the config does not match the weights.")
-  boxed = abstract_params(config)
-  target = sharding.unbox(boxed)
-  placements = None
-  if mesh is not None:
-    placements = sharding.shardings(
-        boxed, mesh, sharding.DEFAULT_RULES if sharding_rules is None else sharding_rules)
-  params = hf_mapping.load(reader, table, target, num_layers, placements)
-  missing = sorted(set(_leaf_paths(target)) - set(_leaf_paths(params)))
-  if missing:
-    raise CheckpointError(f"converter for CLIP has no rule for parameters "
-                          f"{['/'.join(p) for p in missing]}.")
+  hf_mapping.refuse_unread(reader, table, config.num_hidden_layers, within=TOWER_PREFIX,
+                           what="image tower",
+                           config_hint=f"num_hidden_layers={config.num_hidden_layers}")
+  params = hf_mapping.load_tree(reader, table, abstract_params(config), config.num_hidden_layers,
+                                model="CLIP", mesh=mesh, sharding_rules=sharding_rules)
   return config, params
-
-
-def _check_params(params: Mapping, config: ClipVisionConfig) -> None:
-  want = _leaf_paths(sharding.unbox(abstract_params(config)))
-  have = _leaf_paths(sharding.unbox(params))
-  missing = sorted(set(want) - set(have))
-  if missing:
-    raise CheckpointError(f"params lack {['/'.join(p) for p in missing]}; pass the `params` "
-                          "collection of a ClipVision built from this config.")
-  for path, leaf in want.items():
-    if tuple(have[path].shape) != tuple(leaf.shape):
-      raise CheckpointError(f"parameter {'/'.join(path)} has shape {tuple(have[path].shape)} "
-                            f"but the config needs {tuple(leaf.shape)}; params and config do "
-                            "not match.")
 
 
 def save(params: Mapping, config: ClipVisionConfig, out_dir: str | os.PathLike, *,
@@ -151,7 +118,7 @@ def save(params: Mapping, config: ClipVisionConfig, out_dir: str | os.PathLike, 
   `overwrite`.
   """
   params = sharding.unbox(params)
-  _check_params(params, config)
+  hf_mapping.check_tree(params, sharding.unbox(abstract_params(config)), "ClipVision")
   with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
     tensors = hf_mapping.export(params, rules(config), config.num_hidden_layers)
     hf_config = config.to_hf()

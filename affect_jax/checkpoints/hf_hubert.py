@@ -91,11 +91,6 @@ def rules(config: HubertConfig, *, legacy_weight_norm: bool = False) -> list[Rul
   return table
 
 
-def _leaf_paths(tree: Any) -> dict[tuple[str, ...], Any]:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {tuple(k.key for k in path): leaf for path, leaf in flat}
-
-
 def load(hf_dir: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
          sharding_rules: Sequence | None = None,
          dtype: Any = None) -> tuple[HubertConfig, dict]:
@@ -128,42 +123,15 @@ def load(hf_dir: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
   prefix = TASK_PREFIX if TASK_PREFIX + "feature_projection.projection.weight" in reader else ""
   legacy = prefix + _POS_CONV + "weight_g" in reader
   table = rules(config, legacy_weight_norm=legacy)
-  num_layers = config.num_hidden_layers
-  extra = [n for n in hf_mapping.unused_tensors(reader, table, num_layers, prefix)
-           if n.startswith(prefix)]
-  if extra:
-    raise CheckpointError(
-        f"{hf_dir}: tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} belong to the encoder "
-        f"but config.json (num_hidden_layers={num_layers}, conv_bias={config.conv_bias}, "
-        f"feat_extract_norm={config.feat_extract_norm!r}, mask_time_prob="
-        f"{config.mask_time_prob}, ...) does not account for them; the config does not match "
-        "the weights.")
-  boxed = abstract_params(config)
-  target = sharding.unbox(boxed)
-  placements = None
-  if mesh is not None:
-    placements = sharding.shardings(
-        boxed, mesh, sharding.DEFAULT_RULES if sharding_rules is None else sharding_rules)
-  params = hf_mapping.load(reader, table, target, num_layers, placements, prefix=prefix)
-  missing = sorted(set(_leaf_paths(target)) - set(_leaf_paths(params)))
-  if missing:
-    raise CheckpointError(f"converter for HuBERT has no rule for parameters "
-                          f"{['/'.join(p) for p in missing]}.")
+  hf_mapping.refuse_unread(
+      reader, table, config.num_hidden_layers, within=prefix, prefix=prefix, what="encoder",
+      config_hint=(f"num_hidden_layers={config.num_hidden_layers}, conv_bias={config.conv_bias}, "
+                   f"feat_extract_norm={config.feat_extract_norm!r}, mask_time_prob="
+                   f"{config.mask_time_prob}, ..."))
+  params = hf_mapping.load_tree(reader, table, abstract_params(config), config.num_hidden_layers,
+                                model="HuBERT", mesh=mesh, sharding_rules=sharding_rules,
+                                prefix=prefix)
   return config, params
-
-
-def _check_params(params: Mapping, config: HubertConfig) -> None:
-  want = _leaf_paths(sharding.unbox(abstract_params(config)))
-  have = _leaf_paths(params)
-  missing = sorted(set(want) - set(have))
-  if missing:
-    raise CheckpointError(f"params lack {['/'.join(p) for p in missing]}; pass the `params` "
-                          "collection of a Hubert built from this config.")
-  for path, leaf in want.items():
-    if tuple(have[path].shape) != tuple(leaf.shape):
-      raise CheckpointError(f"parameter {'/'.join(path)} has shape {tuple(have[path].shape)} "
-                            f"but the config needs {tuple(leaf.shape)}; params and config do "
-                            "not match.")
 
 
 def save(params: Mapping, config: HubertConfig, out_dir: str | os.PathLike, *,
@@ -174,7 +142,7 @@ def save(params: Mapping, config: HubertConfig, out_dir: str | os.PathLike, *,
   `overwrite`.
   """
   params = sharding.unbox(params)
-  _check_params(params, config)
+  hf_mapping.check_tree(params, sharding.unbox(abstract_params(config)), "Hubert")
   with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
     tensors = hf_mapping.export(params, rules(config), config.num_hidden_layers)
     hf_config = config.to_hf()

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from affect_jax import sharding
 from affect_jax.checkpoints.safetensors_io import CheckpointError, SafetensorsReader
 
 Path = tuple[str, ...]
@@ -157,3 +158,59 @@ def unused_tensors(reader: SafetensorsReader, rules: Sequence[Rule], num_layers:
     names = ([rule.hf.format(i=i) for i in range(num_layers)] if rule.per_layer else [rule.hf])
     used.update(prefix + n for n in names)
   return [k for k in reader.keys() if k not in used]
+
+
+def leaf_paths(tree: Any) -> dict[Path, Any]:
+  """{('a', 'b', ...): leaf} for every leaf of a nested dict."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {tuple(k.key for k in path): leaf for path, leaf in flat}
+
+
+def refuse_unread(reader: SafetensorsReader, rules: Sequence[Rule], num_layers: int, *,
+                  within: str, prefix: str = "", what: str, config_hint: str) -> None:
+  """Raises when tensors under `within` are read by no rule: the config.json does not describe
+  the weights (e.g. more layers than num_hidden_layers), which would otherwise load silently."""
+  extra = [n for n in unused_tensors(reader, rules, num_layers, prefix) if n.startswith(within)]
+  if extra:
+    raise CheckpointError(
+        f"{reader.dir}: tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} belong to the "
+        f"{what} but config.json ({config_hint}) does not account for them; the config does not "
+        "match the weights.")
+
+
+def load_tree(reader: SafetensorsReader, rules: Sequence[Rule], boxed: Any, num_layers: int, *,
+              model: str, mesh: jax.sharding.Mesh | None = None,
+              sharding_rules: Sequence | None = None, prefix: str = "") -> dict:
+  """Reads a whole parameter tree whose every leaf a rule names.
+
+  Args:
+    boxed: the model's boxed abstract parameters (LogicallyPartitioned ShapeDtypeStructs), which
+      give the target shapes, dtypes and, with a mesh, each leaf's sharding.
+    model: the model's name for errors.
+    mesh / sharding_rules: place each parameter on its NamedSharding (default: first device).
+  """
+  target = sharding.unbox(boxed)
+  placements = None
+  if mesh is not None:
+    placements = sharding.shardings(
+        boxed, mesh, sharding.DEFAULT_RULES if sharding_rules is None else sharding_rules)
+  params = load(reader, rules, target, num_layers, placements, prefix=prefix)
+  missing = sorted(set(leaf_paths(target)) - set(leaf_paths(params)))
+  if missing:
+    raise CheckpointError(f"converter for {model} has no rule for parameters "
+                          f"{['/'.join(p) for p in missing]}.")
+  return params
+
+
+def check_tree(params: Mapping, target: Mapping, model: str) -> None:
+  """Raises unless `params` has every leaf of `target` (unboxed abstract params) in its shape."""
+  want, have = leaf_paths(target), leaf_paths(params)
+  missing = sorted(set(want) - set(have))
+  if missing:
+    raise CheckpointError(f"params lack {['/'.join(p) for p in missing]}; pass the `params` "
+                          f"collection of a {model} built from this config.")
+  for path, leaf in want.items():
+    if tuple(have[path].shape) != tuple(leaf.shape):
+      raise CheckpointError(f"parameter {'/'.join(path)} has shape {tuple(have[path].shape)} "
+                            f"but the config needs {tuple(leaf.shape)}; params and config do "
+                            "not match.")

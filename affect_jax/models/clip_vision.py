@@ -26,21 +26,14 @@ Parameter tree (`params` of `ClipVision.init`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from affect_jax import sharding
-
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-}
+from affect_jax.models import encoder_blocks as blocks
 
 # HF model types / architectures this tower can be read from.
 HF_FULL_MODEL_TYPE = "clip"
@@ -91,9 +84,9 @@ class ClipVisionConfig:
     if self.image_size % self.patch_size:
       raise ValueError(f"ClipVisionConfig.image_size={self.image_size} is not divisible by "
                        f"patch_size={self.patch_size}.")
-    if self.hidden_act not in _ACTIVATIONS:
+    if self.hidden_act not in blocks.ACTIVATIONS:
       raise ValueError(f"ClipVisionConfig.hidden_act={self.hidden_act!r}: unsupported; use one "
-                       f"of {sorted(_ACTIVATIONS)}.")
+                       f"of {sorted(blocks.ACTIVATIONS)}.")
     for name in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, name))
@@ -172,56 +165,6 @@ class ClipVisionConfig:
     }
 
 
-def _dense(features: int, axes: tuple[str | None, str | None], cfg: ClipVisionConfig, name: str,
-           use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(
-      features, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.dtype(cfg.param_dtype), name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
-
-
-def _layer_norm(cfg: ClipVisionConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.dtype(cfg.param_dtype), use_fast_variance=False, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
-
-
-class _SelfAttention(nn.Module):
-  """Bidirectional multi-head self-attention with biased q/k/v/out projections."""
-  config: ClipVisionConfig
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: float[B, T, D] -> float[B, T, D]."""
-    cfg = self.config
-    b, t, _ = x.shape
-    split = lambda y: sharding.constrain(
-        y.reshape(b, t, cfg.num_attention_heads, cfg.head_dim),
-        ("batch", "length", "heads", "head_dim"))
-    q = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "q_proj")(x))
-    k = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "k_proj")(x))
-    v = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "v_proj")(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (cfg.head_dim ** -0.5)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, cfg.hidden_size)
-    return _dense(cfg.hidden_size, ("heads", "embed"), cfg, "out_proj")(out)
-
-
-class _Mlp(nn.Module):
-  config: ClipVisionConfig
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: float[B, T, D] -> float[B, T, D]."""
-    cfg = self.config
-    h = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "fc1")(x)
-    h = sharding.constrain(_ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "mlp"))
-    return _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "fc2")(h)
-
-
 class _EncoderLayer(nn.Module):
   """Pre-LN transformer layer (CLIPEncoderLayer); scan body, so returns (carry, None)."""
   config: ClipVisionConfig
@@ -229,8 +172,9 @@ class _EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
     cfg = self.config
-    x = x + _SelfAttention(cfg, name="self_attn")(_layer_norm(cfg, "layer_norm1")(x))
-    x = x + _Mlp(cfg, name="mlp")(_layer_norm(cfg, "layer_norm2")(x))
+    attention = blocks.SelfAttention(cfg, name="self_attn")
+    x = x + attention(blocks.layer_norm(cfg, "layer_norm1")(x))
+    x = x + blocks.Mlp(cfg, ("fc1", "fc2"), name="mlp")(blocks.layer_norm(cfg, "layer_norm2")(x))
     return sharding.constrain(x, ("batch", "length", "embed")), None
 
 
@@ -276,7 +220,7 @@ class ClipVision(nn.Module):
     cls = jnp.broadcast_to(cls.astype(dtype), (b, 1, cfg.hidden_size))
     x = jnp.concatenate([cls, x], axis=1) + pos.astype(dtype)[None]
     x = sharding.constrain(x, ("batch", "length", "embed"))
-    x = _layer_norm(cfg, "pre_layrnorm")(x)
+    x = blocks.layer_norm(cfg, "pre_layrnorm")(x)
 
     layer = nn.remat(_EncoderLayer, prevent_cse=False) if cfg.remat else _EncoderLayer
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -284,8 +228,8 @@ class ClipVision(nn.Module):
                     metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = stack(cfg, name="layers")(x, None)
 
-    pooled = _layer_norm(cfg, "post_layernorm")(x[:, 0])
-    return _dense(cfg.projection_dim, ("embed", None), cfg, "visual_projection",
+    pooled = blocks.layer_norm(cfg, "post_layernorm")(x[:, 0])
+    return blocks.dense(cfg.projection_dim, ("embed", None), cfg, "visual_projection",
                   use_bias=False)(pooled)
 
 

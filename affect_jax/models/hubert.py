@@ -32,23 +32,14 @@ kernel / groups, F intermediate):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from affect_jax import sharding
-
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
+from affect_jax.models import encoder_blocks as blocks
 
 HF_MODEL_TYPE = "hubert"
 # torch LayerNorm / GroupNorm default, used by the conv feature encoder's norms.
@@ -112,9 +103,9 @@ class HubertConfig:
       raise ValueError(f"HubertConfig.feat_extract_norm={self.feat_extract_norm!r}: use "
                        "'group' or 'layer'.")
     for name in ("hidden_act", "feat_extract_activation"):
-      if getattr(self, name) not in _ACTIVATIONS:
+      if getattr(self, name) not in blocks.ACTIVATIONS:
         raise ValueError(f"HubertConfig.{name}={getattr(self, name)!r}: unsupported; use one "
-                         f"of {sorted(_ACTIVATIONS)}.")
+                         f"of {sorted(blocks.ACTIVATIONS)}.")
     for name in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, name))
@@ -190,22 +181,6 @@ class HubertConfig:
     return out
 
 
-def _dense(features: int, axes: tuple[str | None, str | None], cfg: HubertConfig,
-           name: str) -> nn.Dense:
-  return nn.Dense(
-      features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
-
-
-def _layer_norm(cfg: HubertConfig, name: str, eps: float | None = None) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps if eps is None else eps, dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.dtype(cfg.param_dtype), use_fast_variance=False, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
-
-
 class _ConvLayer(nn.Module):
   """One conv layer of the feature encoder: Conv1d (VALID) -> [norm] -> activation."""
   config: HubertConfig
@@ -231,7 +206,7 @@ class _ConvLayer(nn.Module):
       x = nn.LayerNorm(**norm_kwargs)(x)
     elif i == 0:  # 'group': one group per channel, normalised over time, first layer only
       x = nn.GroupNorm(num_groups=cfg.conv_dim[0], **norm_kwargs)(x)
-    return _ACTIVATIONS[cfg.feat_extract_activation](x)
+    return blocks.ACTIVATIONS[cfg.feat_extract_activation](x)
 
 
 class _FeatureEncoder(nn.Module):
@@ -257,8 +232,8 @@ class _FeatureProjection(nn.Module):
     """x: float[B, T, conv_dim[-1]] -> float[B, T, D]."""
     cfg = self.config
     if cfg.feat_proj_layer_norm:
-      x = _layer_norm(cfg, "layer_norm")(x)
-    x = _dense(cfg.hidden_size, ("conv_out", "embed"), cfg, "projection")(x)
+      x = blocks.layer_norm(cfg, "layer_norm")(x)
+    x = blocks.dense(cfg.hidden_size, ("conv_out", "embed"), cfg, "projection")(x)
     return sharding.constrain(x, ("batch", "length", "embed"))
 
 
@@ -287,40 +262,7 @@ class _PositionalConvEmbedding(nn.Module):
     y = jax.lax.conv_general_dilated(
         x.astype(dtype), w, window_strides=(1,), padding=[(k // 2, k // 2 - 1 + k % 2)],
         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
-    return _ACTIVATIONS[cfg.feat_extract_activation](y + bias.astype(dtype))
-
-
-class _SelfAttention(nn.Module):
-  """Bidirectional multi-head self-attention with biased q/k/v/out projections (no mask)."""
-  config: HubertConfig
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: float[B, T, D] -> float[B, T, D]."""
-    cfg = self.config
-    b, t, _ = x.shape
-    split = lambda y: sharding.constrain(
-        y.reshape(b, t, cfg.num_attention_heads, cfg.head_dim),
-        ("batch", "length", "heads", "head_dim"))
-    q = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "q_proj")(x))
-    k = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "k_proj")(x))
-    v = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "v_proj")(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (cfg.head_dim ** -0.5)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, cfg.hidden_size)
-    return _dense(cfg.hidden_size, ("heads", "embed"), cfg, "out_proj")(out)
-
-
-class _FeedForward(nn.Module):
-  config: HubertConfig
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: float[B, T, D] -> float[B, T, D]."""
-    cfg = self.config
-    h = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "intermediate_dense")(x)
-    h = sharding.constrain(_ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "mlp"))
-    return _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "output_dense")(h)
+    return blocks.ACTIVATIONS[cfg.feat_extract_activation](y + bias.astype(dtype))
 
 
 class _EncoderLayer(nn.Module):
@@ -333,15 +275,15 @@ class _EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array]:
     cfg = self.config
-    attention = _SelfAttention(cfg, name="attention")
-    feed_forward = _FeedForward(cfg, name="feed_forward")
-    layer_norm = _layer_norm(cfg, "layer_norm")
-    final_layer_norm = _layer_norm(cfg, "final_layer_norm")
+    attention = blocks.SelfAttention(cfg, name="attention")
+    feed_forward = blocks.Mlp(cfg, ("intermediate_dense", "output_dense"), name="feed_forward")
+    attention_norm = blocks.layer_norm(cfg, "layer_norm")
+    final_layer_norm = blocks.layer_norm(cfg, "final_layer_norm")
     if cfg.do_stable_layer_norm:
-      x = x + attention(layer_norm(x))
+      x = x + attention(attention_norm(x))
       x = x + feed_forward(final_layer_norm(x))
     else:
-      x = layer_norm(x + attention(x))
+      x = attention_norm(x + attention(x))
       x = final_layer_norm(x + feed_forward(x))
     x = sharding.constrain(x, ("batch", "length", "embed"))
     return x, x
@@ -356,14 +298,14 @@ class _Encoder(nn.Module):
     cfg = self.config
     x = x + _PositionalConvEmbedding(cfg, name="pos_conv_embed")(x)
     if not cfg.do_stable_layer_norm:
-      x = _layer_norm(cfg, "layer_norm")(x)
+      x = blocks.layer_norm(cfg, "layer_norm")(x)
     layer = nn.remat(_EncoderLayer, prevent_cse=False) if cfg.remat else _EncoderLayer
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                     length=cfg.num_hidden_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
     last, outputs = stack(cfg, name="layers")(x, None)
     if cfg.do_stable_layer_norm:
-      last = _layer_norm(cfg, "layer_norm")(last)
+      last = blocks.layer_norm(cfg, "layer_norm")(last)
       outputs = jnp.concatenate([outputs[:-1], last[None]], axis=0)
     return jnp.concatenate([x[None], outputs], axis=0)
 
