@@ -13,6 +13,12 @@ Returned log-probs are log-softmax(logits / temperature) of the chosen token (lo
 raw logits when greedy): the behaviour policy's log-probs before top-k / top-p truncation, which
 is what GRPO's importance ratio uses.
 
+`repetition_penalty` (1.0 = off, as GRPO uses it) is transformers' RepetitionPenaltyLogitsProcessor
+(CTRL): before temperature / top-k / top-p, the logit of every token already in the row (the real
+prompt tokens when prompts are given as ids, and every generated token) is divided by the penalty
+when positive and multiplied by it when negative; log-probs are then those of the penalised
+logits. Left padding does not count (transformers counts pad ids too).
+
 `sample` is a pure, jittable function (the fused GRPO step calls it inside its own jit);
 `make_generate` wraps it in a jit with the cache donated, for standalone use.
 """
@@ -37,6 +43,7 @@ class SamplingConfig:
   top_k: int = 0              # 0 = off
   top_p: float = 1.0          # 1.0 = off
   greedy: bool = False
+  repetition_penalty: float = 1.0   # 1.0 = off
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
   buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
@@ -50,6 +57,9 @@ class SamplingConfig:
       raise ValueError(f"sampling.top_k={self.top_k}: must be >= 0 (0 = off).")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"sampling.top_p={self.top_p}: must be in (0, 1].")
+    if self.repetition_penalty <= 0:
+      raise ValueError(f"sampling.repetition_penalty={self.repetition_penalty}: must be > 0 "
+                       "(1.0 = off).")
     if list(self.buckets) != sorted(set(self.buckets)):
       raise ValueError(f"sampling.buckets={self.buckets}: must be strictly increasing.")
 
@@ -178,6 +188,12 @@ def _categorical(logits: jax.Array, rng: jax.Array) -> jax.Array:
   return block * _BLOCK + inner.astype(jnp.int32)
 
 
+def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+  """float32[B, V] logits with those of `seen` (bool[B, V]) tokens penalised (module doc)."""
+  penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+  return jnp.where(seen, penalised, logits)
+
+
 def _choose(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig):
   """Picks the next token for every row: (int32[B], its log-prob float32[B])."""
   logits = logits.astype(jnp.float32)
@@ -256,14 +272,22 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
   kv_mask = rep(kv_mask, 0)
   next_pos = rep(positions[:, -1] + 1, 0)
   eos = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
+  penalise = sampling.repetition_penalty != 1.0
+  seen = jnp.zeros((b, logits.shape[-1]) if penalise else (b, 0), bool)
+  if penalise and tokens is not None:
+    seen = seen.at[jnp.arange(b)[:, None], tokens].max(prompt_mask)
+  seen = rep(seen, 0)
 
   def cond(state):
     t, done = state[0], state[5]
     return (t < n) & ~jnp.all(done)
 
   def body(state):
-    t, caches, logits, out_tok, out_logp, done, pos, kv_mask, rng = state
+    t, caches, logits, out_tok, out_logp, done, pos, kv_mask, rng, seen = state
     rng, step_rng = jax.random.split(rng)
+    if penalise:
+      logits = apply_repetition_penalty(logits.astype(jnp.float32), seen,
+                                        sampling.repetition_penalty)
     token, logp = _choose(logits, step_rng, sampling)
     token = jnp.where(done, sampling.pad_id, token)
     logp = jnp.where(done, 0.0, logp)
@@ -276,12 +300,16 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
                                               positions=pos[:, None], caches=caches,
                                               cache_index=slot, kv_mask=kv_mask,
                                               use_lora=use_lora, cache_layout=layout)
-    return (t + 1, caches, new_logits[:, 0], out_tok, out_logp, now_done, pos + 1, kv_mask, rng)
+    if penalise:
+      seen = seen.at[jnp.arange(rows), token].set(True)
+    return (t + 1, caches, new_logits[:, 0], out_tok, out_logp, now_done, pos + 1, kv_mask, rng,
+            seen)
 
   state = (jnp.int32(0), caches, logits, jnp.full((rows, n), sampling.pad_id, jnp.int32),
-           jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), bool), next_pos, kv_mask, rng)
+           jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), bool), next_pos, kv_mask, rng,
+           seen)
   state = jax.lax.while_loop(cond, body, state)
-  _, caches, _, out_tok, out_logp, done, _, _, _ = state
+  _, caches, _, out_tok, out_logp, done, _, _, _, _ = state
   cache = jax.tree.map(lambda x: sharding.constrain(x, qwen2.CACHE_AXES),
                        qwen2.stack_cache(caches, layout))
   is_eos = jnp.any(out_tok[..., None] == eos, axis=-1)

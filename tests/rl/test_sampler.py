@@ -154,3 +154,34 @@ def test_bad_inputs_are_clear_errors(model):
     sampler.SamplingConfig(temperature=0.0)
   with pytest.raises(ValueError, match="top_p"):
     sampler.SamplingConfig(top_p=1.5)
+
+
+def test_repetition_penalty_matches_numpy_and_transformers(model):
+  logits = np.array([[2.0, -1.0, 0.5, -0.2, 0.0]], np.float32)
+  seen = np.array([[True, True, False, True, True]])
+  # CTRL / transformers' rule written out: positive logits / p, negative ones * p.
+  expect = np.array([[2.0 / 1.3, -1.3, 0.5, -0.26, 0.0]], np.float32)
+  np.testing.assert_allclose(np.asarray(sampler.apply_repetition_penalty(
+      jnp.asarray(logits), jnp.asarray(seen), 1.3)), expect, rtol=1e-6)
+
+  hf, config, params = model
+  rng = np.random.default_rng(5)
+  prompts = [list(rng.integers(3, 40, size=6)) for _ in range(3)]   # repeats inside prompts
+  for penalty in (1.3, 0.8):
+    cfg = sampler.SamplingConfig(max_new_tokens=NEW, greedy=True, buckets=(6,),
+                                 repetition_penalty=penalty)
+    tokens, mask = sampler.pad_prompts(prompts, cfg)
+    out, _ = jax.jit(lambda p, t, m: sampler.sample(
+        p, config, cfg, prompt_mask=m, rng=jax.random.key(0), tokens=t))(params, tokens, mask)
+    with torch.no_grad():
+      ref = hf.generate(input_ids=torch.as_tensor(tokens, dtype=torch.long),
+                        max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                        repetition_penalty=penalty, pad_token_id=0, eos_token_id=None)
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref[:, tokens.shape[1]:].numpy())
+  plain = sampler.SamplingConfig(max_new_tokens=NEW, greedy=True, buckets=(6,))
+  unpenalised = jax.jit(lambda p, t, m: sampler.sample(
+      p, config, plain, prompt_mask=m, rng=jax.random.key(0), tokens=t)[0].tokens)(
+          params, tokens, mask)
+  assert not np.array_equal(np.asarray(unpenalised), np.asarray(out.tokens))   # it acts
+  with pytest.raises(ValueError, match="repetition_penalty"):
+    sampler.SamplingConfig(repetition_penalty=0.0)
