@@ -2,6 +2,9 @@ r"""Benchmarks; prints ONE JSON object as the last line of stdout (and writes it
 
   python -m launch.benchmark --bench=reward --batch=4096 [--ew_dir=DIR] [--json_out=F]
   python -m launch.benchmark --bench=rollout --hf_dir=DIR --prompts=P.npy ...
+  python -m launch.benchmark --bench=train_step --hf_dir=DIR --prompts=P.npy [--batch=B] ...
+  python -m launch.benchmark --bench=plan --config=configs/affectgpt_r1_7b.py \
+      --mesh=data=1,fsdp=16,tensor=1 --cpu_devices=16 [--config.grpo.prompts_per_step=16]
 
 BENCHES maps a --bench name to "module:function"; the function takes the flag values as
 keyword arguments (ignoring the ones it does not use) and returns a JSON-ready dict. Adding
@@ -16,11 +19,14 @@ import os
 import pathlib
 
 from absl import app, flags
+from ml_collections import config_flags
 
 BENCHES = {
     "reward": "affect_jax.bench.reward_bench:run",
     "rollout": "affect_jax.bench.rollout_bench:run",
     "grpo_step": "affect_jax.bench.grpo_bench:run",
+    "train_step": "affect_jax.bench.train_bench:run",
+    "plan": "affect_jax.bench.plan:run",
 }
 
 
@@ -33,7 +39,8 @@ def define_flags():
   flags.DEFINE_string("json_out", None, "Also write the JSON object to this file.")
   flags.DEFINE_integer("cpu_devices", 0, "If > 0, expose the host CPU as this many XLA "
                        "devices (set before JAX starts).")
-  flags.DEFINE_integer("batch", 4096, "Rows per call (reward).")
+  flags.DEFINE_integer("batch", 0, "Rows per call (reward; default 4096) or per step "
+                       "(train_step; default 4). 0 = the bench's default.")
   flags.DEFINE_string("ew_dir", None, "Emotion-wheel folder (default: the demo wheel).")
   flags.DEFINE_string("tokenizer_dir", None, "Tokenizer folder (reward; default: wheel BPE).")
   flags.DEFINE_integer("runs", 10, "Timed steady-state calls.")
@@ -48,11 +55,19 @@ def define_flags():
   flags.DEFINE_string("tokens_out", None, "Write the rollout tokens here (.npy).")
   flags.DEFINE_integer("steps", 6, "Steps (grpo_step, train_step).")
   flags.DEFINE_integer("lora_rank", 0, "LoRA rank; 0 = full fine-tuning.")
+  flags.DEFINE_integer("seq_len", 0, "Tokens per sequence (train_step; 0 = 256).")
+  flags.DEFINE_integer("logprob_chunk", 0, "Positions per log-prob chunk (train_step; "
+                       "0 = the whole sequence).")
+  config_flags.DEFINE_config_file("config", None, "Config file (plan): configs/X.py; override "
+                                  "fields with --config.a.b=v.", lock_config=False)
+  flags.DEFINE_string("mesh", "", "Mesh (plan): 'data=1,fsdp=16,tensor=1' or '1,16,1'; "
+                      "empty = the config's mesh.")
+  flags.DEFINE_enum("plan_step", "grpo", ["grpo", "sft"], "Which step --bench=plan compiles.")
 
 
 _SHARED = ("batch", "ew_dir", "tokenizer_dir", "runs", "host_samples", "seed", "hf_dir",
            "prompts", "num_generations", "new_tokens", "greedy", "tokens_out", "steps",
-           "lora_rank")
+           "lora_rank", "seq_len", "logprob_chunk", "mesh", "plan_step")
 
 
 def resolve(name: str):
@@ -73,7 +88,13 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                                f"device_count={f.cpu_devices}").strip()
   run = resolve(f.bench)
-  result = run(**{name: f[name].value for name in _SHARED})
+  kwargs = {name: f[name].value for name in _SHARED}
+  for name in ("batch", "seq_len", "logprob_chunk"):   # 0 = the bench's own default
+    if not kwargs[name]:
+      del kwargs[name]
+  if f.config is not None:
+    kwargs["config"] = f.config
+  result = run(**kwargs)
   text = json.dumps(result, sort_keys=True)
   if f.json_out:
     path = pathlib.Path(f.json_out)

@@ -9,6 +9,11 @@ reference copy; R > 0 = LoRA (reference = LoRA off).
 step_s is the median of the steady-state steps (compile time reported apart). The phase split
 comes from separately jitted programs for the same shapes (rollout alone, reference log-probs
 alone); the fused step itself has no host-visible boundaries.
+
+FLOPs (affect_jax/bench/flops.py grpo_step: generation, reference and update, model FLOPs) give
+flops / achieved_tflops / mfu of the whole step (over step_s) and `phases`: per phase its FLOPs,
+seconds and MFU (update = the step's time minus the two measured phases, so it also holds the
+reward, advantages and the optimizer's elementwise work). MFU is against flops.peak().
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from affect_jax.bench import flops as flops_lib
 from affect_jax.bench.rollout_bench import load_prompts
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.models.lora import LoraConfig
@@ -93,7 +99,21 @@ def run(*, hf_dir: str, prompts: str, num_generations: int = 4, new_tokens: int 
   rows_n = ids.shape[0] * num_generations
   if phases:
     phase_s["update_and_rest"] = max(step_s - sum(phase_s.values()), 0.0)
+  count = flops_lib.grpo_step(config, ids.shape[0], num_generations, ids.shape[1], new_tokens,
+                              lora_rank=lora_rank, beta=lcfg.beta,
+                              num_iterations=lcfg.num_iterations)
+  peak = flops_lib.peak()
+  util = flops_lib.utilisation(count["total"], step_s, peak)
+  phase_report = {}
+  if phases:
+    for name, key in (("rollout", "rollout"), ("reference", "reference_logps"),
+                      ("update", "update_and_rest")):
+      phase_report[name] = flops_lib.utilisation(count[name], phase_s[key], peak)
   return {
+      "flops": count["total"], "achieved_tflops": util["achieved_tflops"], "mfu": util["mfu"],
+      "peak_flops": peak["flops_per_s"], "peak_source": peak["source"],
+      "flops_by_phase": {k: count[k] for k in ("rollout", "reference", "old", "update")},
+      "phases": phase_report,
       "bench": "grpo_step", "step_s": step_s, "sequences_per_s": rows_n / step_s,
       "tokens_per_s": rows_n * new_tokens / step_s, "compile_s": compile_s,
       "first_step_s": times[0], "step_seconds": times, "rows": rows_n,

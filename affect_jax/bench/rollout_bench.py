@@ -3,6 +3,11 @@
 Same protocol as the transformers peer (../shared/bench/peers/hf_generate_bench.py): every
 prompt repeated G times (rows p0 x G, p1 x G, ...), no padding, exactly N new tokens (no EOS),
 one warm-up (compile) call, then `runs` timed calls; tokens/s = rows * N / median seconds.
+
+flops / achieved_tflops / mfu: the generation's analytic FLOPs (affect_jax/bench/flops.py
+rollout: one prefill per prompt, N - 1 decode steps attending the growing cache) over the median
+seconds, against flops.peak() (peak_source says which: measured matmul peak on CPU, the vendor's
+dense bf16 figure on TPU / GPU).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import time
 import jax
 import numpy as np
 
+from affect_jax.bench import flops as flops_lib
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.models import qwen2
 from affect_jax.rl import sampler
@@ -58,7 +64,13 @@ def run(*, hf_dir: str, prompts: str, num_generations: int = 4, new_tokens: int 
   tokens = np.asarray(out.tokens)
   if tokens_out:
     np.save(tokens_out, tokens)
+  count = flops_lib.rollout(config, ids.shape[0], num_generations, ids.shape[1], new_tokens)
+  peak = flops_lib.peak()
+  util = flops_lib.utilisation(count["total_flops"], seconds, peak)
   return {
+      "flops": count["total_flops"], "prefill_flops": count["prefill_flops"],
+      "decode_flops": count["decode_flops"], "achieved_tflops": util["achieved_tflops"],
+      "mfu": util["mfu"], "peak_flops": peak["flops_per_s"], "peak_source": peak["source"],
       "bench": "rollout", "tokens_per_s": rows * new_tokens / seconds, "seconds": seconds,
       "compile_s": compile_s, "first_call_s": first_s, "run_seconds": times, "rows": rows,
       "new_tokens": new_tokens, "prompt_len": int(ids.shape[1]), "greedy": greedy,

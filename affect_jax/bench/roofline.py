@@ -9,15 +9,9 @@ best time = max(FLOPs / peak FLOP/s, bytes / bandwidth).
   out = roofline.run(hf_dir=..., num_generations=4, new_tokens=128, prompt_len=128,
                      num_prompts=8)
 
-Counting conventions (C = config, R rows, S attended cache slots):
-  * A matmul [M, K] x [K, N] is 2 M K N FLOPs. Elementwise work (norms, rotary, softmax, SiLU)
-    is left out: it is O(M (H + F)) per layer, under 1% of the matmuls here.
-  * Attention FLOPs are the useful ones, 4 R T S N D per layer for T queries over S slots (scores
-    and the weighted sum), whatever the implementation pads or masks.
-  * A decode step streams every weight once (the lm_head, the layers; the embedding lookup reads
-    R rows only) and reads every layer's K and V cache up to the current slot.
-  * Training (forward + backward) is 3x the forward's matmul FLOPs; rematerialisation adds one
-    more forward of what it recomputes.
+FLOPs are counted by affect_jax/bench/flops.py (its module doc has the conventions); this
+module adds the bytes: a decode step streams every weight once (the lm_head, the layers; the
+embedding lookup reads R rows only) and reads every layer's K and V cache up to the current slot.
 """
 from __future__ import annotations
 
@@ -29,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from affect_jax.bench import flops
 from affect_jax.models.qwen2 import Qwen2Config
 
 _F32 = 4
@@ -80,36 +75,11 @@ def measure_bandwidth(mbytes: int = 512, reps: int = 10) -> dict:
           "update_gbps_median": 2 * nbytes / statistics.median(times) / 1e9}
 
 
-def layer_matmul_shapes(config: Qwen2Config) -> list[tuple[int, int]]:
-  """(in, out) of the seven projections of one decoder layer."""
-  c = config
-  q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-  h, f = c.hidden_size, c.intermediate_size
-  return [(h, q), (h, kv), (h, kv), (q, h), (h, f), (h, f), (f, h)]
-
-
-def forward_flops(config: Qwen2Config, tokens: int, attended: float, head_tokens: int) -> dict:
-  """Matmul FLOPs of a forward over `tokens` new tokens.
-
-  Args:
-    tokens: total new tokens (rows x T).
-    attended: mean number of key slots each token attends (useful slots only).
-    head_tokens: tokens that go through the lm_head.
-  """
-  c = config
-  per_token = sum(i * o for i, o in layer_matmul_shapes(c)) * c.num_hidden_layers
-  layers = 2.0 * tokens * per_token
-  attention = 4.0 * tokens * attended * c.num_attention_heads * c.head_dim * c.num_hidden_layers
-  head = 2.0 * head_tokens * c.hidden_size * c.vocab_size
-  return {"layers": layers, "attention": attention, "lm_head": head,
-          "total": layers + attention + head}
-
-
 def weight_bytes(config: Qwen2Config) -> dict:
   """Bytes a decode step streams: per-layer weights and the lm_head (float32 parameters)."""
   c = config
   size = jnp.dtype(c.param_dtype).itemsize
-  per_layer = sum(i * o for i, o in layer_matmul_shapes(c)) + 2 * c.hidden_size
+  per_layer = sum(i * o for i, o in flops.layer_matmul_shapes(c)) + 2 * c.hidden_size
   layers = size * per_layer * c.num_hidden_layers
   head = size * c.hidden_size * c.vocab_size
   return {"layers": layers, "lm_head": head, "total": layers + head}
@@ -118,46 +88,21 @@ def weight_bytes(config: Qwen2Config) -> dict:
 def decode_step(config: Qwen2Config, rows: int, slots: int) -> dict:
   """FLOPs and bytes of one decode step: `rows` new tokens attending `slots` cache slots."""
   c = config
-  flops = forward_flops(c, rows, slots, rows)
   cache_bytes = (2 * rows * slots * c.num_key_value_heads * c.head_dim * c.num_hidden_layers
                  * jnp.dtype(c.dtype).itemsize)
   weights = weight_bytes(c)
-  return {"flops": flops, "weight_bytes": weights["total"], "kv_cache_bytes": cache_bytes,
-          "bytes": weights["total"] + cache_bytes}
+  return {"flops": flops.decode_step_flops(c, rows, slots), "weight_bytes": weights["total"],
+          "kv_cache_bytes": cache_bytes, "bytes": weights["total"] + cache_bytes}
 
 
 def rollout(config: Qwen2Config, prompts: int, generations: int, prompt_len: int,
             new_tokens: int, prefill_rows: int | None = None) -> dict:
-  """FLOPs and bytes of a whole rollout: a prefill of `prefill_rows` prompts (default: once per
-  prompt, as the sampler does; prompts x generations for transformers' generate), then
-  `new_tokens` decode steps over prompts x generations rows (the last step's logits unused)."""
+  """flops.rollout plus the bytes its decode steps stream."""
+  out = flops.rollout(config, prompts, generations, prompt_len, new_tokens, prefill_rows)
   rows = prompts * generations
-  prefill_rows = prompts if prefill_rows is None else prefill_rows
-  prefill = forward_flops(config, prefill_rows * prompt_len, (prompt_len + 1) / 2, prefill_rows)
-  steps = [decode_step(config, rows, prompt_len + j + 1) for j in range(new_tokens - 1)]
-  decode_flops = sum(s["flops"]["total"] for s in steps)
-  return {"prefill_flops": prefill["total"], "decode_flops": decode_flops,
-          "decode_bytes": sum(s["bytes"] for s in steps),
-          "total_flops": prefill["total"] + decode_flops, "decode_steps": len(steps)}
-
-
-def grpo_step(config: Qwen2Config, prompts: int, generations: int, prompt_len: int,
-              new_tokens: int, lora_rank: int = 0, remat: bool = False) -> dict:
-  """FLOPs of a GRPO step: rollout, reference log-probs (one forward, prompt shared by the
-  group), and the policy's forward + backward (3x forward; +1 forward with remat).
-
-  With LoRA the backward still propagates through every frozen matmul (2x forward: the input
-  gradients) but computes no weight gradients for them, so training is ~2x (not 3x) a forward.
-  """
-  rows = prompts * generations
-  roll = rollout(config, prompts, generations, prompt_len, new_tokens)
-  prompt = forward_flops(config, prompts * prompt_len, (prompt_len + 1) / 2, 0)
-  comp = forward_flops(config, rows * new_tokens, prompt_len + (new_tokens + 1) / 2,
-                       rows * new_tokens)
-  forward = prompt["total"] + comp["total"]
-  train = (2.0 if lora_rank else 3.0) * forward + (forward if remat else 0.0)
-  return {"rollout_flops": roll["total_flops"], "reference_flops": forward,
-          "train_flops": train, "total_flops": roll["total_flops"] + forward + train}
+  out["decode_bytes"] = sum(decode_step(config, rows, prompt_len + j + 1)["bytes"]
+                            for j in range(out["decode_steps"]))
+  return out
 
 
 def run(*, hf_dir: str | None = None, config: Qwen2Config | None = None, num_prompts: int = 8,
@@ -182,10 +127,10 @@ def run(*, hf_dir: str | None = None, config: Qwen2Config | None = None, num_pro
   peak = measure_matmul(2048, 2048, 2048, reps=max(3, reps // 2))
   bandwidth = measure_bandwidth(reps=reps)
   shapes = {f"{i}x{o}": measure_matmul(rows, i, o, reps=reps)
-            for i, o in sorted(set(layer_matmul_shapes(c)))}
+            for i, o in sorted(set(flops.layer_matmul_shapes(c)))}
   shapes["lm_head"] = measure_matmul(rows, c.hidden_size, c.vocab_size, reps=reps)
   # Time of one decode step's matmuls at the measured per-shape rates (best of reps).
-  layer_ms = sum(shapes[f"{i}x{o}"]["ms_best"] for i, o in layer_matmul_shapes(c))
+  layer_ms = sum(shapes[f"{i}x{o}"]["ms_best"] for i, o in flops.layer_matmul_shapes(c))
   shape_ms = layer_ms * c.num_hidden_layers + shapes["lm_head"]["ms_best"]
   mid = decode_step(c, rows, prompt_len + new_tokens // 2)
   peak_flops = peak["gflops_best"] * 1e9
@@ -194,8 +139,9 @@ def run(*, hf_dir: str | None = None, config: Qwen2Config | None = None, num_pro
   memory_ms = 1e3 * mid["bytes"] / bw
   roll = rollout(c, num_prompts, num_generations, prompt_len, new_tokens)
   hf_roll = rollout(c, num_prompts, num_generations, prompt_len, new_tokens, prefill_rows=rows)
-  step = grpo_step(c, num_prompts, num_generations, prompt_len, new_tokens)
-  step_lora = grpo_step(c, num_prompts, num_generations, prompt_len, new_tokens, lora_rank=16)
+  step = flops.grpo_step(c, num_prompts, num_generations, prompt_len, new_tokens, lora_rank=0)
+  step_lora = flops.grpo_step(c, num_prompts, num_generations, prompt_len, new_tokens,
+                              lora_rank=16)
   return {
       "bench": "roofline", "backend": jax.default_backend(), "devices": jax.device_count(),
       "peak_gflops_2048": peak["gflops_best"], "peak_gflops_2048_median": peak["gflops_median"],
@@ -220,8 +166,8 @@ def run(*, hf_dir: str | None = None, config: Qwen2Config | None = None, num_pro
       },
       "grpo_step": {
           "full_ft_gflop": {k: v / 1e9 for k, v in step.items()},
-          "full_ft_best_s": step["total_flops"] / peak_flops,
+          "full_ft_best_s": step["total"] / peak_flops,
           "lora16_gflop": {k: v / 1e9 for k, v in step_lora.items()},
-          "lora16_best_s": step_lora["total_flops"] / peak_flops,
+          "lora16_best_s": step_lora["total"] / peak_flops,
       },
   }

@@ -1,0 +1,87 @@
+"""launch.benchmark --bench=train_step and --bench=plan: the JSON contracts on a tiny checkpoint
+and config, and bad input (unknown mesh axis, a mesh that does not divide the devices, no
+--config) failing with errors that name the fix."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import qwen2_testlib as lib
+from affect_jax.bench import plan
+from configs import tiny_plan
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _bench(*args, devices=None):
+  env = dict(os.environ)
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return subprocess.run([sys.executable, "-m", "launch.benchmark", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _json(r):
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_train_step_json(tmp_path):
+  ckpt = lib.save_hf(lib.hf_model(seed=2), tmp_path / "ckpt")
+  prompts = tmp_path / "prompts.npy"
+  np.save(prompts, np.random.default_rng(0).integers(3, 256, (2, 8)).astype(np.int32))
+  out = _json(_bench("--bench=train_step", f"--hf_dir={ckpt}", f"--prompts={prompts}",
+                     "--steps=2", "--batch=2", "--seq_len=24", "--logprob_chunk=8",
+                     f"--json_out={tmp_path / 't.json'}"))
+  for key in ("steps_per_s", "tokens_per_s", "compile_s", "flops", "achieved_tflops", "mfu",
+              "peak_flops"):
+    assert out[key] > 0, key
+  assert out["bench"] == "train_step" and "measured" in out["peak_source"]
+  assert (out["batch"], out["seq_len"], out["logprob_chunk"]) == (2, 24, 8)
+  np.testing.assert_allclose(out["tokens_per_s"], 48 * out["steps_per_s"], rtol=1e-9)
+  assert out["losses"][1] < out["losses"][0]                 # the step trains
+  assert json.loads((tmp_path / "t.json").read_text())["flops"] == out["flops"]
+
+
+def test_plan_json_on_8_fake_devices():
+  out = _json(_bench("--bench=plan", "--config=configs/tiny_plan.py", "--mesh=data=2,fsdp=4",
+                     devices=8))
+  assert out["devices"] == 8 and out["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+  mem = out["memory_per_device"]
+  for key in ("argument_bytes", "output_bytes", "temp_bytes", "total_bytes"):
+    assert mem[key] > 0, key
+  assert mem["total_bytes"] >= mem["argument_bytes"]
+  assert out["xla_cost_per_device"]["flops"] > 0
+  assert out["analytic_flops"]["total"] > out["analytic_flops"]["update"] > 0
+  assert out["shapes"]["rows"] == 8 * 2 and out["shapes"]["micro_batches"] == 1
+  assert out["fits"]["tpu_v5e"] is True
+
+
+def test_plan_errors_name_the_fix():
+  with pytest.raises(ValueError, match="--config=configs/"):
+    plan.run(config=None, mesh="fsdp=8")
+  config = tiny_plan.get_config()
+  with pytest.raises(ValueError, match=r"mesh axes \['model'\] are unknown"):
+    plan.run(config=config, mesh="model=8")
+  n = jax.device_count()
+  with pytest.raises(ValueError, match=f"but {n} are available.*--cpu_devices"):
+    plan.run(config=config, mesh=f"fsdp={n + 1}")
+  if n > 1:                  # a batch the mesh cannot split
+    config.grpo.prompts_per_step = n + 1
+    with pytest.raises(ValueError, match="cannot be split over the mesh"):
+      plan.run(config=config, mesh=f"fsdp={n}")
+  demo = tiny_plan.get_config()
+  demo.model.llm.vocab_size = -1
+  with pytest.raises(ValueError, match="model.llm.vocab_size"):
+    plan.run(config=demo, mesh="")
+
+
+def test_cli_without_config_fails_clearly():
+  r = _bench("--bench=plan", "--mesh=fsdp=2", devices=2)
+  assert r.returncode != 0
+  assert "--bench=plan needs --config=configs/X.py" in r.stderr
