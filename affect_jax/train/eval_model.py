@@ -1,0 +1,150 @@
+"""The model an evaluation runs: tokenizer, model config, parameters, encoders, feature statistics.
+
+  em = load(config, checkpoint, cache_root)      # what launch.evaluate scores
+
+Prepared as recipe.prepare prepares training (the same tokenizer, model config, random init
+with config.seed, config.init_from), then the parameters of `checkpoint` on top:
+- a launch.convert parameter checkpoint (meta.json + params/),
+- a run's workdir (its checkpoints/grpo, else checkpoints/sft: the newest readable step),
+- a training checkpoint folder of numbered steps (e.g. WORKDIR/checkpoints/sft).
+Leaves the checkpoint lacks keep their init / init_from values (a training checkpoint stores
+only the trainable leaves; the frozen encoders come from init_from or the seed, as in
+training); a parameter checkpoint holding every leaf is read alone (no random init). With config.features.standardize the features are z-scored with the statistics of
+config.data.sources.sft's split, computed as the recipe does (reusing a run's cache when
+`cache_root` is its <workdir>/data).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from affect_jax import sharding
+from affect_jax.checkpoints import manager
+from affect_jax.checkpoints.safetensors_io import CheckpointError
+from affect_jax.data import features as features_lib
+from affect_jax.data.builders import mer
+from affect_jax.models import affectgpt
+from affect_jax.train import recipe
+
+RUN_PHASES = ("grpo", "sft")     # a workdir's checkpoint folders, the first present is used
+
+
+@dataclasses.dataclass
+class EvalModel:
+  config: ml_collections.ConfigDict
+  model: affectgpt.AffectGPTConfig
+  params: dict
+  tokenizer: Any
+  checkpoint: str        # the folder the parameters were read from
+  feature_key: str       # names the encoders in the feature caches
+  video_fn: Callable     # frames float32[B, F, S, S, 3] -> float32[B, F, Dv]
+  audio_fn: Callable     # windows float32[B, K, W] -> float32[B, K, Da]
+  feature_stats: tuple   # (video mean, video std, audio mean, audio std)
+
+
+def _has_steps(path: pathlib.Path) -> bool:
+  return path.is_dir() and any(p.is_dir() and p.name.isdigit() and (p / "meta").is_dir()
+                               for p in path.iterdir())
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
+  """The folder holding the parameters of --checkpoint (module doc for what is accepted)."""
+  p = pathlib.Path(path)
+  if not p.is_dir():
+    raise CheckpointError(f"--checkpoint={p}: no such folder; pass a launch.convert checkpoint "
+                          "(meta.json + params/), a run's workdir or its checkpoints/<phase>.")
+  if (p / "meta.json").is_file() or _has_steps(p):
+    return p
+  for phase in RUN_PHASES:
+    if _has_steps(p / "checkpoints" / phase):
+      return p / "checkpoints" / phase
+  raise CheckpointError(
+      f"--checkpoint={p}: neither a launch.convert checkpoint (meta.json + params/) nor a run "
+      f"(checkpoints/{{{','.join(RUN_PHASES)}}}/<step>) nor a folder of numbered steps; check "
+      "the path.")
+
+
+def _holds_every_leaf(path: pathlib.Path, abstract: dict) -> bool:
+  """True when `path` is a parameter checkpoint with every leaf of `abstract`."""
+  if not (path / "meta.json").is_file():
+    return False
+  stored = ocp.PyTreeCheckpointer().metadata(path.absolute() / "params").item_metadata.tree
+  have = set(flax.traverse_util.flatten_dict(dict(stored)))
+  return set(flax.traverse_util.flatten_dict(dict(abstract))) <= have
+
+
+def _load_params(path, params: dict, what: str, init: bool = True) -> dict:
+  try:
+    return manager.load_initial_params(path, manager.abstract(params),
+                                       init=params if init else None)
+  except ValueError as e:      # CheckpointError, and shape mismatches
+    raise CheckpointError(
+        f"{what}={path}: {e} Evaluate with the config the checkpoint was made with "
+        "(--config=configs/X.py and the same --config.model.* overrides; the tokenizer, "
+        "config.tokenizer_dir, sets the vocabulary size).") from e
+
+
+def recipe_feature_key(config: ml_collections.ConfigDict, model: affectgpt.AffectGPTConfig
+                       ) -> str:
+  """recipe.prepare's feature-cache key (encoders from init_from or the seed)."""
+  return features_lib.checkpoint_key(
+      config.get("init_from", "") or f"seed={config.seed}",
+      json.dumps(model.vision.__dict__, sort_keys=True, default=str),
+      json.dumps(model.audio.__dict__, sort_keys=True, default=str))
+
+
+_same = jax.jit(lambda a, b: jnp.all(jnp.stack([jnp.array_equal(x, y) for x, y in
+                                                zip(jax.tree.leaves(a), jax.tree.leaves(b))])))
+
+
+def load(config: ml_collections.ConfigDict, checkpoint: str, cache_root: str | os.PathLike
+         ) -> EvalModel:
+  """The model of `checkpoint` under `config` (module doc); caches under cache_root."""
+  root = pathlib.Path(cache_root)
+  folder = resolve_checkpoint(checkpoint)
+  tok = recipe._tokenizer(config, root)
+  model = recipe._model_config(config, tok)
+  init = lambda k: sharding.unbox(affectgpt.init(model, k))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(init, jax.random.key(config.seed)))
+  key = recipe_feature_key(config, model)
+  own_key = features_lib.checkpoint_key(key, str(folder.resolve()),
+                                        str(os.stat(folder).st_mtime_ns))
+  if _holds_every_leaf(folder, abstract):
+    params = _load_params(folder, abstract, "--checkpoint", init=False)
+    key = own_key            # the checkpoint's own encoders
+  else:
+    params = jax.jit(init)(jax.random.key(config.seed))
+    if config.get("init_from", ""):
+      params = _load_params(config.init_from, params, "config.init_from")
+    base_encoders = {k: params[k] for k in ("vision", "audio")}
+    params = _load_params(folder, params, "--checkpoint")
+    if not bool(_same(base_encoders, {k: params[k] for k in ("vision", "audio")})):
+      key = own_key          # the checkpoint brings its own encoders
+  video_fn = jax.jit(lambda f: affectgpt.encode_video(params, model, f))
+  audio_fn = jax.jit(lambda w: affectgpt.encode_audio(params, model, w))
+  stats = (0.0, 1.0, 0.0, 1.0)
+  if config.features.standardize:
+    stats = _train_stats(config, root, key, video_fn, audio_fn)
+  return EvalModel(config, model, params, tok, str(folder), key, video_fn, audio_fn, stats)
+
+
+def _train_stats(config, root: pathlib.Path, key: str, video_fn, audio_fn) -> tuple:
+  """recipe._feature_stats of config.data.sources.sft's split (built and cached as the recipe
+  builds it)."""
+  path, split = recipe._build_datasets(config.data, root)["sft"]
+  source, meta = mer.load_source(path, split)
+  cache = features_lib.build_feature_cache(source, meta, path, split, key, video_fn, audio_fn,
+                                           config.data, batch_size=config.features.batch_size)
+  base, _ = mer.load_source(path, split, skip_media=True)
+  return recipe._feature_stats(features_lib.FeatureSource(base, cache), True)

@@ -1,0 +1,288 @@
+"""MER-UniBench evaluation, set by set: build, encode, generate, extract labels, score.
+
+  result = evaluate(em, data_dir, sets, labeler, out_dir=...)   # what launch.evaluate runs
+  print(markdown(result))
+
+For each set (configs/unibench.py SETS; folders under data_dir matched by config.unibench.folders):
+1. Build the set with the MER-UniBench builder (`unibench:NAME`, affect_jax/data/builders/mer.py
+   reads every label format) into <cache>/built, split config.unibench.splits[NAME], and cache
+   the frozen encoders' features beside it.
+2. Generate one completion per clip for the official zero-shot question
+   (config.data.prompt.question) in the R1 format; greedy unless config.unibench.greedy is off.
+3. Labels: `Labeler` (the <answer> span, the rule extractor or the LLM extractor).
+4. Score with the host metrics (affect_jax/emotion/metrics.py), in percent:
+   OV-MERD+ EW-F (ov_scores), MER2023 / MER2024 / MELD / IEMOCAP HIT (hit_scores against the
+   basic label), CMU-MOSI / CMU-MOSEI / CH-SIMS / CH-SIMS v2 WAF (sentiment_scores). Sentiment
+   of a prediction: metrics.label_polarity of its labels (each label votes with the polarity of
+   its level-1 clusters over the 5 wheels; a clip is positive when the sign of the sum of its
+   labels' votes is +1), or the LLM's answer to the official sentiment prompt.
+A set that fails (missing folder, bad label file, no usable clip) is recorded with its error
+and the others still run. With out_dir, each set writes NAME.csv (name, openset: the
+predictions), NAME_gt.csv (ov: name, openset; hit: name, label; sentiment: name, valence),
+NAME_sentiment.csv for sentiment sets (name, sentiment: positive / negative / neutral) and
+NAME_completions.jsonl, so that `python -m launch.score` rescores them.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import time
+import traceback
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from affect_jax.data import features as features_lib
+from affect_jax.data import pipeline
+from affect_jax.data import tokenizer as tokenizer_lib
+from affect_jax.data.builders import mer
+from affect_jax.emotion import extract
+from affect_jax.emotion import labels as labels_lib
+from affect_jax.emotion import metrics
+from affect_jax.rl import sampler
+from affect_jax.train import evaluate as evaluate_lib
+from affect_jax.train.eval_model import EvalModel
+
+DISPLAY = {"mer2023": "MER2023", "mer2024": "MER2024", "meld": "MELD", "iemocapfour": "IEMOCAP",
+           "cmumosi": "CMU-MOSI", "cmumosei": "CMU-MOSEI", "sims": "CH-SIMS",
+           "simsv2": "CH-SIMS v2", "ovmerdplus": "OV-MERD+"}
+PRIMARY = {"ov": "ew_f", "hit": "hit", "sentiment": "waf"}
+SENTIMENT_WORDS = {1: "positive", -1: "negative", 0: "neutral"}
+EXTRACTORS = ("answer", "rule", "llm")
+SENTIMENTS = ("wheel", "llm")
+
+
+def unibench_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.unibench, or the defaults of configs/unibench.py for a config without it."""
+  if "unibench" in config:
+    return config.unibench
+  from configs import unibench  # the numbers live in the config file
+  return unibench.get_unibench_config()
+
+
+def parse_sets(text: str) -> tuple[str, ...]:
+  """'a,b' -> ('a', 'b'), checked against the 9 set names."""
+  sets = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+  unknown = [s for s in sets if s not in DISPLAY]
+  if unknown or not sets:
+    raise ValueError(f"--sets={text}: unknown set(s) {unknown or '(none given)'}; choose from "
+                     f"{','.join(DISPLAY)}.")
+  return tuple(dict.fromkeys(sets))
+
+
+def _folder_key(name: str) -> str:
+  return re.sub(r"[^a-z0-9]", "", name.lower().replace("+", "plus"))
+
+
+def find_set_dir(data_dir: str, key: str, ucfg: ml_collections.ConfigDict) -> str:
+  """The sub-folder of data_dir holding set `key` (names from ucfg.folders)."""
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"--data_dir={data_dir}: no such folder; point it at the "
+                            "MER-UniBench folder that holds one sub-folder per set.")
+  wanted = {_folder_key(n) for n in ucfg.folders[key]}
+  hits = sorted(d for d in os.listdir(data_dir)
+                if _folder_key(d) in wanted and os.path.isdir(os.path.join(data_dir, d)))
+  if not hits:
+    raise FileNotFoundError(
+        f"{data_dir}: no folder for {DISPLAY[key]} ('{key}'); expected a sub-folder named "
+        f"{' or '.join(ucfg.folders[key])} (any case; '+', '-', '_' and spaces ignored). Add "
+        f"it, or leave the set out with --sets.")
+  if len(hits) > 1:
+    raise ValueError(f"{data_dir}: several folders for {DISPLAY[key]}: {hits}; keep one.")
+  return os.path.join(data_dir, hits[0])
+
+
+class Labeler:
+  """Completions -> label cells, and cells -> polarity (+1 / -1 / 0)."""
+
+  def __init__(self, extractor: str, sentiment: str, tables, ucfg: ml_collections.ConfigDict,
+               llm=None):
+    if extractor not in EXTRACTORS:
+      raise ValueError(f"--extractor={extractor}: expected one of {EXTRACTORS}.")
+    if sentiment not in SENTIMENTS:
+      raise ValueError(f"--sentiment={sentiment}: expected one of {SENTIMENTS}.")
+    if llm is None and "llm" in (extractor, sentiment):
+      raise ValueError(f"--extractor={extractor} --sentiment={sentiment} need the LLM: pass "
+                       "--extractor_checkpoint=DIR (a Qwen2.5-Instruct folder or its "
+                       "launch.convert checkpoint).")
+    self.extractor, self.sentiment, self.tables, self.llm = extractor, sentiment, tables, llm
+    self.rule = extract.RuleExtractor(tables, tuple(ucfg.negations), int(ucfg.negation_window))
+
+  def cells(self, completions: Sequence[str]) -> list[str]:
+    if self.extractor == "answer":
+      return [extract.answer_cell(t) for t in completions]
+    if self.extractor == "rule":
+      return [self.rule.cell(t) for t in completions]
+    return self.llm.label_cells(completions)
+
+  def polarity(self, cells: Sequence[str]) -> np.ndarray:
+    if self.sentiment == "llm":
+      return self.llm.polarities(cells)
+    return metrics.label_polarity(list(cells), self.tables)
+
+
+@dataclasses.dataclass
+class SetRows:
+  """What generation gives for one set, row-aligned."""
+  names: list
+  completions: list
+  gt_text: list          # open-set ground truth ('a, b'; '' = neutral)
+  basic_label: list
+  valence: list
+
+
+def sampling_config(em: EvalModel, ucfg) -> sampler.SamplingConfig:
+  specials = tokenizer_lib.special_token_ids(em.tokenizer,
+                                             dict(em.config.data.tokenizer.special_tokens))
+  return sampler.SamplingConfig.from_dict(dict(
+      em.config.sampling, greedy=bool(ucfg.greedy), temperature=float(ucfg.temperature),
+      top_p=float(ucfg.top_p), max_new_tokens=int(ucfg.max_new_tokens),
+      eos_ids=(specials["eos"],), pad_id=specials["pad"]))
+
+
+def load_set(em: EvalModel, key: str, folder: str, cache_root: pathlib.Path, ucfg):
+  """(feature source, metadata, build report) of one set (module doc step 1)."""
+  dc = em.config.data
+  split = ucfg.splits[key]
+  try:
+    report = mer.build(f"unibench:{key}", folder, str(cache_root / "built"), dc,
+                       splits=(split,))
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"{e} [set {key}, folder {folder}, split {split} "
+                  f"(--config.unibench.splits.{key})]") from e
+  path = report["path"]
+  source, meta = mer.load_source(path, split)
+  cache = features_lib.build_feature_cache(source, meta, path, split, em.feature_key,
+                                           em.video_fn, em.audio_fn, dc,
+                                           batch_size=em.config.features.batch_size)
+  base, meta = mer.load_source(path, split, skip_media=True)
+  return features_lib.FeatureSource(base, cache), meta, report
+
+
+def generate_set(em: EvalModel, source, meta, generate_fn, ucfg) -> SetRows:
+  """Module doc step 2, in record order."""
+  pcfg = ml_collections.ConfigDict(em.config.data.pipeline.to_dict())
+  pcfg.update(batch_size=int(ucfg.batch_size), shuffle=False, num_epochs=1,
+              drop_remainder=False, seed=int(ucfg.seed))
+  loader = pipeline.prompt_loader(source, meta, em.tokenizer, em.config.data, pcfg)
+  vm, vs, am, as_ = em.feature_stats
+  rows = SetRows([], [], [], [], [])
+  batches = []
+  for batch in loader:
+    real = np.asarray(batch["example_mask"])
+    rows.names += [str(v) for v in batch["names"][real]]
+    rows.gt_text += [str(v) for v in batch["gt_text"][real]]
+    rows.basic_label += [str(v) for v in batch["basic_label"][real]]
+    rows.valence += [float(v) for v in batch["valence"][real]]
+    batches.append({"prompt_tokens": batch["prompt_tokens"][real],
+                    "prompt_mask": batch["prompt_mask"][real],
+                    "video": ((batch["video"][real] - vm) / vs).astype(np.float32),
+                    "audio": ((batch["audio"][real] - am) / as_).astype(np.float32)})
+  rows.completions = evaluate_lib.generate(em.params, generate_fn, batches, em.tokenizer,
+                                           int(ucfg.batch_size), seed=int(ucfg.seed))
+  return rows
+
+
+def score_set(task: str, rows: SetRows, cells: Sequence[str], polarity, tables) -> dict:
+  """Module doc step 4: the set's scores in percent, its primary one under 'score'."""
+  if task == "ov":
+    s = metrics.ov_scores(rows.gt_text, list(cells), tables)
+    out = {k: 100.0 * s[k] for k in ("ew_f", "ew_precision", "ew_recall")}
+    out["n_scored"] = s["n_scored"]
+  elif task == "hit":
+    s = metrics.hit_scores(rows.basic_label, list(cells), tables)
+    out = {"hit": 100.0 * s["hit"], "n_scored": s["n_scored"]}
+  else:
+    s = metrics.sentiment_scores(rows.valence, np.asarray(polarity) > 0)
+    out = {"waf": 100.0 * s["waf"], "acc": 100.0 * s["acc"], "n_scored": s["n_scored"]}
+  out["score"] = out[PRIMARY[task]]
+  return out
+
+
+def _write_csv(path: pathlib.Path, header, rows) -> None:
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+def write_set(out_dir: pathlib.Path, key: str, task: str, rows: SetRows, cells, polarity
+              ) -> dict:
+  """The files of the module doc; returns {kind: path}."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  files = {"predictions": out_dir / f"{key}.csv", "gt": out_dir / f"{key}_gt.csv",
+           "completions": out_dir / f"{key}_completions.jsonl"}
+  _write_csv(files["predictions"], ("name", "openset"), zip(rows.names, cells))
+  if task == "ov":
+    _write_csv(files["gt"], ("name", "openset"), zip(rows.names, rows.gt_text))
+  elif task == "hit":
+    _write_csv(files["gt"], ("name", "label"), zip(rows.names, rows.basic_label))
+  else:
+    _write_csv(files["gt"], ("name", "valence"), zip(rows.names, map(repr, rows.valence)))
+    files["sentiment"] = out_dir / f"{key}_sentiment.csv"
+    _write_csv(files["sentiment"], ("name", "sentiment"),
+               zip(rows.names, (SENTIMENT_WORDS[int(p)] for p in polarity)))
+  with open(files["completions"], "w", encoding="utf-8") as f:
+    for name, text, cell in zip(rows.names, rows.completions, cells):
+      f.write(json.dumps({"name": name, "completion": text, "openset": cell}) + "\n")
+  return {k: str(v) for k, v in files.items()}
+
+
+def evaluate(em: EvalModel, data_dir: str, sets: Sequence[str], labeler: Labeler,
+             cache_root: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict:
+  """Every set of `sets` (module doc); returns {sets: {key: result or {error}}, table, failed}."""
+  ucfg = unibench_config(em.config)
+  cache_root = pathlib.Path(cache_root)
+  generate_fn = evaluate_lib.make_generate(em.model, sampling_config(em, ucfg))
+  results = {}
+  for key in sets:
+    t0 = time.perf_counter()
+    task = mer.UNIBENCH[key].task
+    entry = {"dataset": DISPLAY[key], "task": task, "metric": PRIMARY[task]}
+    try:
+      folder = find_set_dir(data_dir, key, ucfg)
+      source, meta, report = load_set(em, key, folder, cache_root, ucfg)
+      rows = generate_set(em, source, meta, generate_fn, ucfg)
+      cells = labeler.cells(rows.completions)
+      polarity = labeler.polarity(cells) if task == "sentiment" else None
+      entry.update(score_set(task, rows, cells, polarity, labeler.tables), folder=folder,
+                   n_samples=len(rows.names),
+                   skipped=report["splits"][ucfg.splits[key]]["skipped_by_reason"],
+                   format_rate=100.0 * float(np.mean([labels_lib.format_ok(t)
+                                                      for t in rows.completions])))
+      if out_dir:
+        entry["files"] = write_set(pathlib.Path(out_dir), key, task, rows, cells, polarity)
+    except Exception as e:  # pylint: disable=broad-except  (reported; the other sets go on)
+      logging.warning("set %s failed:\n%s", key, traceback.format_exc())
+      entry["error"] = f"{type(e).__name__}: {e}"
+    entry["seconds"] = time.perf_counter() - t0
+    results[key] = entry
+  scores = {r["dataset"]: r["score"] for r in results.values() if "error" not in r}
+  table = metrics.unibench_table(scores)
+  failed = [k for k, r in results.items() if "error" in r]
+  return {"sets": results, "table": table, "mean": table["mean"], "failed": failed,
+          "extractor": labeler.extractor, "sentiment": labeler.sentiment,
+          "ew_dir": labeler.tables.source, "data_dir": data_dir, "checkpoint": em.checkpoint}
+
+
+def markdown(result: dict) -> str:
+  """The table of the paper's order (a row per requested set) and the mean, as markdown."""
+  order = {d: i for i, d in enumerate(metrics.UNIBENCH_DATASETS)}
+  lines = ["| set | dataset | metric | score | clips |", "|---|---|---|---|---|"]
+  for key, r in sorted(result["sets"].items(), key=lambda kv: order[kv[1]["dataset"]]):
+    if "error" in r:
+      text = r["error"].replace("|", "/").replace("\n", " ")
+      lines.append(f"| {key} | {r['dataset']} | {r['metric'].upper()} | error: {text} | |")
+    else:
+      lines.append(f"| {key} | {r['dataset']} | {r['metric'].upper()} | {r['score']:.2f} | "
+                   f"{r['n_samples']} |")
+  done = len(result["table"]["rows"])
+  note = "" if done == len(result["sets"]) else f" ({done} of {len(result['sets'])} sets)"
+  lines.append(f"| **mean** | | | **{result['mean']:.2f}**{note} | |")
+  return "\n".join(lines)

@@ -1,0 +1,118 @@
+r"""MER-UniBench evaluation: the 9-set table (and its mean) of a checkpoint.
+
+  python -m launch.evaluate --checkpoint=runs/demo --data_dir=/data/MER-UniBench
+  python -m launch.evaluate --config=configs/affectgpt_r1_7b.py --checkpoint=runs/r1 \
+      --data_dir=/data/MER-UniBench --config.tokenizer_dir=/ckpt/Qwen2.5-7B-Instruct \
+      --config.init_from=/ckpt/base --sets=ovmerdplus,mer2023 --json_out=unibench.json \
+      --predictions_out=runs/r1/unibench [--ew_dir=DIR] [--extractor=answer|rule|llm] \
+      [--extractor_checkpoint=/ckpt/Qwen2.5-7B-Instruct] [--sentiment=wheel|llm]
+
+--checkpoint: a launch.convert checkpoint, a run's workdir or a folder of numbered steps
+(affect_jax/train/eval_model.py). --data_dir: one sub-folder per set (mer2023, mer2024, meld,
+iemocapfour, cmumosi, cmumosei, sims, simsv2, ovmerdplus; config.unibench.folders lists the
+names tried). Prints the markdown table, then one JSON line (the table, the mean, failed sets);
+--json_out writes every set's scores, --predictions_out the per-set CSVs for launch.score
+(affect_jax/train/unibench.py). Built sets and feature caches go to --cache_dir (default
+config.data.cache_dir, else the run's <workdir>/data, else runs/unibench_cache).
+Exit status: 0 when every requested set was scored, 1 when some failed (each is reported in the
+table and the JSON), 2 when nothing could run (bad flags, checkpoint, tokenizer).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+DEFAULT_CACHE = "runs/unibench_cache"
+
+
+def define_flags():
+  """The CLI flags (defined only when run as a program, so imports never clash)."""
+  config_flags.DEFINE_config_file("config", "configs/demo.py", "Config of the checkpoint.")
+  flags.DEFINE_string("checkpoint", None, "launch.convert checkpoint, run workdir or steps.")
+  flags.DEFINE_string("data_dir", None, "MER-UniBench folder (one sub-folder per set).")
+  flags.DEFINE_string("sets", None, "Comma-separated sets (default config.unibench.sets).")
+  flags.DEFINE_string("ew_dir", None, "Emotion-wheel folder (default config.ew_dir, else the "
+                      "demo wheel).")
+  flags.DEFINE_enum("extractor", None, ["answer", "rule", "llm"],
+                    "Labels from <answer>, the rule extractor or the LLM "
+                    "(default config.unibench.extractor).")
+  flags.DEFINE_enum("sentiment", None, ["wheel", "llm"],
+                    "Sentiment from the labels by the wheel, or by the LLM "
+                    "(default config.unibench.sentiment).")
+  flags.DEFINE_string("extractor_checkpoint", None, "LLM for --extractor/--sentiment=llm: a HF "
+                      "Qwen2 folder or a launch.convert checkpoint.")
+  flags.DEFINE_string("cache_dir", None, "Where built sets and feature caches go.")
+  flags.DEFINE_string("json_out", None, "Write the full JSON result here.")
+  flags.DEFINE_string("predictions_out", None, "Folder for the per-set prediction CSVs.")
+
+
+def cache_root(config, checkpoint: str, flag: str | None) -> pathlib.Path:
+  if flag:
+    return pathlib.Path(flag)
+  if config.data.get("cache_dir", ""):
+    return pathlib.Path(config.data.cache_dir)
+  if (pathlib.Path(checkpoint) / "checkpoints").is_dir():
+    return pathlib.Path(checkpoint) / "data"     # a run's workdir: reuse its caches
+  return pathlib.Path(DEFAULT_CACHE)
+
+
+def run(config, f) -> dict:
+  from affect_jax.emotion import llm_extract
+  from affect_jax.emotion import wheel
+  from affect_jax.train import eval_model, unibench
+  ucfg = unibench.unibench_config(config)
+  sets = unibench.parse_sets(f.sets or ucfg.sets)
+  extractor = f.extractor or ucfg.extractor
+  sentiment = f.sentiment or ucfg.sentiment
+  ew_dir = f.ew_dir or config.get("ew_dir", "") or None
+  tables = wheel.load_tables(ew_dir)
+  llm = None
+  if "llm" in (extractor, sentiment):
+    if not f.extractor_checkpoint:
+      raise ValueError(f"--extractor={extractor} --sentiment={sentiment} need "
+                       "--extractor_checkpoint=DIR (a Qwen2.5-Instruct folder or its "
+                       "launch.convert checkpoint).")
+    llm = llm_extract.LlmExtractor.load(f.extractor_checkpoint, ucfg.llm)
+  labeler = unibench.Labeler(extractor, sentiment, tables, ucfg, llm)
+  root = cache_root(config, f.checkpoint, f.cache_dir)
+  em = eval_model.load(config, f.checkpoint, root)
+  return unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.checkpoint or not FLAGS.data_dir:
+    raise app.UsageError("--checkpoint and --data_dir are required.")
+  from affect_jax import distributed
+  from affect_jax.train import unibench
+  distributed.initialize()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    result = run(FLAGS.config, FLAGS)
+  except (ValueError, FileNotFoundError) as e:   # CheckpointError, WheelFileError, ...
+    print(f"launch.evaluate: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  result["markdown"] = unibench.markdown(result)
+  print(result["markdown"])
+  if FLAGS.json_out:
+    path = pathlib.Path(FLAGS.json_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
+  summary = {"mean": result["mean"], "complete": result["table"]["complete"],
+             "rows": result["table"]["rows"], "failed": {k: result["sets"][k]["error"]
+                                                         for k in result["failed"]}}
+  print(json.dumps(summary, sort_keys=True))
+  sys.exit(1 if result["failed"] else 0)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  define_flags()
+  app.run(main)
