@@ -139,8 +139,8 @@ class LlmExtractor:
 
   def prompt_ids(self, text: str) -> list[int]:
     if getattr(self.tokenizer, "chat_template", None):
-      return list(self.tokenizer.apply_chat_template(
-          [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True))
+      text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                add_generation_prompt=True, tokenize=False)
     return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
   def answers(self, prompts: Sequence[str]) -> list[str]:
