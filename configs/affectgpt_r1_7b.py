@@ -70,5 +70,7 @@ def get_config():
                     buckets=(128, 256, 512, 1024))
   c.eval.max_new_tokens = 512
   c.eval.batch_size = 16
+  c.unibench.max_new_tokens = 512    # MER-UniBench generation (launch.evaluate)
+  c.unibench.batch_size = 16
   c.checkpoint.save_every_steps = 500
   return c

@@ -13,6 +13,7 @@ from configs.checkpoint import get_checkpoint_config
 from configs.data import get_data_config
 from configs.grpo_loss import get_grpo_loss_config
 from configs.reward import get_reward_config
+from configs.unibench import get_unibench_config
 
 
 def get_config():
@@ -98,6 +99,8 @@ def get_config():
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 32
   c.eval.max_new_tokens = 80
+  # MER-UniBench evaluation (python -m launch.evaluate), at the demo's generation length.
+  c.unibench = get_unibench_config(batch_size=32, max_new_tokens=80)
 
   c.checkpoint = get_checkpoint_config()
   c.mesh = base.mesh_config(data=1, fsdp=-1, tensor=1)
