@@ -25,11 +25,15 @@ def test_rollout_and_grpo_step_json(tmp_path):
   common = [f"--hf_dir={ckpt}", f"--prompts={prompts}", "--num_generations=2",
             "--new_tokens=4"]
   out = _run("--bench=rollout", *common, "--runs=1", f"--tokens_out={tmp_path / 't.npy'}")
-  for key in ("tokens_per_s", "seconds", "compile_s"):
+  for key in ("tokens_per_s", "seconds", "compile_s", "flops", "achieved_tflops", "mfu"):
     assert out[key] > 0, key
+  assert "measured" in out["peak_source"]
   assert np.load(tmp_path / "t.npy").shape == (4, 4)
   out = _run("--bench=grpo_step", *common, "--steps=2", "--lora_rank=0",
              f"--json_out={tmp_path / 'g.json'}")
-  for key in ("step_s", "sequences_per_s", "tokens_per_s", "compile_s"):
+  for key in ("step_s", "sequences_per_s", "tokens_per_s", "compile_s", "flops", "mfu"):
     assert out[key] > 0, key
+  for phase in ("rollout", "reference", "update"):
+    assert out["phases"][phase]["flops"] > 0 and out["phases"][phase]["seconds"] >= 0, phase
+  assert sum(out["flops_by_phase"].values()) == out["flops"]
   assert json.loads((tmp_path / "g.json").read_text())["bench"] == "grpo_step"
