@@ -81,7 +81,12 @@ def test_plan_errors_name_the_fix():
     plan.run(config=demo, mesh="")
 
 
-def test_cli_without_config_fails_clearly():
-  r = _bench("--bench=plan", "--mesh=fsdp=2", devices=2)
-  assert r.returncode != 0
-  assert "--bench=plan needs --config=configs/X.py" in r.stderr
+def test_plan_sft_step():
+  n = jax.device_count()
+  config = tiny_plan.get_config()
+  config.sft.batch_size = n
+  out = plan.run(config=config, mesh=f"fsdp={n}", plan_step="sft")
+  assert out["step"] == "sft" and out["shapes"] == {"batch": n, "seq_len": 32, "micro_batches": 1}
+  assert out["memory_per_device"]["total_bytes"] > 0
+  f = out["analytic_flops"]      # LoRA: frozen matmuls 2x, adapters / attention / fusion 3x
+  assert 2 * f["forward"] < f["total"] < 3 * f["forward"]
