@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import statistics
 import time
 from typing import Any, Mapping
 
@@ -125,8 +124,10 @@ def measure_cpu_peak(sizes: tuple[int, ...] = CPU_PEAK_SIZES, reps: int = 3) -> 
 def peak(device: jax.Device | None = None) -> dict:
   """Peak FLOP/s of one device: {'flops_per_s', 'source', 'chip'}; flops_per_s None if unknown.
 
-  CPU: measured (measure_cpu_peak), for the whole host process's devices together when the host
-  is split into several XLA devices (they share the cores), so divide by nothing.
+  CPU: measured (measure_cpu_peak). A host split into several XLA devices (--cpu_devices) shares
+  its cores among them, so the measured figure is the peak of all of them together.
+  TPU / GPU: the chip's PEAK_BF16 entry times jax.device_count() (the work counted is the whole
+  program's, over every device).
   """
   device = device or jax.devices()[0]
   if device.platform == "cpu":

@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from affect_jax.bench import flops
 from affect_jax.models.qwen2 import Qwen2Config
