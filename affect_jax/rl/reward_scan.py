@@ -11,8 +11,8 @@ are kept few because XLA:CPU emits one kernel per loop output. Token ids are tim
    (for the format rule) and the first close tag after each open tag.
 2. `content_span`: where the answer (or think) content starts and ends, and the record rows
    of the tokens cut by its tags.
-3. `answer_scan` / `think_scan`: while loops over the content pieces, in row stages
-   (`staged_loop`: the longest rows run on after the short ones stop, gathered apart); per piece they gather the record, advance the label state and look up each label that a
+3. `answer_scan` / `think_scan`: while loops as long as the longest content of the batch;
+   per piece they gather the record, advance the label state and look up each label that a
    separator (or word break) closes in the perfect hash table; result: cluster sets per row.
 """
 from __future__ import annotations
@@ -27,8 +27,6 @@ from affect_jax.emotion import wheel as wheel_lib
 from affect_jax.rl import reward_tables as rt
 
 _U0 = np.uint32(0)
-# Row stages of the content loops (staged_loop): B, B/4, B/16 rows.
-STAGES = (4, 16)
 _FIELDS = np.array([((1 << b) - 1) << o for b, o in zip(rt.TAG_BITS, rt.TAG_OFFSETS)],
                    np.uint32)
 
@@ -328,49 +326,9 @@ def overflow(span: Span, cap: int):
   return (span_tokens(span) > cap) if cap > 0 else jnp.zeros_like(span.present)
 
 
-def _needs(span: Span, cap: int, n: int):
-  """Loop steps each row needs [B]: its content's tokens (at most cap, or n when cap is 0)."""
-  return jnp.minimum(span_tokens(span), cap if cap > 0 else n)
-
-
-def _rows(tree, rows):
-  return jax.tree.map(lambda x: x[..., rows], tree)
-
-
-def staged_loop(body, state, inputs, needs, stages=STAGES):
-  """Runs state = body(j, state, inputs) for j = 0, 1, ... until every row has had its needs
-  (int32[B]) steps; state and inputs are pytrees with rows on the last axis, and body must
-  leave a row's state as it is at the steps past its needs (the pieces past a content's end
-  are empty strings).
-
-  The rows are worked in stages so that short rows stop early: with stages (4, 16), all rows
-  run up to the step count that only B/4 rows exceed, then those B/4 rows (the longest)
-  continue up to the count that only B/16 exceed, then the B/16 longest finish. Each stage is
-  one while loop over a gathered [.., B/k] state; the cost is about the mean content length
-  instead of the longest.
-  """
-  batch = needs.shape[0]
-  sizes = [batch // k for k in stages if batch // k >= 1]
-  sizes = [m for i, m in enumerate(sizes) if m < (sizes[i - 1] if i else batch)]
-  steps = jnp.max(needs)
-
-  def run(state, inputs, lo, hi):
-    def step(c):
-      j, st = c
-      return j + 1, body(j, st, inputs)
-    return jax.lax.while_loop(lambda c: c[0] < hi, step, (lo, state))[1]
-
-  if not sizes:
-    return run(state, inputs, jnp.int32(0), steps)
-  top, order = jax.lax.top_k(needs, sizes[0] + 1)          # longest rows first
-  # Stage k + 1 starts where only its sizes[k] rows need more steps.
-  bounds = [jnp.minimum(top[m], steps) for m in sizes] + [steps]
-  state = run(state, inputs, jnp.int32(0), bounds[0])
-  for k, m in enumerate(sizes):
-    rows = order[:m]
-    part = run(_rows(state, rows), _rows(inputs, rows), bounds[k], bounds[k + 1])
-    state = jax.tree.map(lambda x, y: x.at[..., rows].set(y), state, part)
-  return state
+def _steps(span: Span, cap: int, n: int):
+  """Loop trip count: the longest content of the batch (at most cap, or n when cap is 0)."""
+  return jnp.minimum(jnp.max(span_tokens(span)), cap if cap > 0 else n)
 
 
 # ------------------------------------------------------------------------------------------
@@ -407,19 +365,19 @@ def answer_step(h, f, rec, transitions):
 
 def answer_scan(ids_t, span: Span, cap: int, tables):
   """Answer parser over the answer content's pieces -> (cluster set words uint32[B, W], item
-  count [B]). Loops (staged_loop) over piece index j as many steps as each row's answer has
-  tokens (at most `cap` when cap > 0): per step it gathers each row's record, advances the
-  label state, and looks up the label a separator closes. The loop state is three arrays
-  (XLA:CPU emits one kernel per loop output, so fewer outputs run faster).
+  count [B]). A while loop over piece index j runs as many steps as the longest answer of the
+  batch has tokens (at most `cap` when cap > 0): per step it gathers each row's record,
+  advances the label state, and looks up the label a separator closes. The loop state is
+  three arrays (XLA:CPU emits one kernel per loop output, so fewer outputs run faster).
   """
   n, batch = ids_t.shape
   a, n_cols = rt.A, len(rt.ANSWER_COLUMNS)
+  steps = _steps(span, cap, n)
   tokens = content_tokens(ids_t, span)
   brackets = bracket_rows(tokens, span, tables)
 
-  def body(j, c, inputs):
-    h, fc, words = c             # fc: label flags in bits 0-3, the item count above
-    tokens, span, brackets = inputs
+  def body(c):
+    j, h, fc, words = c          # fc: label flags in bits 0-3, the item count above
     row, ins = _piece_row(j, tokens, span, tables, brackets)
     rec = gather(tables.rec_answer, row).T                  # [cols + W, B]
     flags = rec[a["a_flags"]]
@@ -432,12 +390,13 @@ def answer_scan(ids_t, span: Span, cap: int, tables):
     count = (fc >> np.uint32(4)) + closed.astype(jnp.uint32) + jnp.where(
         ins, bits(flags, rt.F_COUNT, 8), _U0)
     inner = jnp.where(ins[None], rec[n_cols:], _U0)
-    return h, f | (count << np.uint32(4)), words | found | inner
+    return j + 1, h, f | (count << np.uint32(4)), words | found | inner
 
-  init = (jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
+  init = (jnp.int32(0), jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
           jnp.zeros((tables.num_words, batch), jnp.uint32))
-  h, fc, words = staged_loop(body, init, (tokens, span, brackets), _needs(span, cap, n))
-  # The last label ends with the content.
+  _, h, fc, words = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
+  # The last label ends with the content (rows shorter than the loop keep their state: the
+  # pieces past a content's end are empty strings).
   final_seen = span.present & (bits(fc, rt.S_SEEN) != 0)
   words = words | lookup_pairs(h, final_seen & (bits(fc, rt.S_BAD) == 0), tables)
   count = (fc >> np.uint32(4)).astype(jnp.int32) + final_seen.astype(jnp.int32)
@@ -446,14 +405,14 @@ def answer_scan(ids_t, span: Span, cap: int, tables):
 
 def think_scan(ids_t, span: Span, cap: int, tables):
   """Think parser over the think content's pieces -> cluster set words [W][B] of its words
-  (a staged loop as in answer_scan)."""
+  (a while loop as in answer_scan)."""
   n, batch = ids_t.shape
   t, n_cols = rt.T, len(rt.THINK_COLUMNS)
+  steps = _steps(span, cap, n)
   tokens = content_tokens(ids_t, span)
 
-  def body(j, c, inputs):
-    h, ne, words = c
-    tokens, span = inputs
+  def body(c):
+    j, h, ne, words = c
     row, ins = _piece_row(j, tokens, span, tables)
     rec = gather(tables.rec_think, row).T
     flags = rec[t["t_flags"]]
@@ -463,10 +422,10 @@ def think_scan(ids_t, span: Span, cap: int, tables):
     found = lookup_pairs(grown, brk & (grown_ne != 0), tables)
     h = jnp.where(brk[None], rec[t["tb_h1"]:t["tb_h1"] + 2], grown)
     ne = jnp.where(brk, bits(flags, rt.T_B_NONEMPTY), grown_ne)
-    return h, ne, words | found | jnp.where(ins[None], rec[n_cols:], _U0)
+    return j + 1, h, ne, words | found | jnp.where(ins[None], rec[n_cols:], _U0)
 
-  init = (jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
+  init = (jnp.int32(0), jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
           jnp.zeros((tables.num_words, batch), jnp.uint32))
-  h, ne, words = staged_loop(body, init, (tokens, span), _needs(span, cap, n))
+  _, h, ne, words = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
   words = words | lookup_pairs(h, span.present & (ne != 0), tables)
   return list(words)
