@@ -143,6 +143,39 @@ def shardings(boxed_tree: Any, mesh: Mesh, rules: Sequence) -> Any:
   return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, tuple(rules))
 
 
+def check_divisible(boxed_tree: Any, mesh: Mesh, rules: Sequence, *,
+                    where: str = "config.sharding_rules") -> None:
+  """Raises before compiling when a leaf's dimension cannot be split evenly over the mesh axes
+  its logical name maps to (e.g. vocab 1001 over tensor=2), naming the leaf, the rule and the fix.
+
+  Args:
+    boxed_tree: a tree from `init` or its eval_shape (LogicallyPartitioned leaves).
+  """
+  rules = tuple(rules)
+  names = logical_specs(boxed_tree)
+  flat_names = jax.tree_util.tree_flatten_with_path(
+      names, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]
+  flat_shapes = jax.tree.leaves(unbox(boxed_tree))
+  bad, logical_bad = [], []
+  for (path, spec), leaf in zip(flat_names, flat_shapes):
+    mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules) or PartitionSpec()
+    for dim, (logical, axes) in enumerate(zip(spec, mesh_spec)):
+      if axes is None:
+        continue
+      axes = axes if isinstance(axes, tuple) else (axes,)
+      ways = math.prod(mesh.shape[a] for a in axes)
+      if leaf.shape[dim] % ways:
+        bad.append(f"{jax.tree_util.keystr(path)} dim {dim} ('{logical}', size "
+                   f"{leaf.shape[dim]}) over {'x'.join(axes)} = {ways}")
+        logical_bad.append(logical)
+  if bad:
+    raise ValueError(
+        f"{len(bad)} parameter dimension(s) cannot be split evenly over the mesh "
+        f"{dict(mesh.shape)}: {'; '.join(bad[:4])}. Choose mesh sizes that divide them "
+        f"(config.mesh), or replicate that logical axis in {where} "
+        f"(e.g. [\"{logical_bad[0]}\", null]).")
+
+
 def named(mesh: Mesh, logical: Sequence[str | None], rules: Sequence) -> NamedSharding:
   """NamedSharding for one array whose axes have the given logical names."""
   spec = nn.logical_to_mesh_axes(tuple(logical), tuple(rules))

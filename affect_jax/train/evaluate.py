@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
-from affect_jax import sharding
+from affect_jax import distributed, sharding
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import metrics as metrics_lib
 from affect_jax.models import affectgpt
@@ -22,9 +22,13 @@ from affect_jax.rl import sampler
 
 
 def make_generate(config: affectgpt.AffectGPTConfig, sampling: sampler.SamplingConfig,
-                  use_lora: bool = True):
+                  use_lora: bool = True, mesh=None):
   """jitted (params, batch, rng) -> SampleOutput for a batch of multimodal prompts
-  (prompt_tokens int32[B, P], prompt_mask bool[B, P], video [B, F, Dv], audio [B, K, Da])."""
+  (prompt_tokens int32[B, P], prompt_mask bool[B, P], video [B, F, Dv], audio [B, K, Da]).
+
+  With a mesh the params and the batch keep their shardings (batch split on its rows) and the
+  output comes back replicated, so every process can read all completions.
+  """
 
   def gen(params, batch, rng):
     embeds = affectgpt.prompt_embeds(params, config, batch["prompt_tokens"], batch["video"],
@@ -34,7 +38,9 @@ def make_generate(config: affectgpt.AffectGPTConfig, sampling: sampler.SamplingC
                             use_lora=use_lora)
     return out
 
-  return jax.jit(gen)
+  if mesh is None:
+    return jax.jit(gen)
+  return jax.jit(gen, out_shardings=sharding.replicated(mesh))
 
 
 def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> tuple[dict, int]:
@@ -51,11 +57,19 @@ def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> tuple[dict, int]:
 
 def generate(params, generate_fn, batches: Iterable[Mapping[str, np.ndarray]], tokenizer,
              batch_size: int, seed: int = 0, mesh=None, rules=None) -> list[str]:
-  """Completion texts (special tokens dropped) for every real row of `batches`, in order."""
+  """Completion texts (special tokens dropped) for every real row of `batches`, in order.
+
+  With a mesh (and the rules), each batch goes in as global arrays split on the rows: every
+  process holds all of `batches` and feeds its own rows (distributed.local_rows), so
+  batch_size must be a multiple of the mesh's data x fsdp and of the process count.
+  """
   texts = []
   for i, batch in enumerate(batches):
     padded, n = pad_rows({k: v for k, v in batch.items() if k in
                           ("prompt_tokens", "prompt_mask", "video", "audio")}, batch_size)
+    if mesh is not None:
+      rows = distributed.local_rows(batch_size)
+      padded = distributed.global_batch({k: v[rows] for k, v in padded.items()}, mesh, rules)
     with sharding.active(mesh, rules):
       out = generate_fn(params, padded, jax.random.key(seed + i))
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)

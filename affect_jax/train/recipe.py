@@ -12,6 +12,15 @@
 5. GRPO on the rl split with the on-device EW reward (+ format), then held-out EW-F.
 The workdir gets checkpoints/{sft,grpo}/, metrics.jsonl, tensorboard/, curves.png and
 summary.json; rerunning with the same workdir resumes (finished phases are not redone).
+
+Every phase runs on the mesh of config.mesh (one axis may be -1 = all remaining devices) with
+config.sharding_rules: the parameters are initialised (or restored) straight onto their
+logical-axis shardings, the train state is placed with {sft,grpo}_step.state_shardings, the
+steps are jitted with explicit in / out shardings and a donated state, and each process feeds
+only its rows of every batch (distributed.global_batch). sft.batch_size,
+grpo.prompts_per_step and eval.batch_size are global (all processes together); `check_mesh`
+rejects ones the mesh cannot split before anything is compiled. On one device all of this is
+the identity: the demo's numbers do not depend on it.
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from affect_jax import sharding
+from affect_jax import distributed, sharding
 from affect_jax.checkpoints import manager
 from affect_jax.data import features as features_lib
 from affect_jax.data import pipeline, synthetic
@@ -72,6 +81,54 @@ class Prepared:
   meta: dict
   feature_stats: tuple   # (video mean, video std, audio mean, audio std)
   ew_tables: Any
+  mesh: jax.sharding.Mesh
+  rules: tuple           # config.sharding_rules, normalised
+  abstract: Any          # the params' ShapeDtypeStructs, boxed with their logical axis names
+  generate_fns: dict = dataclasses.field(default_factory=dict)   # sampling -> jitted generate
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+  """The (data, fsdp, tensor) mesh of config.mesh over `devices` (default: every device of
+  every process)."""
+  shape = dict(config.mesh)
+  try:
+    return sharding.make_mesh(shape, devices)
+  except ValueError as e:
+    n = jax.device_count() if devices is None else len(devices)
+    raise ValueError(f"config.mesh={shape}: {e} Set the sizes (--config.mesh.data=, "
+                     f"--config.mesh.fsdp=, --config.mesh.tensor=) to multiply to the {n} "
+                     "devices, or one of them to -1 (all remaining devices).") from None
+
+
+def check_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               phases: tuple[str, ...] = ("sft", "grpo")) -> None:
+  """Errors before anything is compiled: a phase's global batch (or micro-batch) that the
+  mesh's data x fsdp devices, or the processes, cannot split into equal parts."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  procs = jax.process_count()
+  mesh_text = ", ".join(f"{a}={n}" for a, n in mesh.shape.items())
+  batches = [("eval.batch_size", int(config.eval.batch_size), None, 1)]
+  if "sft" in phases:
+    batches.append(("sft.batch_size", int(config.sft.batch_size), "sft.micro_batches",
+                    int(config.sft.micro_batches)))
+  if "grpo" in phases:
+    batches.append(("grpo.prompts_per_step", int(config.grpo.prompts_per_step),
+                    "grpo_loss.micro_batches", int(config.grpo_loss.micro_batches)))
+  for name, rows, micro_name, micro in batches:
+    if micro < 1 or rows % micro:
+      raise ValueError(f"config.{name}={rows} is not a multiple of config.{micro_name}={micro}; "
+                       f"use a multiple of {micro} or another number of micro-batches.")
+    part = rows // micro
+    if part % shards:
+      what = (f"its micro-batches of {part} rows (/ config.{micro_name}={micro})"
+              if micro > 1 else "it")
+      raise ValueError(
+          f"config.{name}={rows}: {what} cannot be split over the mesh's data x fsdp = {shards} "
+          f"devices ({mesh_text}); set --config.{name} to a multiple of {shards * micro}, or "
+          f"change config.mesh so that data x fsdp divides {part}.")
+    if rows % procs:
+      raise ValueError(f"config.{name}={rows} cannot be split over the {procs} processes (each "
+                       f"feeds its own rows); use a multiple of {procs}.")
 
 
 def _build_datasets(dc: ml_collections.ConfigDict, root: pathlib.Path) -> dict:
@@ -141,23 +198,34 @@ def _model_config(config: ml_collections.ConfigDict, tok) -> affectgpt.AffectGPT
   return affectgpt.AffectGPTConfig.from_config(mc)
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Prepared:
-  """Datasets built, tokenizer, model config and parameters (random init, then
-  config.init_from when set), and the frozen encoders' features cached per split."""
+def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+            mesh: jax.sharding.Mesh | None = None) -> Prepared:
+  """Datasets built, tokenizer, model config and parameters on the mesh (random init, then
+  config.init_from when set, restored onto the params' shardings), and the frozen encoders'
+  features cached per split. mesh: default `make_mesh(config)`."""
+  mesh = make_mesh(config) if mesh is None else mesh
+  rules = sharding.rules_from_config(config.sharding_rules)
   dc = config.data
   root = pathlib.Path(dc.cache_dir or workdir / "data")
   datasets = _build_datasets(dc, root)
   tok = _tokenizer(config, root)
   model = _model_config(config, tok)
-  params = jax.jit(lambda k: sharding.unbox(affectgpt.init(model, k)))(jax.random.key(config.seed))
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(lambda k: affectgpt.init(model, k), rng)
+  sharding.check_divisible(abstract, mesh, rules)
+  param_sh = sharding.shardings(abstract, mesh, rules)
+  params = jax.jit(lambda k: sharding.unbox(affectgpt.init(model, k)),
+                   out_shardings=param_sh)(rng)
   init_from = config.get("init_from", "")
   if init_from:
     params = manager.load_initial_params(init_from, manager.abstract(params), init=params)
   key = features_lib.checkpoint_key(init_from or f"seed={config.seed}",
                                     json.dumps(model.vision.__dict__, sort_keys=True, default=str),
                                     json.dumps(model.audio.__dict__, sort_keys=True, default=str))
-  video_fn = jax.jit(lambda f: affectgpt.encode_video(params, model, f))
-  audio_fn = jax.jit(lambda w: affectgpt.encode_audio(params, model, w))
+  # The encoders read the frozen towers where they lie; every process gets all features back.
+  rep = sharding.replicated(mesh)
+  video_fn = jax.jit(lambda f: affectgpt.encode_video(params, model, f), out_shardings=rep)
+  audio_fn = jax.jit(lambda w: affectgpt.encode_audio(params, model, w), out_shardings=rep)
   sources, meta = {}, {}
   for phase, (path, split) in datasets.items():
     source, meta = mer.load_source(path, split)
@@ -167,7 +235,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Prepare
     sources[phase] = features_lib.FeatureSource(base, cache)
   stats = _feature_stats(sources["sft"], config.features.standardize)
   tables = wheel_lib.load_tables(config.ew_dir or None)
-  return Prepared(config, model, params, tok, sources, meta, stats, tables)
+  return Prepared(config, model, params, tok, sources, meta, stats, tables, mesh, rules,
+                  abstract)
 
 
 def _feature_stats(source, standardize: bool) -> tuple:
@@ -180,6 +249,7 @@ def _feature_stats(source, standardize: bool) -> tuple:
 
 
 def _to_device(prep: Prepared, keep: tuple[str, ...]):
+  """This process's rows of a batch -> the model inputs (standardised features), numpy."""
   vm, vs, am, as_ = prep.feature_stats
 
   def fn(batch: Mapping) -> dict:
@@ -189,6 +259,30 @@ def _to_device(prep: Prepared, keep: tuple[str, ...]):
     return out
 
   return fn
+
+
+def _to_mesh(prep: Prepared, keep: tuple[str, ...]):
+  """This process's rows of a batch -> global arrays split on the rows over (data, fsdp)."""
+  host = _to_device(prep, keep)
+  return lambda batch: distributed.global_batch(host(batch), prep.mesh, prep.rules)
+
+
+def _local_rows(rows: int) -> int:
+  """The rows of a global batch of `rows` that this process reads (check_mesh checked it)."""
+  part = distributed.local_rows(rows)
+  return part.stop - part.start
+
+
+def _place_state(state: dict, state_sh: Mapping) -> dict:
+  """Every state leaf on its sharding; leaves already there (the params) are not copied."""
+  return jax.device_put(state, dict(state_sh))
+
+
+def _batch_sharding(prep: Prepared) -> jax.sharding.NamedSharding:
+  """Rows over the 'batch' rule's mesh axes, every other axis whole: one sharding that serves
+  as the prefix of every batch leaf (a PartitionSpec shorter than the rank leaves the rest
+  replicated)."""
+  return sharding.named(prep.mesh, ("batch",), prep.rules)
 
 
 def _pipeline_cfg(base: ml_collections.ConfigDict, batch_size: int, seed: int, train: bool
@@ -207,16 +301,19 @@ def run_sft(prep: Prepared, workdir: pathlib.Path, params: Mapping) -> dict:
   c = prep.config
   policy = policy_lib.AffectGPTPolicy(prep.model)
   opt = optimizer(c.sft, c.sft.steps)
-  state = grpo_step.init_state(policy, params, opt, jax.random.key(c.seed + 1))
-  state.pop("reference", None)
+  state_sh = sft_step.state_shardings(policy, prep.abstract, opt, prep.mesh, prep.rules)
+  state = _place_state(sft_step.init_state(policy, params, opt, jax.random.key(c.seed + 1)),
+                       state_sh)
   loader = pipeline.sft_loader(prep.sources["sft"], prep.meta, prep.tokenizer, c.data,
-                               _pipeline_cfg(c.data.pipeline, c.sft.batch_size, c.seed, True))
+                               _pipeline_cfg(c.data.pipeline, _local_rows(c.sft.batch_size),
+                                             c.seed, True))
   step = sft_step.make_step(policy, opt, logprob_chunk=c.sft.logprob_chunk,
-                            micro_batches=c.sft.micro_batches)
+                            micro_batches=c.sft.micro_batches, mesh=prep.mesh, rules=prep.rules,
+                            state_sh=state_sh, batch_sh=_batch_sharding(prep))
   result = loop.train(phase="sft", step_fn=step, state=state, loader=loader,
                       total_steps=c.sft.steps, workdir=workdir, config=c,
                       log_every=c.sft.log_every,
-                      to_device=_to_device(prep, sft_step.BATCH_KEYS),
+                      to_device=_to_mesh(prep, sft_step.BATCH_KEYS),
                       tokens_per_step=lambda b: float(np.sum(b["attention_mask"])))
   return {"state": result.state, "preempted": result.preempted, "step": result.step}
 
@@ -250,16 +347,19 @@ def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping) -> di
       c.sampling, eos_ids=(specials["eos"],), pad_id=specials["pad"]))
   scfg = grpo_step.StepConfig(sampling, lcfg)
   opt = optimizer(c.grpo, c.grpo.steps)
-  state = grpo_step.init_state(policy, start_params, opt, jax.random.key(c.seed + 2))
+  state_sh = grpo_step.state_shardings(policy, prep.abstract, opt, prep.mesh, prep.rules)
+  state = _place_state(grpo_step.init_state(policy, start_params, opt,
+                                            jax.random.key(c.seed + 2)), state_sh)
   reward_fn, label_encoder = reward_fn_for(prep)
-  loader = pipeline.prompt_loader(prep.sources["grpo"], prep.meta, prep.tokenizer, c.data,
-                                  _pipeline_cfg(c.data.pipeline, c.grpo.prompts_per_step, c.seed + 1, True),
+  pcfg = _pipeline_cfg(c.data.pipeline, _local_rows(c.grpo.prompts_per_step), c.seed + 1, True)
+  loader = pipeline.prompt_loader(prep.sources["grpo"], prep.meta, prep.tokenizer, c.data, pcfg,
                                   label_encoder=label_encoder)
-  step = grpo_step.make_step(policy, scfg, opt, reward_fn)
+  step = grpo_step.make_step(policy, scfg, opt, reward_fn, mesh=prep.mesh, rules=prep.rules,
+                             state_sh=state_sh, batch_sh=_batch_sharding(prep))
   keys = ("prompt_tokens", "prompt_mask", "gt_ids", "n_gt")
   result = loop.train(phase="grpo", step_fn=step, state=state, loader=loader,
                       total_steps=c.grpo.steps, workdir=workdir, config=c,
-                      log_every=c.grpo.log_every, to_device=_to_device(prep, keys),
+                      log_every=c.grpo.log_every, to_device=_to_mesh(prep, keys),
                       tokens_per_step=None,
                       show=("reward", "reward/accuracy", "kl"))
   return {"state": result.state, "preempted": result.preempted, "step": result.step}
@@ -271,8 +371,11 @@ def run_eval(prep: Prepared, params: Mapping, workdir: pathlib.Path, tag: str, s
   sampling = sampler.SamplingConfig.from_dict(dict(
       c.sampling, greedy=True, max_new_tokens=c.eval.max_new_tokens, eos_ids=(specials["eos"],),
       pad_id=specials["pad"]))
-  loader = pipeline.prompt_loader(prep.sources["eval"], prep.meta, prep.tokenizer, c.data,
-                                  _pipeline_cfg(c.data.pipeline, c.eval.batch_size, c.seed, False))
+  # Every process reads the whole held-out split (and scores all of it); each feeds its own
+  # rows of every batch to the generation on the mesh.
+  pcfg = _pipeline_cfg(c.data.pipeline, c.eval.batch_size, c.seed, False)
+  pcfg.shard_index, pcfg.shard_count = 0, 1
+  loader = pipeline.prompt_loader(prep.sources["eval"], prep.meta, prep.tokenizer, c.data, pcfg)
   to_dev = _to_device(prep, ("prompt_tokens", "prompt_mask"))
   names, gt = [], []
   batches = []
@@ -282,12 +385,15 @@ def run_eval(prep: Prepared, params: Mapping, workdir: pathlib.Path, tag: str, s
     gt += [str(g) for g, keep in zip(batch["gt_text"], real) if keep]
     dev = to_dev(batch)
     batches.append({k: v[real] for k, v in dev.items()})
-  gen = evaluate.make_generate(prep.model, sampling)
-  texts = evaluate.generate(params, gen, batches, prep.tokenizer, c.eval.batch_size)
+  if sampling not in prep.generate_fns:     # one compiled generation for every evaluation
+    prep.generate_fns[sampling] = evaluate.make_generate(prep.model, sampling, mesh=prep.mesh)
+  texts = evaluate.generate(params, prep.generate_fns[sampling], batches, prep.tokenizer,
+                            c.eval.batch_size, mesh=prep.mesh, rules=prep.rules)
   scores = evaluate.score_open_set(gt, texts, prep.ew_tables)
-  with open(workdir / f"eval_{tag}.jsonl", "w", encoding="utf-8") as f:
-    for name, g, t in zip(names, gt, texts):
-      f.write(json.dumps({"name": name, "gt": g, "completion": t}) + "\n")
+  if jax.process_index() == 0:
+    with open(workdir / f"eval_{tag}.jsonl", "w", encoding="utf-8") as f:
+      for name, g, t in zip(names, gt, texts):
+        f.write(json.dumps({"name": name, "gt": g, "completion": t}) + "\n")
   log = run_logging.RunLog(workdir, 0, "eval", enabled=None)
   log.write(step, scores, model=tag)
   log.close()
@@ -295,19 +401,23 @@ def run_eval(prep: Prepared, params: Mapping, workdir: pathlib.Path, tag: str, s
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-        phases: tuple[str, ...] = ("sft", "grpo")) -> dict:
+        phases: tuple[str, ...] = ("sft", "grpo"), *,
+        mesh: jax.sharding.Mesh | None = None) -> dict:
   """The recipe (module doc) for `phases` ("sft", "grpo" or both); writes summary.json.
 
   With "grpo" alone, GRPO starts from the SFT checkpoint in <workdir>/checkpoints/sft, or from
   config.init_from (a launch.convert checkpoint or another run's workdir) when that is set.
+  mesh: default `make_mesh(config)` over every device (tests pass one over fewer devices).
   """
   unknown = [p for p in phases if p not in ("sft", "grpo")]
   if unknown or not phases:
     raise ValueError(f"phases {phases}: use 'sft', 'grpo' or both.")
   t0 = time.perf_counter()
+  mesh = make_mesh(config) if mesh is None else mesh
+  check_mesh(config, mesh, phases)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  prep = prepare(config, workdir)
+  prep = prepare(config, workdir, mesh)
   summary = {"prepare_s": time.perf_counter() - t0, "workdir": str(workdir),
              "eval_dataset": config.data.sources.eval.dataset,
              "eval_split": config.data.sources.eval.split, "eval_clips": len(prep.sources["eval"])}
@@ -340,5 +450,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
       summary["gain_ew_f"] = summary["grpo_eval_ew_f"] - summary["sft_eval_ew_f"]
   png = run_logging.plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
   summary.update(plot=str(png) if png else None, total_s=time.perf_counter() - t0)
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  if jax.process_index() == 0:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary

@@ -21,7 +21,7 @@ import optax
 
 from affect_jax import sharding
 from affect_jax.models.qwen2 import Qwen2
-from affect_jax.rl import losses, policy as policy_lib
+from affect_jax.rl import grpo_step, losses, policy as policy_lib
 from affect_jax.rl.logprobs import token_logprobs
 
 BATCH_KEYS = ("tokens", "attention_mask", "loss_mask")
@@ -61,6 +61,24 @@ def check_batch(policy: policy_lib.Policy, batch: Mapping, micro_batches: int, m
       raise ValueError(f"a micro-batch of {b // micro_batches} rows cannot be split over "
                        f"data x fsdp = {shards} devices; use a batch that is a multiple of "
                        f"{shards * micro_batches}.")
+
+
+def init_state(policy: policy_lib.Policy, params: Mapping,
+               optimizer: optax.GradientTransformation, rng: jax.Array) -> dict:
+  """grpo_step.init_state without 'reference' (SFT has no KL term), so one checkpoint format
+  serves both phases."""
+  state = grpo_step.init_state(policy, params, optimizer, rng)
+  state.pop("reference", None)
+  return state
+
+
+def state_shardings(policy: policy_lib.Policy, abstract_params: Mapping,
+                    optimizer: optax.GradientTransformation, mesh, rules) -> dict:
+  """NamedShardings of every leaf of `init_state`'s state (grpo_step.state_shardings without
+  'reference'), from the params' logical axis names."""
+  out = grpo_step.state_shardings(policy, abstract_params, optimizer, mesh, rules)
+  out.pop("reference", None)
+  return out
 
 
 def make_step(policy: policy_lib.Policy, optimizer: optax.GradientTransformation, *,
