@@ -172,7 +172,8 @@ def check_divisible(boxed_tree: Any, mesh: Mesh, rules: Sequence, *,
     raise ValueError(
         f"{len(bad)} parameter dimension(s) cannot be split evenly over the mesh "
         f"{dict(mesh.shape)}: {'; '.join(bad[:4])}. Choose mesh sizes that divide them "
-        f"(config.mesh), or replicate that logical axis in {where} "
+        f"(config.mesh), make the model dimension a multiple (model.llm.vocab_size may "
+        f"exceed the tokenizer's size), or replicate that logical axis in {where} "
         f"(e.g. [\"{logical_bad[0]}\", null]).")
 
 

@@ -1,0 +1,167 @@
+"""The recipe on the configured mesh: SFT + GRPO on 8 fake CPU devices equal 1 device, the state
+lies on the shardings the rules give, and a batch the mesh cannot split fails before compiling.
+
+The two runs are subprocesses (recipe_mesh_worker.py), started together so they share the CPUs:
+one with 1 device (what `python -m launch.grpo` runs by default), one with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 and config.mesh = (2, 2, 2).
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from affect_jax import sharding
+from affect_jax.train import recipe
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import recipe_mesh_worker as worker  # noqa: E402
+
+MESH = (2, 2, 2)
+# 8 devices sum in other orders than 1 device (sharded matmuls, all-reduces): float32 noise.
+RTOL, ATOL = 1e-5, 1e-6
+PARAM_ATOL = 2e-4     # AdamW turns float noise in near-zero gradients into steps of up to lr
+
+
+def _spec(*axes):
+  return [list(a) if isinstance(a, tuple) else a for a in axes]
+
+
+def _runs(tmp_path):
+  outs = {"one": tmp_path / "one", "mesh": tmp_path / "mesh"}
+  procs = {}
+  for name, out in outs.items():
+    out.mkdir()
+    mesh = "1,1,1" if name == "one" else ",".join(map(str, MESH))
+    procs[name] = subprocess.Popen([sys.executable, str(HERE / "recipe_mesh_worker.py"),
+                                    str(out), mesh], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+  logs = {name: p.communicate(timeout=900)[0] for name, p in procs.items()}
+  for name, p in procs.items():
+    assert p.returncode == 0, f"{name} run failed:\n{logs[name][-4000:]}"
+  return ({n: json.loads((o / "result.json").read_text()) for n, o in outs.items()},
+          {n: dict(np.load(o / "params.npz")) for n, o in outs.items()})
+
+
+@pytest.mark.slow
+def test_mesh_2x2x2_matches_one_device_and_shards_the_state(tmp_path):
+  results, params = _runs(tmp_path)
+  one, multi = results["one"], results["mesh"]
+  assert one["devices"] == 1 and multi["devices"] == 8
+  assert multi["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+
+  # Every logged record: same phases and steps, same numbers to float32 noise.
+  assert [(r["phase"], r["step"]) for r in one["records"]] == \
+      [(r["phase"], r["step"]) for r in multi["records"]]
+  assert [r["phase"] for r in one["records"]] == ["sft"] * 2 + ["eval"] + ["grpo"] * 2 + ["eval"]
+  worst = 0.0
+  for a, b in zip(one["records"], multi["records"]):
+    assert a.keys() == b.keys(), (a, b)
+    for k, v in a.items():
+      if isinstance(v, float):
+        np.testing.assert_allclose(b[k], v, rtol=RTOL, atol=ATOL, err_msg=f"{a['phase']} "
+                                   f"step {a['step']} {k}")
+        worst = max(worst, abs(b[k] - v))
+      else:
+        assert b[k] == v, (a["phase"], a["step"], k)
+  assert one["summary"] == multi["summary"]
+  print(f"largest |metric difference| 1 device vs {MESH}: {worst:.2e}")
+
+  # The final GRPO parameters.
+  assert params["one"].keys() == params["mesh"].keys()
+  diffs = {k: float(np.max(np.abs(params["one"][k] - params["mesh"][k]))) for k in params["one"]}
+  print(f"largest |param difference|: {max(diffs.values()):.2e} ({max(diffs, key=diffs.get)})")
+  assert max(diffs.values()) <= PARAM_ATOL, diffs
+
+  # The rules (sharding.DEFAULT_RULES): vocab -> tensor, embed -> fsdp, mlp / heads -> tensor,
+  # layers / lora replicated. As the training loop saved them and as restored onto the mesh.
+  # (trailing replicated axes dropped).
+  want = {
+      "trainable/llm/layers/mlp/gate_proj/lora_a": _spec(None, "fsdp"),            # embed, lora
+      "trainable/llm/layers/mlp/gate_proj/lora_b": _spec(None, None, "tensor"),    # lora, mlp
+      "trainable/llm/layers/mlp/down_proj/lora_b": _spec(None, None, "fsdp"),      # lora, embed
+      "trainable/llm/layers/self_attn/o_proj/lora_a": _spec(None, "tensor"),       # heads, lora
+      "trainable/fusion/video/proj/kernel": _spec(None, "fsdp"),
+      "rng": [],
+  }
+  assert multi["saved_specs"] == want
+  assert multi["restored_specs"] == want
+
+
+def test_a_batch_the_mesh_cannot_split_fails_before_compiling(tmp_path):
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (tests/conftest.py fakes them)")
+  c = worker.tiny_config((2, 4, 1))
+  c.sft.batch_size = 12
+  with pytest.raises(ValueError, match=r"config\.sft\.batch_size=12.*data x fsdp = 8.*"
+                                       r"--config\.sft\.batch_size to a multiple of 8"):
+    recipe.run(c, tmp_path / "run")
+  assert not (tmp_path / "run").exists()       # nothing built, nothing compiled
+  c = worker.tiny_config((2, 4, 1))
+  c.grpo_loss.micro_batches = 2                # 8 prompts -> micro-batches of 4 over 8 devices
+  with pytest.raises(ValueError, match=r"config\.grpo\.prompts_per_step=8: its micro-batches "
+                                       r"of 4 rows.*multiple of 16"):
+    recipe.check_mesh(c, recipe.make_mesh(c))
+  c = worker.tiny_config((2, 4, 1))
+  c.eval.batch_size = 4
+  with pytest.raises(ValueError, match=r"config\.eval\.batch_size=4"):
+    recipe.check_mesh(c, recipe.make_mesh(c), phases=("sft",))
+  c = worker.tiny_config((3, 1, 1))
+  with pytest.raises(ValueError, match=r"config\.mesh=.*-1"):
+    recipe.make_mesh(c)
+
+
+def test_a_parameter_the_mesh_cannot_split_names_the_rule():
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (tests/conftest.py fakes them)")
+  from affect_jax.models import qwen2
+  from affect_jax.models.lora import LoraConfig
+  cfg = qwen2.Qwen2Config(vocab_size=651, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=64, lora=LoraConfig(rank=0))
+  abstract = qwen2.abstract_params(cfg)           # boxed: logical axis names kept
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  with pytest.raises(ValueError, match=r"embed_tokens.*'vocab', size 651\) over tensor = 2.*"
+                                       r"\[\"vocab\", null\]"):
+    sharding.check_divisible(abstract, mesh, sharding.DEFAULT_RULES)
+  sharding.check_divisible(abstract, sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}),
+                           sharding.DEFAULT_RULES)
+
+
+def test_state_placement_follows_the_rules_and_keeps_placed_params():
+  """recipe._place_state on (2, 2, 2): params initialised on their shardings stay where they are
+  (same buffers), the optimizer state follows its parameter, step and rng are replicated."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (tests/conftest.py fakes them)")
+  import optax
+  from affect_jax.models import qwen2
+  from affect_jax.models.lora import LoraConfig
+  from affect_jax.rl import grpo_step, policy as policy_lib
+  from affect_jax.train import sft_step
+  cfg = qwen2.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=64, lora=LoraConfig(rank=0))
+  policy = policy_lib.TextPolicy(cfg)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rules = sharding.DEFAULT_RULES
+  abstract = qwen2.abstract_params(cfg)           # boxed: logical axis names kept
+  params = jax.device_put(qwen2.init_params(cfg, jax.random.key(0)),
+                          sharding.shardings(abstract, mesh, rules))
+  opt = optax.adamw(1e-3)
+  for steps, init in ((sft_step, sft_step.init_state), (grpo_step, grpo_step.init_state)):
+    state_sh = steps.state_shardings(policy, abstract, opt, mesh, rules)
+    state = recipe._place_state(init(policy, params, opt, jax.random.key(1)), state_sh)
+    assert ("reference" in state) == (steps is grpo_step)
+    emb = state["trainable"]["embed_tokens"]["embedding"]
+    assert emb is params["embed_tokens"]["embedding"]                 # not copied
+    assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    gate = state["trainable"]["layers"]["mlp"]["gate_proj"]["kernel"]
+    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    mu = state["opt_state"][0].mu["layers"]["mlp"]["gate_proj"]["kernel"]
+    assert mu.sharding.spec == gate.sharding.spec
+    assert state["rng"].sharding.spec == jax.sharding.PartitionSpec()
+    assert state["step"].sharding.is_fully_replicated and len(state["step"].sharding.device_set) == 8
