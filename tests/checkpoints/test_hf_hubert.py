@@ -42,14 +42,22 @@ def _save(model_cls, kwargs, path, seed):
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-  return {name: tmp_path_factory.mktemp(name) for name in ("base", "large")}
+def saved(tmp_path_factory):
+  """(folders, models): both HF checkpoints written once per module, whichever test runs
+  first (under xdist any test may be a worker's first)."""
+  dirs = {name: tmp_path_factory.mktemp(name) for name in ("base", "large")}
+  return dirs, {"base": _save(transformers.HubertModel, BASE, dirs["base"], 0),
+                "large": _save(transformers.HubertModel, LARGE, dirs["large"], 1)}
 
 
 @pytest.fixture(scope="module")
-def models(dirs):
-  return {"base": _save(transformers.HubertModel, BASE, dirs["base"], 0),
-          "large": _save(transformers.HubertModel, LARGE, dirs["large"], 1)}
+def dirs(saved):
+  return saved[0]
+
+
+@pytest.fixture(scope="module")
+def models(saved):
+  return saved[1]
 
 
 def _tensors(hf_dir):
