@@ -57,7 +57,8 @@ def tiny_config(mesh: tuple[int, int, int]):
   c.model.llm.vocab_size = 1024      # >= the demo tokenizer; even, so tensor=2 splits it
   c.model.llm.lora = base.lora_config(4, 8.0, 0.0)
   c.features.batch_size = 8
-  c.sft.steps, c.sft.batch_size, c.sft.log_every, c.sft.warmup_steps = 2, 8, 1, 1
+  c.sft.steps, c.sft.batch_size, c.sft.log_every = 2, 8, 1
+  c.sft.end_learning_rate = None      # constant rate: both steps update (no warmup)
   c.grpo.steps, c.grpo.prompts_per_step, c.grpo.log_every = 2, 8, 1
   c.grpo.learning_rate = 1e-3
   c.grpo_loss.num_generations = 2

@@ -24,7 +24,7 @@ import recipe_mesh_worker as worker  # noqa: E402
 MESH = (2, 2, 2)
 # 8 devices sum in other orders than 1 device (sharded matmuls, all-reduces): float32 noise.
 RTOL, ATOL = 1e-5, 1e-6
-PARAM_ATOL = 2e-4     # AdamW turns float noise in near-zero gradients into steps of up to lr
+PARAM_ATOL = 5e-5     # observed 5e-6; AdamW can turn float noise in ~0 gradients into lr steps
 
 
 def _spec(*axes):
