@@ -33,8 +33,7 @@ def run(mesh, distributed=None, steps=2):
   scfg = grpo_step.StepConfig(sampler.SamplingConfig(max_new_tokens=8, buckets=(8,)), lcfg)
   opt = optax.sgd(0.5)
   rules = sharding.DEFAULT_RULES
-  abstract = jax.eval_shape(lambda: qwen2.init_params(cfg, jax.random.key(0)))
-  state_sh = grpo_step.state_shardings(policy, abstract, opt, mesh, rules)
+  state_sh = grpo_step.state_shardings(policy, qwen2.abstract_params(cfg), opt, mesh, rules)
   state = grpo_step.init_state(policy, params, opt, jax.random.key(3))
   state = dist.put(state, state_sh)
   rng = np.random.default_rng(0)

@@ -65,8 +65,9 @@ def _run(policy, params, scfg, batch, opt, steps, mesh=None):
   state = grpo_step.init_state(policy, params, opt, jax.random.key(3))
   kwargs = {}
   if mesh is not None:
-    abstract = jax.eval_shape(lambda: qwen2.init_params(policy.config, jax.random.key(0)))
-    state_sh = grpo_step.state_shardings(policy, abstract, opt, mesh, rules)
+    # Boxed abstract params keep the logical axis names, so the weights really shard.
+    state_sh = grpo_step.state_shardings(policy, qwen2.abstract_params(policy.config), opt,
+                                         mesh, rules)
     batch_sh = grpo_step.batch_shardings(batch, mesh, rules)
     state = jax.device_put(state, state_sh)
     batch = jax.device_put(batch, batch_sh)
@@ -90,6 +91,11 @@ def test_mesh_2x2x2_matches_one_device(rank):
                     mesh=sharding.make_mesh({"fsdp": 1}, jax.devices()[:1]))
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   multi, h8 = _run(policy, params, scfg, batch, opt, 2, mesh=mesh)
+  sharded = [s.spec for s in jax.tree.leaves(
+      grpo_step.state_shardings(policy, qwen2.abstract_params(policy.config), opt, mesh,
+                                sharding.DEFAULT_RULES)["trainable" if rank == 0 else "frozen"],
+      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))]
+  assert any(any(axis is not None for axis in spec) for spec in sharded), sharded
   for a, b in zip(h1, h8):
     assert a["reward"] == b["reward"]          # same samples
     for k in ("loss", "kl", "entropy", "grad_norm"):
