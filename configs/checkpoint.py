@@ -8,6 +8,8 @@ every array on restore, save and stop cleanly on SIGTERM (what schedulers send b
 """
 import ml_collections
 
+from configs import overrides as overrides_lib
+
 
 def get_checkpoint_config(**overrides) -> ml_collections.ConfigDict:
   """The checkpoint section; keyword arguments override fields (e.g. `keep=5`)."""
@@ -31,11 +33,7 @@ def get_checkpoint_config(**overrides) -> ml_collections.ConfigDict:
   c.preemption_signals = ("SIGTERM",)
   # Several processes agree on stopping every this many steps (one tiny all-gather each time).
   c.preemption_sync_every_steps = 1
-  for key, value in overrides.items():
-    if key not in c:
-      raise ValueError(f"get_checkpoint_config({key}=...): unknown field; known: {sorted(c)}.")
-    c[key] = value
-  return c
+  return overrides_lib.apply(c, overrides, "get_checkpoint_config")
 
 
 def get_config() -> ml_collections.ConfigDict:

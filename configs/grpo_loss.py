@@ -7,6 +7,8 @@ G = 8, beta = 0.04, clip epsilon 0.2, max completion 1024, advantage (r - mean_g
 """
 import ml_collections
 
+from configs import overrides as overrides_lib
+
 
 def get_grpo_loss_config(**overrides) -> ml_collections.ConfigDict:
   """The GRPO loss section; keyword arguments override fields (e.g. `beta=0.0`)."""
@@ -36,8 +38,4 @@ def get_grpo_loss_config(**overrides) -> ml_collections.ConfigDict:
   c.logprob_chunk = 256
   # Micro-batches of the rollout batch per gradient (lax.scan, gradients summed exactly).
   c.micro_batches = 1
-  for key, value in overrides.items():
-    if key not in c:
-      raise ValueError(f"get_grpo_loss_config({key}=...): unknown field; known: {sorted(c)}.")
-    c[key] = value
-  return c
+  return overrides_lib.apply(c, overrides, "get_grpo_loss_config")

@@ -7,6 +7,8 @@ no length penalty.
 """
 import ml_collections
 
+from configs import overrides as overrides_lib
+
 
 def get_reward_config(**overrides) -> ml_collections.ConfigDict:
   """The reward section; keyword arguments override fields (e.g. `penalty="p2"`)."""
@@ -34,11 +36,7 @@ def get_reward_config(**overrides) -> ml_collections.ConfigDict:
   c.max_gt_labels = 16   # width of the padded ground-truth arrays
   # Two odd bases of the 2 x 32-bit polynomial label hash.
   c.hash_bases = (0x01000193, 0x5BD1E995)
-  for key, value in overrides.items():
-    if key not in c:
-      raise ValueError(f"get_reward_config({key}=...): unknown field; known: {sorted(c)}.")
-    c[key] = value
-  return c
+  return overrides_lib.apply(c, overrides, "get_reward_config")
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,6 +9,8 @@ surface forms in the text) or from a local LLM with the official extraction sett
 """
 import ml_collections
 
+from configs import overrides as overrides_lib
+
 # The 9 sets in the order of the paper's table (keys of affect_jax/data/builders/mer.py UNIBENCH).
 SETS = ("mer2023", "mer2024", "meld", "iemocapfour", "cmumosi", "cmumosei", "sims", "simsv2",
         "ovmerdplus")
@@ -45,11 +47,7 @@ def llm_config(**overrides) -> ml_collections.ConfigDict:
   c.label_prompt = LABEL_PROMPT
   c.sentiment_prompt = SENTIMENT_PROMPT
   c.sentiments = ("positive", "negative", "neutral")
-  for key, value in overrides.items():
-    if key not in c:
-      raise ValueError(f"llm_config({key}=...): unknown field; known: {sorted(c)}.")
-    c[key] = value
-  return c
+  return overrides_lib.apply(c, overrides, "llm_config")
 
 
 def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
@@ -85,11 +83,7 @@ def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
                  "doesn’t", "didn’t")
   c.negation_window = 2
   c.llm = llm_config()
-  for key, value in overrides.items():
-    if key not in c:
-      raise ValueError(f"get_unibench_config({key}=...): unknown field; known: {sorted(c)}.")
-    c[key] = value
-  return c
+  return overrides_lib.apply(c, overrides, "get_unibench_config")
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,21 +1,14 @@
 """launch.benchmark --bench=rollout / grpo_step on a tiny checkpoint: the DESIGN.md JSON contract."""
 import json
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 
+import bench_testlib as bench
 import qwen2_testlib as lib
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(*args):
-  r = subprocess.run([sys.executable, "-m", "launch.benchmark", *args], cwd=ROOT,
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return json.loads(r.stdout.strip().splitlines()[-1])
+  return bench.last_json(bench.run(*args))
 
 
 def test_rollout_and_grpo_step_json(tmp_path):

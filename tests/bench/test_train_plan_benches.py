@@ -2,33 +2,17 @@
 and config, and bad input (unknown mesh axis, a mesh that does not divide the devices, no
 --config) failing with errors that name the fix."""
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+import bench_testlib as bench
 import qwen2_testlib as lib
 from affect_jax.bench import plan
 from configs import tiny_plan
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _bench(*args, devices=None):
-  env = dict(os.environ)
-  if devices is not None:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return subprocess.run([sys.executable, "-m", "launch.benchmark", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def _json(r):
-  assert r.returncode == 0, r.stderr[-3000:]
-  return json.loads(r.stdout.strip().splitlines()[-1])
+_bench, _json = bench.run, bench.last_json
 
 
 def test_train_step_json(tmp_path):
