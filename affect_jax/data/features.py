@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from typing import Any, Callable, Mapping
 
 import jax
@@ -32,6 +33,11 @@ import ml_collections
 import numpy as np
 
 from affect_jax.data import pipeline
+
+# Guards the lazy open of the cache: grain's reader threads may ask at once, and CPython 3.11's
+# ast.literal_eval (np.load parses the .npy header with it) is not thread-safe before 3.11.8
+# ("AST constructor recursion depth mismatch", CPython gh-106905).
+_OPEN_LOCK = threading.Lock()
 
 MEDIA_KEYS = ("frames", "audio", "visual_path", "audio_path")
 EncoderFn = Callable[[np.ndarray], Any]
@@ -155,8 +161,10 @@ class FeatureSource:
   def _open(self) -> tuple[np.ndarray, np.ndarray]:
     """The memory-mapped arrays, opened on first use (and anew in each worker process)."""
     if self._arrays is None:
-      self._arrays = tuple(np.load(os.path.join(self._path, f), mmap_mode="r")
-                           for f in ("video.npy", "audio.npy"))
+      with _OPEN_LOCK:
+        if self._arrays is None:
+          self._arrays = tuple(np.load(os.path.join(self._path, f), mmap_mode="r")
+                               for f in ("video.npy", "audio.npy"))
     return self._arrays
 
   def __getstate__(self) -> dict[str, Any]:
