@@ -377,29 +377,37 @@ def answer_scan(ids_t, span: Span, cap: int, tables):
   brackets = bracket_rows(tokens, span, tables)
 
   def body(c):
-    j, h, fc, words = c          # fc: label flags in bits 0-3, the item count above
-    row, ins = _piece_row(j, tokens, span, tables, brackets)
+    # fc: label flags in bits 0-3, "pend holds a label to look up" in bit 4, the item count
+    # above. Two values are computed one step ahead and carried, so that the gathers read
+    # stored arrays instead of recomputing their index for every gathered column: the record
+    # row of the next piece, and the hash of the label this step closed (looked up next step).
+    # A piece outside the content is the empty-string row V, which changes nothing.
+    j, h, fc, words, pend, row = c
+    found = lookup_pairs(pend, bits(fc, 4) != 0, tables)
     rec = gather(tables.rec_answer, row).T                  # [cols + W, B]
     flags = rec[a["a_flags"]]
-    sep = ins & (bits(flags, rt.F_SEP) != 0)
+    sep = bits(flags, rt.F_SEP) != 0
     closing_h, closing_f = answer_step(h, fc & np.uint32(15), rec, tables.transitions)
     closed = sep & (bits(closing_f, rt.S_SEEN) != 0)
-    found = lookup_pairs(closing_h, closed & (bits(closing_f, rt.S_BAD) == 0), tables)
+    look = closed & (bits(closing_f, rt.S_BAD) == 0)
     h = jnp.where(sep[None], rec[a["f_h1"]:a["f_h1"] + 2], closing_h)
     f = jnp.where(sep, rec[a["f_state"]], closing_f)
-    count = (fc >> np.uint32(4)) + closed.astype(jnp.uint32) + jnp.where(
-        ins, bits(flags, rt.F_COUNT, 8), _U0)
-    inner = jnp.where(ins[None], rec[n_cols:], _U0)
-    return j + 1, h, f | (count << np.uint32(4)), words | found | inner
+    count = (fc >> np.uint32(5)) + closed.astype(jnp.uint32) + bits(flags, rt.F_COUNT, 8)
+    fc = f | (look.astype(jnp.uint32) << np.uint32(4)) | (count << np.uint32(5))
+    next_row = _piece_row(j + 1, tokens, span, tables, brackets)[0]
+    return j + 1, h, fc, words | found | rec[n_cols:], closing_h, next_row
 
   init = (jnp.int32(0), jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
-          jnp.zeros((tables.num_words, batch), jnp.uint32))
-  _, h, fc, words = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
+          jnp.zeros((tables.num_words, batch), jnp.uint32), jnp.zeros((2, batch), jnp.uint32),
+          _piece_row(jnp.int32(0), tokens, span, tables, brackets)[0])
+  _, h, fc, words, pend, _ = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
   # The last label ends with the content (rows shorter than the loop keep their state: the
-  # pieces past a content's end are empty strings).
+  # pieces past a content's end are empty strings); the last closed label is still pending.
   final_seen = span.present & (bits(fc, rt.S_SEEN) != 0)
-  words = words | lookup_pairs(h, final_seen & (bits(fc, rt.S_BAD) == 0), tables)
-  count = (fc >> np.uint32(4)).astype(jnp.int32) + final_seen.astype(jnp.int32)
+  both = lookup_pairs(jnp.concatenate([pend, h], axis=1), jnp.concatenate(
+      [bits(fc, 4) != 0, final_seen & (bits(fc, rt.S_BAD) == 0)]), tables)
+  words = words | both[:, :batch] | both[:, batch:]
+  count = (fc >> np.uint32(5)).astype(jnp.int32) + final_seen.astype(jnp.int32)
   return list(words), count
 
 
