@@ -7,8 +7,9 @@ that partly overlap the answer. They are tokenized once (default: the byte-level
 built from the wheel vocabulary, reward_tables.wheel_tokenizer) and padded to the longest.
 
 - device_samples_per_s: batch / median steady-state seconds of the jitted reward (the same
-  `rewards.completion_rewards` the GRPO step calls), compile time reported apart (compile_s);
-  with several devices (e.g. --cpu_devices=2) the batch is split over them.
+  `rewards.row_local_rewards` the GRPO step calls), compile time reported apart (compile_s);
+  with several devices (e.g. --cpu_devices=2) the rows are split over them and each device
+  scores its own.
 - host_samples_per_s: the plain-Python per-sample implementation of the official metric
   (metrics.official_completion_reward: parse <answer>, map every label through the format /
   synonym / wheel dicts with sorted candidates, as the official code does) on the same
@@ -89,17 +90,20 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
   device_tables = reward_tables.to_device(
       reward_tables.build_reward_tables(tokenizer, tables, bases=cfg.hash_bases))
   table_build_s = time.perf_counter() - start
-  fn = jax.jit(lambda t, i, l, g, n: rewards.completion_rewards(i, l, g, n, t, cfg))
   args = [ids, lengths, gt_ids, n_gt]
   devices = jax.devices()
   if len(devices) > 1 and batch % len(devices) == 0:
+    # Rows split over the devices, each scoring its own (rewards.row_local_rewards), as in
+    # the GRPO step.
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     args = [jax.device_put(a, rows) for a in args]
     device_tables = jax.device_put(device_tables, jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
   else:
+    mesh = None
     args = [jax.device_put(a) for a in args]
+  fn = jax.jit(lambda t, i, l, g, n: rewards.row_local_rewards(i, l, g, n, t, cfg, mesh=mesh))
   device_timing, out = timing.time_jitted(fn, device_tables, *args, runs=runs)
   accuracy = np.asarray(out["accuracy"])
 

@@ -291,6 +291,33 @@ def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
               precision=precision, recall=recall, scored=scored, hits=hits)
 
 
+def row_local_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables, cfg: RewardConfig,
+                      *, mesh=None, batch_axes=None) -> dict:
+  """`completion_rewards` with every device scoring only its own rows (jittable).
+
+  The reward is per row, so under a mesh it runs inside `jax.shard_map` over the batch: no
+  collective, and each device's loops run as long as its own longest content (not the batch's).
+  batch_axes: the mesh axes the rows are split over (a name, a tuple of names, or None for
+  all of the mesh's axes); the row count must be a multiple of their size. The tables are
+  replicated. Without a mesh (or on one device) this is `completion_rewards` itself.
+  """
+  if mesh is None or mesh.size == 1:
+    return completion_rewards(ids, lengths, gt_ids, n_gt, tables, cfg)
+  if batch_axes is None:
+    batch_axes = tuple(mesh.axis_names)
+  axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+  shards = int(np.prod([mesh.shape[a] for a in axes]))
+  if ids.shape[0] % shards:
+    raise ValueError(f"reward batch of {ids.shape[0]} rows cannot be split over mesh axes "
+                     f"{axes} ({shards} devices); use a multiple of {shards} rows.")
+  rows = jax.sharding.PartitionSpec(axes if len(axes) > 1 else axes[0])
+  local = jax.shard_map(
+      lambda i, l, g, n, t: completion_rewards(i, l, g, n, t, cfg), mesh=mesh,
+      in_specs=(rows, rows, rows, rows, jax.sharding.PartitionSpec()), out_specs=rows,
+      check_vma=False)
+  return local(ids, lengths, gt_ids, n_gt, tables)
+
+
 def make_reward_fn(tables: rt.RewardTables, cfg: RewardConfig):
   """A jitted fn(ids, lengths, gt_ids, n_gt) -> dict of reward terms, tables closed over."""
   return jax.jit(lambda ids, lengths, gt_ids, n_gt: completion_rewards(

@@ -324,9 +324,15 @@ def reward_fn_for(prep: Prepared):
   tables = reward_tables.to_device(reward_tables.build_reward_tables(prep.tokenizer,
                                                                      prep.ew_tables))
 
+  # Each device scores its own rows (shard_map over the batch axes): no collective, and the
+  # parsers loop only as long as the device's own longest answer.
+  batch_axes = sharding.named(prep.mesh, ("batch",), prep.rules).spec
+  batch_axes = batch_axes[0] if len(batch_axes) else None
+
   def reward_fn(tokens, lengths, rows):
-    terms = rewards.completion_rewards(tokens, lengths, rows["gt_ids"], rows["n_gt"], tables,
-                                       rcfg)
+    terms = rewards.row_local_rewards(
+        tokens, lengths, rows["gt_ids"], rows["n_gt"], tables, rcfg,
+        mesh=prep.mesh if batch_axes else None, batch_axes=batch_axes)
     metrics = {k: jnp.mean(terms[k].astype(jnp.float32))
                for k in ("accuracy", "format", "alignment", "dual", "penalty", "n_pred")}
     return terms["total"], metrics

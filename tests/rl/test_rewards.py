@@ -280,6 +280,37 @@ def test_tables_as_jit_arguments(demo):
   assert 0.0 < float(out["accuracy"][0]) <= 1.0
 
 
+def test_row_local_rewards_on_a_mesh_equal_one_device(demo):
+  """Each device scoring its own rows (shard_map, per-device loop lengths) changes nothing."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (fake) devices")
+  tokenizer = _tokenizer("bpe", demo)
+  rng = np.random.default_rng(3)
+  surfaces = list(demo.surfaces)
+  # Rows of very different lengths, so the devices' loops run different trip counts.
+  texts = [ew_testlib.random_completion(rng, surfaces) for _ in range(30)] + [
+      "<think>x</think><answer>" + ", ".join(surfaces[:12]) + "</answer>", "no tags"]
+  gts = [", ".join(rng.choice(surfaces, size=int(rng.integers(1, 4)))) for _ in texts]
+  ids, lengths = ew_testlib.encode(tokenizer, texts)
+  gt_ids, n_gt = rewards.gt_arrays(gts, demo, CFG.max_gt_labels)
+  tables = reward_tables.to_device(reward_tables.build_reward_tables(tokenizer, demo))
+  single = jax.device_get(rewards.make_reward_fn(tables, CFG)(ids, lengths, gt_ids, n_gt))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "fsdp"))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  args = [jax.device_put(a, rows) for a in (ids, lengths, gt_ids, n_gt)]
+  fn = jax.jit(lambda i, l, g, n: rewards.row_local_rewards(
+      i, l, g, n, tables, CFG, mesh=mesh, batch_axes=("data", "fsdp")))
+  out = fn(*args)
+  assert out["total"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  out = jax.device_get(out)
+  assert set(out) == set(single)
+  for key in single:
+    np.testing.assert_array_equal(out[key], single[key], err_msg=key)
+  with pytest.raises(ValueError, match="multiple of 8 rows"):
+    rewards.row_local_rewards(ids[:6], lengths[:6], gt_ids[:6], n_gt[:6], tables, CFG,
+                              mesh=mesh, batch_axes=("data", "fsdp"))
+
+
 def test_non_concatenating_tokenizer_is_rejected(demo):
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers
   from transformers import PreTrainedTokenizerFast
