@@ -58,6 +58,8 @@ def define_flags():
   flags.DEFINE_integer("num_generations", 4, "Completions per prompt.")
   flags.DEFINE_integer("new_tokens", 128, "New tokens per completion.")
   flags.DEFINE_bool("greedy", True, "Greedy decoding (rollout).")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Parameter and compute dtype of "
+                    "the checkpoint (rollout, grpo_step; default: the checkpoint's config).")
   flags.DEFINE_string("tokens_out", None, "Write the rollout tokens here (.npy).")
   flags.DEFINE_integer("steps", 6, "Steps (grpo_step, train_step).")
   flags.DEFINE_integer("lora_rank", 0, "LoRA rank; 0 = full fine-tuning.")
@@ -73,7 +75,7 @@ def define_flags():
 
 _SHARED = ("batch", "ew_dir", "tokenizer_dir", "runs", "host_samples", "seed", "hf_dir",
            "prompts", "num_generations", "new_tokens", "greedy", "tokens_out", "steps",
-           "lora_rank", "seq_len", "logprob_chunk", "mesh", "plan_step")
+           "lora_rank", "seq_len", "logprob_chunk", "mesh", "plan_step", "dtype")
 
 
 def resolve(name: str):

@@ -7,7 +7,9 @@ one warm-up (compile) call, then `runs` timed calls; tokens/s = rows * N / media
 flops / achieved_tflops / mfu: the generation's analytic FLOPs (affect_jax/bench/flops.py
 rollout: one prefill per prompt, N - 1 decode steps attending the growing cache) over the median
 seconds, against flops.peak() (peak_source says which: measured matmul peak on CPU, the vendor's
-dense bf16 figure on TPU / GPU).
+dense bf16 figure on TPU / GPU). ceiling_tokens_per_s: the tokens/s at MFU 1, i.e. the analytic
+FLOPs done at that peak (the compute roofline; what any implementation of the same generation
+can reach on this machine at most).
 """
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ def run(*, hf_dir: str, prompts: str, num_generations: int = 4, new_tokens: int 
       "flops": count["total_flops"], "prefill_flops": count["prefill_flops"],
       "decode_flops": count["decode_flops"], "achieved_tflops": util["achieved_tflops"],
       "mfu": util["mfu"], "peak_flops": peak["flops_per_s"], "peak_source": peak["source"],
+      "ceiling_tokens_per_s": (rows * new_tokens * peak["flops_per_s"] / count["total_flops"]
+                               if peak["flops_per_s"] else None),
       "bench": "rollout", "tokens_per_s": rows * new_tokens / seconds, "seconds": seconds,
       "compile_s": compile_s, "first_call_s": first_s, "run_seconds": times, "rows": rows,
       "new_tokens": new_tokens, "prompt_len": int(ids.shape[1]), "greedy": greedy,

@@ -21,7 +21,12 @@ def test_rollout_and_grpo_step_json(tmp_path):
   for key in ("tokens_per_s", "seconds", "compile_s", "flops", "achieved_tflops", "mfu"):
     assert out[key] > 0, key
   assert "measured" in out["peak_source"]
+  # The compute roofline: tokens/s at MFU 1 (so the measured rate is its fraction mfu).
+  assert abs(out["tokens_per_s"] / out["ceiling_tokens_per_s"] - out["mfu"]) < 1e-9
   assert np.load(tmp_path / "t.npy").shape == (4, 4)
+  assert out["param_dtype"] == "float32"
+  out = _run("--bench=rollout", *common, "--runs=1", "--dtype=bfloat16")
+  assert out["param_dtype"] == "bfloat16" and out["tokens_per_s"] > 0
   out = _run("--bench=grpo_step", *common, "--steps=2", "--lora_rank=0",
              f"--json_out={tmp_path / 'g.json'}")
   for key in ("step_s", "sequences_per_s", "tokens_per_s", "compile_s", "flops", "mfu"):
