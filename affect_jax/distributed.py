@@ -9,8 +9,9 @@ jax.make_array_from_process_local_data, so no host ever holds the whole batch.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import jax
 import numpy as np
@@ -93,3 +94,46 @@ def put(tree, shardings):
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sh, lambda index: host[index])
   return jax.tree.map(one, tree, shardings)
+
+
+def sync(name: str) -> None:
+  """A barrier: returns once every process has reached `sync(name)` (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def main_process_first(name: str) -> Iterator[None]:
+  """Runs the block on process 0 first, then on the others.
+
+  For host-side work that writes files the others may read (building a dataset, training a
+  tokenizer): on storage every host sees, the others then find it done; on per-host disks each
+  builds its own copy. The block must not run computations that span processes.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  if jax.process_index() != 0:
+    sync(f"{name}: process 0 done")
+  yield
+  if jax.process_index() == 0:
+    sync(f"{name}: process 0 done")
+
+
+def all_processes(flag: bool) -> bool:
+  """True when `flag` is true on every process (for decisions that every process must make the
+  same way, e.g. skipping work that runs collectives)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
+def host_value(x) -> np.ndarray:
+  """A replicated global array as a host numpy array, with one process or many (np.asarray
+  refuses arrays that span other processes' devices; a replicated one is whole on each)."""
+  if not x.is_fully_replicated:
+    raise ValueError(f"host_value: the array (sharding {x.sharding}) is not replicated; "
+                     "gather it first (out_shardings=replicated).")
+  return np.asarray(x.addressable_data(0))

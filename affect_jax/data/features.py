@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from affect_jax import distributed
 from affect_jax.data import pipeline
 
 # Guards the lazy open of the cache: grain's reader threads may ask at once, and CPython 3.11's
@@ -93,7 +94,8 @@ def build_feature_cache(source, meta: Mapping[str, Any], dataset_path: str, spli
     batch_size: clips per encoder call; the last batch is padded to it (one compiled shape).
   """
   out = cache_dir(dataset_path, split, key)
-  if os.path.isfile(os.path.join(out, "meta.json")):
+  # Every process must decide alike: the encoders run across all of them.
+  if distributed.all_processes(os.path.isfile(os.path.join(out, "meta.json"))):
     return out
   n = len(source)
   if n < 1 or batch_size < 1:

@@ -207,8 +207,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   rules = sharding.rules_from_config(config.sharding_rules)
   dc = config.data
   root = pathlib.Path(dc.cache_dir or workdir / "data")
-  datasets = _build_datasets(dc, root)
-  tok = _tokenizer(config, root)
+  with distributed.main_process_first("datasets and tokenizer"):
+    datasets = _build_datasets(dc, root)
+    tok = _tokenizer(config, root)
   model = _model_config(config, tok)
   rng = jax.random.key(config.seed)
   abstract = jax.eval_shape(lambda k: affectgpt.init(model, k), rng)
@@ -222,10 +223,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   key = features_lib.checkpoint_key(init_from or f"seed={config.seed}",
                                     json.dumps(model.vision.__dict__, sort_keys=True, default=str),
                                     json.dumps(model.audio.__dict__, sort_keys=True, default=str))
-  # The encoders read the frozen towers where they lie; every process gets all features back.
+  # The encoders read the frozen towers where they lie; every process feeds the same clips and
+  # gets all features back (the parameters are arguments: they may span other processes).
   rep = sharding.replicated(mesh)
-  video_fn = jax.jit(lambda f: affectgpt.encode_video(params, model, f), out_shardings=rep)
-  audio_fn = jax.jit(lambda w: affectgpt.encode_audio(params, model, w), out_shardings=rep)
+  video_jit = jax.jit(lambda p, f: affectgpt.encode_video(p, model, f), out_shardings=rep)
+  audio_jit = jax.jit(lambda p, w: affectgpt.encode_audio(p, model, w), out_shardings=rep)
+  video_fn = lambda f: distributed.host_value(video_jit(params, distributed.put(f, rep)))
+  audio_fn = lambda w: distributed.host_value(audio_jit(params, distributed.put(w, rep)))
   sources, meta = {}, {}
   for phase, (path, split) in datasets.items():
     source, meta = mer.load_source(path, split)
@@ -274,8 +278,18 @@ def _local_rows(rows: int) -> int:
 
 
 def _place_state(state: dict, state_sh: Mapping) -> dict:
-  """Every state leaf on its sharding; leaves already there (the params) are not copied."""
-  return jax.device_put(state, dict(state_sh))
+  """Every state leaf on its sharding; leaves already there (the params) are not copied.
+
+  With several processes, a leaf that only this process holds (a fresh step counter or RNG
+  key, the same on every process) is assembled from its host value (distributed.put);
+  jax.device_put moves the rest.
+  """
+  def one(x, sh):
+    if isinstance(x, jax.Array) and (x.is_fully_addressable and not sh.is_fully_addressable):
+      return distributed.put(x, sh)
+    return jax.device_put(x, sh)
+
+  return jax.tree.map(one, state, dict(state_sh))
 
 
 def _batch_sharding(prep: Prepared) -> jax.sharding.NamedSharding:

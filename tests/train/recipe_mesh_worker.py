@@ -1,7 +1,9 @@
 """One tiny recipe run, on 1 device or on a mesh of 8 fake CPU devices (for test_recipe_mesh.py).
 
 argv: output folder, mesh sizes 'data,fsdp,tensor' (e.g. 2,2,2; '1,1,1' = one device, as
-`python -m launch.grpo` runs by default).
+`python -m launch.grpo` runs by default), and optionally 'port process_id num_processes': one of
+several local processes started with jax.distributed (the mesh's devices split evenly over
+them; every process writes into the same folder, process 0 writes the results).
 Runs SFT + eval + GRPO + eval through recipe.run in <output>/run (data in <output>/data) and
 writes <output>/result.json (every logged record, the summary's EW-F, the shardings of a few
 state leaves as Orbax saved them and as restored onto the mesh) and <output>/params.npz (the
@@ -14,7 +16,8 @@ import sys
 
 if __name__ == "__main__":     # before jax is imported (the test imports only tiny_config)
   _sizes = [int(x) for x in sys.argv[2].split(",")]
-  _devices = _sizes[0] * _sizes[1] * _sizes[2]
+  _procs = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+  _devices = _sizes[0] * _sizes[1] * _sizes[2] // _procs
   os.environ["XLA_FLAGS"] = ("" if _devices == 1 else
                              f"--xla_force_host_platform_device_count={_devices}")
   os.environ["JAX_PLATFORMS"] = "cpu"
@@ -27,7 +30,7 @@ import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 from absl import logging  # noqa: E402
 
-from affect_jax import sharding  # noqa: E402
+from affect_jax import distributed, sharding  # noqa: E402
 from affect_jax.checkpoints import manager  # noqa: E402
 from affect_jax.models import affectgpt  # noqa: E402
 from affect_jax.rl import grpo_step, policy as policy_lib  # noqa: E402
@@ -84,8 +87,15 @@ def _last_step(workdir: pathlib.Path) -> pathlib.Path:
 
 
 def final_trainable(workdir: pathlib.Path) -> dict:
-  """{path: numpy} of the trainable params in the newest GRPO checkpoint."""
-  tree = ocp.PyTreeCheckpointer().restore(_last_step(workdir) / "state")
+  """{path: numpy} of the trainable params in the newest GRPO checkpoint, read onto this
+  process's first device (whatever devices and processes wrote it)."""
+  path = _last_step(workdir) / "state"
+  ckptr = ocp.PyTreeCheckpointer()
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=one),
+                      ckptr.metadata(path).item_metadata.tree,
+                      is_leaf=lambda x: hasattr(x, "shape"))
+  tree = ckptr.restore(path, restore_args=args)
   return {"/".join(k): np.asarray(v)
           for k, v in flax.traverse_util.flatten_dict(tree["trainable"]).items()}
 
@@ -144,19 +154,25 @@ def restored_specs(config, workdir: pathlib.Path) -> dict:
 
 def main():
   out = pathlib.Path(sys.argv[1])
+  if len(sys.argv) > 5:
+    distributed.initialize(f"localhost:{sys.argv[3]}", int(sys.argv[5]), int(sys.argv[4]))
   logging.set_verbosity(logging.WARNING)
   config = tiny_config(tuple(int(x) for x in sys.argv[2].split(",")))
   config.data.cache_dir = str(out / "data")
   summary = recipe.run(config, out / "run")
-  np.savez(out / "params.npz", **final_trainable(out / "run"))
+  restored = restored_specs(config, out / "run")     # every process restores its shards
+  if jax.process_index() != 0:
+    return
   result = {
-      "devices": jax.device_count(),
+      "devices": jax.device_count(), "processes": jax.process_count(),
       "mesh": dict(recipe.make_mesh(config).shape),
       "summary": {k: v for k, v in summary.items() if k.endswith("ew_f")},
       "records": records(out / "run"),
-      "saved_specs": saved_specs(out / "run"),
-      "restored_specs": restored_specs(config, out / "run"),
+      "restored_specs": restored,
   }
+  if jax.process_count() == 1:   # Orbax reads from one process of several would wait for the others
+    np.savez(out / "params.npz", **final_trainable(out / "run"))
+    result["saved_specs"] = saved_specs(out / "run")
   (out / "result.json").write_text(json.dumps(result, indent=1))
 
 

@@ -1,12 +1,17 @@
 """The recipe on the configured mesh: SFT + GRPO on 8 fake CPU devices equal 1 device, the state
-lies on the shardings the rules give, and a batch the mesh cannot split fails before compiling.
+lies on the shardings the rules give, and a batch the mesh cannot split fails before compiling;
+the same recipe as 2 processes x 2 devices (jax.distributed, gloo) runs through, agrees with
+1 device where the data order cannot matter, and leaves a checkpoint one process restores.
 
-The two runs are subprocesses (recipe_mesh_worker.py), started together so they share the CPUs:
+The runs are subprocesses (recipe_mesh_worker.py), started together so they share the CPUs:
 one with 1 device (what `python -m launch.grpo` runs by default), one with
-XLA_FLAGS=--xla_force_host_platform_device_count=8 and config.mesh = (2, 2, 2).
+XLA_FLAGS=--xla_force_host_platform_device_count=8 and config.mesh = (2, 2, 2), and two
+processes of 2 fake devices each with config.mesh = (1, 4, 1).
 """
 import json
+import math
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -31,26 +36,60 @@ def _spec(*axes):
   return [list(a) if isinstance(a, tuple) else a for a in axes]
 
 
-def _runs(tmp_path):
-  outs = {"one": tmp_path / "one", "mesh": tmp_path / "mesh"}
+MP_MESH = (1, 4, 1)      # over 2 processes x 2 devices
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """{name: (result.json, output folder)} of the 1-device, (2, 2, 2) and 2-process runs."""
+  tmp = tmp_path_factory.mktemp("recipe_mesh")
+  mesh_text = lambda m: ",".join(map(str, m))
+  port = str(_free_port())
+  commands = {"one": [tmp / "one", "1,1,1"], "mesh": [tmp / "mesh", mesh_text(MESH)],
+              **{f"process{i}": [tmp / "processes", mesh_text(MP_MESH), port, str(i), "2"]
+                 for i in range(2)}}
   procs = {}
-  for name, out in outs.items():
-    out.mkdir()
-    mesh = "1,1,1" if name == "one" else ",".join(map(str, MESH))
-    procs[name] = subprocess.Popen([sys.executable, str(HERE / "recipe_mesh_worker.py"),
-                                    str(out), mesh], stdout=subprocess.PIPE,
+  for name, args in commands.items():
+    args[0].mkdir(exist_ok=True)
+    procs[name] = subprocess.Popen([sys.executable, str(HERE / "recipe_mesh_worker.py")]
+                                   + [str(a) for a in args], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
-  logs = {name: p.communicate(timeout=900)[0] for name, p in procs.items()}
+  logs = {name: p.communicate(timeout=1200)[0] for name, p in procs.items()}
   for name, p in procs.items():
     assert p.returncode == 0, f"{name} run failed:\n{logs[name][-4000:]}"
-  return ({n: json.loads((o / "result.json").read_text()) for n, o in outs.items()},
-          {n: dict(np.load(o / "params.npz")) for n, o in outs.items()})
+  folders = {"one": tmp / "one", "mesh": tmp / "mesh", "processes": tmp / "processes"}
+  return {n: (json.loads((o / "result.json").read_text()), o) for n, o in folders.items()}
+
+
+# The rules (sharding.DEFAULT_RULES): vocab -> tensor, embed -> fsdp, mlp / heads -> tensor,
+# layers / lora replicated (trailing replicated axes dropped).
+WANT_SPECS = {
+    "trainable/llm/layers/mlp/gate_proj/lora_a": _spec(None, "fsdp"),            # embed, lora
+    "trainable/llm/layers/mlp/gate_proj/lora_b": _spec(None, None, "tensor"),    # lora, mlp
+    "trainable/llm/layers/mlp/down_proj/lora_b": _spec(None, None, "fsdp"),      # lora, embed
+    "trainable/llm/layers/self_attn/o_proj/lora_a": _spec(None, "tensor"),       # heads, lora
+    "trainable/fusion/video/proj/kernel": _spec(None, "fsdp"),
+    "rng": [],
+}
 
 
 @pytest.mark.slow
-def test_mesh_2x2x2_matches_one_device_and_shards_the_state(tmp_path):
-  results, params = _runs(tmp_path)
-  one, multi = results["one"], results["mesh"]
+def test_recipe_on_a_mesh_and_on_two_processes(runs):
+  # One test for both, so that pytest-xdist runs the four subprocesses once (a module fixture
+  # is set up again on every worker that runs a test of the module).
+  _mesh_2x2x2_matches_one_device_and_shards_the_state(runs)
+  _two_processes_run_the_recipe(runs)
+
+
+def _mesh_2x2x2_matches_one_device_and_shards_the_state(runs):
+  one, multi = runs["one"][0], runs["mesh"][0]
+  params = {n: dict(np.load(runs[n][1] / "params.npz")) for n in ("one", "mesh")}
   assert one["devices"] == 1 and multi["devices"] == 8
   assert multi["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
 
@@ -77,19 +116,43 @@ def test_mesh_2x2x2_matches_one_device_and_shards_the_state(tmp_path):
   print(f"largest |param difference|: {max(diffs.values()):.2e} ({max(diffs, key=diffs.get)})")
   assert max(diffs.values()) <= PARAM_ATOL, diffs
 
-  # The rules (sharding.DEFAULT_RULES): vocab -> tensor, embed -> fsdp, mlp / heads -> tensor,
-  # layers / lora replicated. As the training loop saved them and as restored onto the mesh.
-  # (trailing replicated axes dropped).
-  want = {
-      "trainable/llm/layers/mlp/gate_proj/lora_a": _spec(None, "fsdp"),            # embed, lora
-      "trainable/llm/layers/mlp/gate_proj/lora_b": _spec(None, None, "tensor"),    # lora, mlp
-      "trainable/llm/layers/mlp/down_proj/lora_b": _spec(None, None, "fsdp"),      # lora, embed
-      "trainable/llm/layers/self_attn/o_proj/lora_a": _spec(None, "tensor"),       # heads, lora
-      "trainable/fusion/video/proj/kernel": _spec(None, "fsdp"),
-      "rng": [],
-  }
-  assert multi["saved_specs"] == want
-  assert multi["restored_specs"] == want
+  # The state as the training loop saved it and as restored onto the mesh.
+  assert multi["saved_specs"] == WANT_SPECS
+  assert multi["restored_specs"] == WANT_SPECS
+
+
+def _two_processes_run_the_recipe(runs):
+  """2 processes x 2 devices: every phase runs and the checkpoint restores in one process.
+
+  Each process reads its own shard of the records and shuffles it, so the rows of a batch come in
+  another order than on one process. SFT (the whole split in one batch, a mean loss) and the
+  greedy evaluation do not depend on the order and equal 1 device; GRPO samples a different
+  stream per row, so its numbers are only checked to be finite.
+  """
+  one, mp = runs["one"][0], runs["processes"][0]
+  assert mp["processes"] == 2 and mp["devices"] == 4
+  assert mp["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert [(r["phase"], r["step"]) for r in one["records"]] == \
+      [(r["phase"], r["step"]) for r in mp["records"]]
+  for a, b in zip(one["records"], mp["records"]):
+    assert a.keys() == b.keys(), (a, b)
+    for k, v in a.items():
+      if not isinstance(v, float):
+        continue
+      assert math.isfinite(b[k]), (b["phase"], b["step"], k)
+      if a["phase"] in ("sft", "eval"):
+        np.testing.assert_allclose(b[k], v, rtol=RTOL, atol=ATOL,
+                                   err_msg=f"{a['phase']} step {a['step']} {k}")
+  assert one["summary"] == mp["summary"]
+  assert mp["restored_specs"] == WANT_SPECS       # every process restored its shards
+  # The checkpoint the two processes wrote, read back here by one process.
+  folder = runs["processes"][1] / "run"
+  assert worker.saved_specs(folder) == WANT_SPECS
+  trained = worker.final_trainable(folder)
+  reference = dict(np.load(runs["one"][1] / "params.npz"))
+  assert trained.keys() == reference.keys()
+  for k, v in trained.items():
+    assert v.shape == reference[k].shape and np.all(np.isfinite(v)), k
 
 
 def test_a_batch_the_mesh_cannot_split_fails_before_compiling(tmp_path):
