@@ -93,6 +93,13 @@ def main(argv):
   from affect_jax import distributed
   from affect_jax.train import unibench
   distributed.initialize()
+  import jax
+  if jax.process_count() > 1:
+    # EvalModel holds the checkpoint on one device (affect_jax/train/eval_model.py).
+    print(f"launch.evaluate: error: it evaluates on one device of one process but was started "
+          f"as {jax.process_count()} processes; run it as a single process (without the "
+          f"AFFECT_JAX_* variables, on one host).", file=sys.stderr)
+    sys.exit(2)
   logging.set_verbosity(logging.WARNING)
   try:
     result = run(FLAGS.config, FLAGS)

@@ -271,3 +271,22 @@ def test_set_names_and_folders(tmp_path):
   assert unibench.find_set_dir(str(tmp_path), "cmumosei", ucfg).endswith("cmu_mosei")
   with pytest.raises(FileNotFoundError, match="no folder for MELD"):
     unibench.find_set_dir(str(tmp_path), "meld", ucfg)
+
+
+def test_several_processes_are_refused(tmp_path):
+  """launch.evaluate holds the model on one device: started as 2 jax.distributed processes, each
+  stops at once with exit status 2 and says how to run it."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "launch.evaluate", f"--checkpoint={tmp_path}",
+       f"--data_dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
+                          AFFECT_JAX_COORDINATOR=f"localhost:{port}", AFFECT_JAX_NUM_PROCESSES="2",
+                          AFFECT_JAX_PROCESS_ID=str(i))) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err[-2000:]
+    assert "started as 2 processes" in err and "single process" in err
