@@ -4,7 +4,6 @@ import logging
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -394,9 +393,8 @@ def test_kill_9_mid_run_resumes_from_the_last_good_step(tmp_path, uninterrupted)
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, uninterrupted):
   import preemption_worker as worker   # this folder is on sys.path under pytest
-  with socket.socket() as sock:
-    sock.bind(("localhost", 0))
-    port = sock.getsockname()[1]
+  import process_testlib
+  port = process_testlib.free_port()
   procs = [_start(tmp_path, "--num_processes=2", f"--process_id={i}", f"--port={port}",
                   "--mesh=data=2,fsdp=2", "--step_seconds=0.2", devices=2) for i in range(2)]
   logs = [[], []]

@@ -1,27 +1,21 @@
 """2 local processes x 2 CPU devices with jax.distributed give the same GRPO steps as 1 device."""
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 
+import process_testlib
 from affect_jax import sharding
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one_device(tmp_path):
   import grpo_multiprocess_common as common
-  port, out = _free_port(), tmp_path / "mp.json"
+  port, out = process_testlib.free_port(), tmp_path / "mp.json"
   procs = [subprocess.Popen([sys.executable, str(HERE / "grpo_multiprocess_worker.py"), str(port),
                              str(i), str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True) for i in range(2)]

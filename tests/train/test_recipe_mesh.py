@@ -11,7 +11,6 @@ processes of 2 fake devices each with config.mesh = (1, 4, 1).
 import json
 import math
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -24,6 +23,7 @@ from affect_jax.train import recipe
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import process_testlib  # noqa: E402
 import recipe_mesh_worker as worker  # noqa: E402
 
 MESH = (2, 2, 2)
@@ -39,18 +39,12 @@ def _spec(*axes):
 MP_MESH = (1, 4, 1)      # over 2 processes x 2 devices
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """{name: (result.json, output folder)} of the 1-device, (2, 2, 2) and 2-process runs."""
   tmp = tmp_path_factory.mktemp("recipe_mesh")
   mesh_text = lambda m: ",".join(map(str, m))
-  port = str(_free_port())
+  port = str(process_testlib.free_port())
   commands = {"one": [tmp / "one", "1,1,1"], "mesh": [tmp / "mesh", mesh_text(MESH)],
               **{f"process{i}": [tmp / "processes", mesh_text(MP_MESH), port, str(i), "2"]
                  for i in range(2)}}
