@@ -1,9 +1,13 @@
 """Device internals of the EW reward: one scan over the tokens, one loop over each content.
 
 Loops run over positions with [B]-vector state, each position visited once: on XLA:CPU this
-was several times faster than fixed-point iteration over [B, N] arrays, and the loop outputs
-are kept few because XLA:CPU emits one kernel per loop output. Token ids are time-major
-[N, B]. See rewards.py for the rules and reward_tables.py for the table layout.
+was several times faster than fixed-point iteration (or any pass) over [B, N] arrays, and
+the loop outputs are kept few because XLA:CPU emits one kernel per loop output. The token
+ids stay as generated ([B, N], `Tokens`): each loop step reads its column, and facts about
+positions are kept as bitmasks (one uint32 per 32 positions), so "first / last occurrence",
+"the last special token before p" and "non-whitespace tokens before p" are bit operations
+on [W, B] words instead of reductions over [N, B]. See rewards.py for the rules and
+reward_tables.py for the table layout.
 
 1. `tag_scan`: a bit recurrence over the tokens finds every tag however it is split into
    tokens; per row, for each of the 4 tags: the first occurrence (end token, start token,
@@ -56,6 +60,80 @@ def wheel_counts(words, tables):
 
 
 # ------------------------------------------------------------------------------------------
+# Completions.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+  """Completions as generated: ids int32[B, N] and lengths int32[B]. A position past a row's
+  length or outside [0, N), and an id outside the vocabulary, read as the empty-token row
+  V (no text), so nothing needs a cleaned copy of ids."""
+  ids: jax.Array
+  lengths: jax.Array
+  vocab: int = dataclasses.field(metadata=dict(static=True))
+
+  def _clean(self, token, position):
+    ok = ((position >= 0) & (position < self.lengths) & (position < self.ids.shape[1])
+          & (token >= 0) & (token < self.vocab))
+    return jnp.where(ok, token, self.vocab)
+
+  def column(self, t):
+    """Every row's token at scalar position t (0 <= t < N) -> int32[B]."""
+    return self._clean(jax.lax.dynamic_index_in_dim(self.ids, t, axis=1, keepdims=False), t)
+
+  def at(self, position):
+    """Each row's token at position [B] -> int32[B]."""
+    pos = jnp.clip(position, 0, self.ids.shape[1] - 1)
+    return self._clean(jnp.take_along_axis(self.ids, pos[:, None], axis=1)[:, 0], position)
+
+
+# ------------------------------------------------------------------------------------------
+# Position bitmasks: uint32[W, B], bit p of word w set when position 32 w + p holds.
+
+
+def mask_words(n: int) -> int:
+  return -(-n // 32)
+
+
+def _ctz(x):
+  """Trailing zeros of nonzero uint32 x (garbage for 0)."""
+  return jax.lax.population_count((x & (~x + np.uint32(1))) - np.uint32(1)).astype(jnp.int32)
+
+
+def mask_first(m):
+  """First set position of bitmasks uint32[W, B] -> int32[B] (-1: none)."""
+  base = 32 * jnp.arange(m.shape[0], dtype=jnp.int32)[:, None]
+  at = jnp.where(m != 0, base + _ctz(m), np.int32(1 << 30))
+  first = jnp.min(at, axis=0)
+  return jnp.where(first < (1 << 30), first, -1)
+
+
+def mask_last(m):
+  """Last set position of bitmasks uint32[W, B] -> int32[B] (-1: none)."""
+  base = 32 * jnp.arange(m.shape[0], dtype=jnp.int32)[:, None]
+  at = jnp.where(m != 0, base + 31 - jax.lax.clz(m).astype(jnp.int32), -1)
+  return jnp.max(at, axis=0)
+
+
+def mask_above(m, position):
+  """Bitmasks m [W, B] with the positions <= position [B] cleared."""
+  k = jnp.clip(position[None] + 1 - 32 * jnp.arange(m.shape[0], dtype=jnp.int32)[:, None],
+               0, 32)
+  below = jnp.where(k >= 32, np.uint32(0xFFFFFFFF),
+                    (np.uint32(1) << jnp.minimum(k, 31).astype(jnp.uint32)) - np.uint32(1))
+  return m & ~below
+
+
+def mask_below(m, position):
+  """Bitmasks m [W, B] keeping only the positions < position [B]."""
+  k = jnp.clip(position[None] - 32 * jnp.arange(m.shape[0], dtype=jnp.int32)[:, None], 0, 32)
+  below = jnp.where(k >= 32, np.uint32(0xFFFFFFFF),
+                    (np.uint32(1) << jnp.minimum(k, 31).astype(jnp.uint32)) - np.uint32(1))
+  return m & below
+
+
+# ------------------------------------------------------------------------------------------
 # 1. Tags.
 
 
@@ -69,7 +147,8 @@ class TagInfo:
   nz_through: non-whitespace tokens before its start token / up to and including its end
   token; close / close_cross / close_start ([2, B], for <think> and <answer>): the first
   close tag ending in a token after the open tag's token; multi: some token holds one tag
-  twice; nz_total: non-whitespace tokens; empty: bool[N, B] tokens that add no text.
+  twice; nz_total: non-whitespace tokens; text: uint32[W, B] bitmask of the tokens that add
+  text (mask_first / mask_last read it).
   """
   first: jax.Array
   cross: jax.Array
@@ -82,113 +161,118 @@ class TagInfo:
   close_start: jax.Array
   multi: jax.Array
   nz_total: jax.Array
-  empty: jax.Array
+  text: jax.Array
 
 
-def tag_scan(ids_t, tables) -> TagInfo:
-  """Tags of time-major token ids (int32[N, B], padding = the empty-token row V).
+# Bitmask kinds of the tag scan: chain end (tag t ends in this token, begun in an earlier
+# one) 0-3, inside (tag t lies wholly in this token) 4-7, adds text, holds a tag twice,
+# special (holds '<' or '>'), non-whitespace.
+_K_CHAIN, _K_INSIDE, _K_TEXT, _K_MULTI, _K_SPECIAL, _K_NONWS = 0, 4, 8, 9, 10, 11
+_KINDS = 12
 
-  The scan carries only what is sequential (the tag prefix bits, the last token with '<' or
-  '>', the count of non-whitespace tokens) and emits one packed word per token: event bits
-  (bit t: tag t ends here as a chain over tokens, bit 4 + t: tag t lies inside this token),
-  "holds a tag twice", "adds no text", and the two counters. First occurrences and counts are
-  then read off with a few vectorized reductions.
+
+def bit_at(m, position):
+  """Bit `position` [B] of bitmasks m [W, B] -> bool[B] (False for negative positions)."""
+  w = jnp.clip(position >> 5, 0, m.shape[0] - 1)
+  word = jnp.take_along_axis(m, w[None], axis=0)[0]
+  return (position >= 0) & (((word >> (position & 31).astype(jnp.uint32)) & np.uint32(1)) != 0)
+
+
+def mask_count_below(m, position):
+  """Set positions of bitmasks m [W, B] below position [B] -> int32[B]."""
+  return jnp.sum(jax.lax.population_count(mask_below(m, position)).astype(jnp.int32), axis=0)
+
+
+def tag_scan(toks: Tokens, tables) -> TagInfo:
+  """Tags of the completions.
+
+  The scan carries only the tag prefix bits and, per kind of token event (_K_*), a position
+  bitmask (one word per 32 tokens); first / last occurrences, the start token of a tag
+  split over tokens (the last special token before its end) and non-whitespace counts are
+  then bit operations on [W, B] words, not reductions over [N, B].
   """
-  n, batch = ids_t.shape
+  batch, n = toks.ids.shape
   fields = jnp.asarray(_FIELDS)[:, None]
-  weights = jnp.asarray(1 << np.arange(4, dtype=np.uint32))[:, None]
+  shifts = np.arange(_KINDS, dtype=np.uint32)[:, None]
 
-  def body(c, x):
-    active, last_sp, nz = c
-    token, t = x
+  def record(masks, kind, t):
+    """Sets bit t of every kind's bitmask where the token's kind word has it."""
+    w = t >> 5
+    slab = jax.lax.dynamic_index_in_dim(masks, w, keepdims=False)
+    slab = slab | (((kind[None] >> shifts) & np.uint32(1)) << (t & 31).astype(jnp.uint32))
+    return jax.lax.dynamic_update_index_in_dim(masks, slab, w, 0)
+
+  def body(t, c):
+    # The kind word of token t is recorded one step later, from the carry: so the bitmask
+    # update reads a stored [B] word instead of recomputing the token's events per kind.
+    active, prev, masks = c
+    masks = record(masks, prev, jnp.maximum(t - 1, 0))
+    token = toks.column(t)
     packed = gather(tables.tok, token)
     word, end = packed[:, 0], packed[:, 1]
     special = (word >> np.uint32(31)) == 1
     low = word & np.uint32(rt.FIELD)
-    ended = active & end
-    hit = jnp.where((ended[None] & fields) != 0, weights, _U0)
-    cross = hit[0] | hit[1] | hit[2] | hit[3]
+    chain = ((active & end)[None] & fields) != 0                  # [4, B]
     mid = jnp.where(special, _U0, low)
     shift = jnp.where(special, _U0, bits(word, 28, 3))
+    kind = (chain[0].astype(jnp.uint32) | (chain[1].astype(jnp.uint32) << np.uint32(1))
+            | (chain[2].astype(jnp.uint32) << np.uint32(2))
+            | (chain[3].astype(jnp.uint32) << np.uint32(3))
+            | ((end >> np.uint32(28)) << np.uint32(_K_INSIDE))
+            | ((word != np.uint32(rt.EMPTY_WORD)).astype(jnp.uint32) << np.uint32(_K_TEXT))
+            | ((special & (bits(word, 28) != 0)).astype(jnp.uint32) << np.uint32(_K_MULTI))
+            | (special.astype(jnp.uint32) << np.uint32(_K_SPECIAL))
+            | (((word != np.uint32(rt.ALLWS_WORD)) & (word != np.uint32(rt.EMPTY_WORD))
+                ).astype(jnp.uint32) << np.uint32(_K_NONWS)))
     active = jnp.where(special, low, _U0) | ((active & mid) << shift)
-    event = cross | ((end >> np.uint32(24)) & np.uint32(0xF0))
-    nonws = (word != np.uint32(rt.ALLWS_WORD)) & (word != np.uint32(rt.EMPTY_WORD))
-    flags = (event | ((special & (bits(word, 28) != 0)).astype(jnp.uint32) << np.uint32(8))
-             | ((word == np.uint32(rt.EMPTY_WORD)).astype(jnp.uint32) << np.uint32(9)))
-    if packed_out:   # one output per step: flags, last special token + 1, non-ws count
-      out = (flags | ((last_sp + 1).astype(jnp.uint32) << np.uint32(10))
-             | (nz.astype(jnp.uint32) << np.uint32(21)))
-    else:
-      out = (flags, last_sp, nz)
-    return (active, jnp.where(special, t, last_sp), nz + nonws.astype(jnp.int32)), out
+    return active, kind, masks
 
-  packed_out = n < 2048          # 11-bit fields
-  init = (jnp.zeros((batch,), jnp.uint32), jnp.full((batch,), -1, jnp.int32),
-          jnp.zeros((batch,), jnp.int32))
-  (_, _, nz_total), out = jax.lax.scan(body, init, (ids_t, jnp.arange(n, dtype=jnp.int32)))
-  if packed_out:
-    flags = out & np.uint32(1023)
-    field_at = lambda idx: jnp.take_along_axis(out, jnp.clip(idx, 0, n - 1)[None], axis=0)[0]
-    flags_at = lambda idx: field_at(idx) & np.uint32(1023)
-    last_sp_at = lambda idx: ((field_at(idx) >> np.uint32(10)) & np.uint32(2047)).astype(
-        jnp.int32) - 1
-    nz_at = lambda idx: (field_at(idx) >> np.uint32(21)).astype(jnp.int32)
-  else:
-    flags, last_sp, nz = out
-    take = lambda x, idx: jnp.take_along_axis(x, jnp.clip(idx, 0, n - 1)[None], axis=0)[0]
-    flags_at = lambda idx: take(flags, idx)
-    last_sp_at = lambda idx: take(last_sp, idx)
-    nz_at = lambda idx: take(nz, idx)
-  pos = jnp.arange(n, dtype=jnp.int32)[:, None]
+  init = (jnp.zeros((batch,), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
+          jnp.zeros((mask_words(n), _KINDS, batch), jnp.uint32))
+  _, last, masks = jax.lax.fori_loop(0, n, body, init)
+  masks = record(masks, last, jnp.int32(n - 1))
+  special, nonws = masks[:, _K_SPECIAL], masks[:, _K_NONWS]
+  last_special_before = lambda p: mask_last(mask_below(special, p))
 
-  def first_where(mask):
-    first = jnp.min(jnp.where(mask, pos, n), axis=0)
-    return jnp.where(first < n, first, -1)
-
-  firsts, crosses, starts, counts, befores, throughs = [], [], [], [], [], []
+  firsts, crosses, starts, counts, befores, throughs, closes = [], [], [], [], [], [], []
   for t in range(4):
-    hit = (flags & np.uint32(0x11 << t)) != 0                    # chain end or inside
-    first = first_where(hit)
-    last = jnp.max(jnp.where(hit, pos, -1), axis=0)
-    at_first = flags_at(first)
-    is_cross = (first >= 0) & (bits(at_first, t) != 0)
-    start = jnp.where(is_cross, last_sp_at(first), first)
+    chain, inside = masks[:, _K_CHAIN + t], masks[:, _K_INSIDE + t]
+    hit = chain | inside
+    first = mask_first(hit)
+    is_cross = bit_at(chain, first)
+    start = jnp.where(is_cross, last_special_before(first), first)
     # Occurrences: 0, 1, or 2 standing for "more than one" (all the format rule needs).
-    both = (bits(at_first, t) != 0) & (bits(at_first, 4 + t) != 0)
-    counts.append(jnp.where(first < 0, 0, jnp.where((last > first) | both, 2, 1)))
+    more = (mask_last(hit) > first) | (is_cross & bit_at(inside, first))
+    counts.append(jnp.where(first < 0, 0, jnp.where(more, 2, 1)))
     firsts.append(first)
     crosses.append(is_cross)
     starts.append(start)
     # Non-whitespace tokens before the start token / up to the end token (a start token is
     # special, hence never whitespace).
-    befores.append(nz_at(start))
-    throughs.append(nz_at(first) + 1)
-  closes, close_crosses, close_starts = [], [], []
-  for pair in range(2):
-    t, opened = 2 * pair + 1, firsts[2 * pair]
-    close = first_where(((flags & np.uint32(0x11 << t)) != 0) & (pos > opened[None])
-                        & (opened[None] >= 0))
-    is_cross = (close >= 0) & (bits(flags_at(close), t) != 0)
-    closes.append(close)
-    close_crosses.append(is_cross)
-    close_starts.append(jnp.where(is_cross, last_sp_at(close), close))
+    befores.append(mask_count_below(nonws, start))
+    throughs.append(mask_count_below(nonws, first) + 1)
+    if t % 2:   # a close tag: its first occurrence ending after the open tag's token
+      opened = firsts[t - 1]
+      closes.append(jnp.where(opened >= 0, mask_first(mask_above(hit, opened)), -1))
+  close_crosses = [bit_at(masks[:, _K_CHAIN + 2 * p + 1], closes[p]) for p in range(2)]
+  close_starts = [jnp.where(close_crosses[p], last_special_before(closes[p]), closes[p])
+                  for p in range(2)]
   return TagInfo(first=jnp.stack(firsts), cross=jnp.stack(crosses), start=jnp.stack(starts),
                  count=jnp.stack(counts), nz_before=jnp.stack(befores),
                  nz_through=jnp.stack(throughs), close=jnp.stack(closes),
                  close_cross=jnp.stack(close_crosses), close_start=jnp.stack(close_starts),
-                 multi=jnp.any(bits(flags, 8) != 0, axis=0), nz_total=nz_total,
-                 empty=bits(flags, 9) != 0)
+                 multi=jnp.any(masks[:, _K_MULTI] != 0, axis=0),
+                 nz_total=jnp.sum(jax.lax.population_count(nonws).astype(jnp.int32), axis=0),
+                 text=masks[:, _K_TEXT])
 
 
 def _sp(tables, special, column):
   return tables.sp[jnp.maximum(special, 0), rt.SP[column]]
 
 
-def _special_at(ids_t, tables, position):
-  """Special-table row of the token at `position` [B] of time-major ids [N, B] (-1: none)."""
-  pos = jnp.clip(position, 0, ids_t.shape[0] - 1)
-  token = jnp.take_along_axis(ids_t, pos[None], axis=0)[0]
-  return gather(tables.tok_special, token)
+def _special_at(toks, tables, position):
+  """Special-table row of each row's token at `position` [B] (-1: none)."""
+  return gather(tables.tok_special, toks.at(position))
 
 
 @jax.tree_util.register_dataclass
@@ -207,14 +291,13 @@ class Span:
   last: jax.Array
 
 
-def content_span(info: TagInfo, ids_t, tables, pair: int) -> Span:
+def content_span(info: TagInfo, toks, tables, pair: int) -> Span:
   """The content from the first open tag to the first close tag after it (pair 0: think,
   1: answer)."""
   open_t, close_t = 2 * pair, 2 * pair + 1
-  n = ids_t.shape[0]
   t_open = info.first[open_t]
   crossed = info.cross[open_t]
-  sp_open = _special_at(ids_t, tables, t_open)
+  sp_open = _special_at(toks, tables, t_open)
   inner = jnp.where(crossed, _sp(tables, sp_open, f"close{close_t}_start1"),
                     _sp(tables, sp_open, f"close{close_t}_start2"))
   same = (sp_open >= 0) & (inner >= 0)
@@ -224,7 +307,7 @@ def content_span(info: TagInfo, ids_t, tables, pair: int) -> Span:
                                               info.close[pair]))
   end_kind = jnp.where(~same & later_cross, rt.END_CROSS, rt.END_INTERNAL)
   start_kind = jnp.where(crossed, rt.START_CROSS, rt.START_INTERNAL)
-  sp_close = _special_at(ids_t, tables, t_close)
+  sp_close = _special_at(toks, tables, t_close)
   single = t_open == t_close
   row_open = tables.sp_kinds[jnp.maximum(sp_open, 0), pair, start_kind,
                              jnp.where(single, end_kind, rt.END_TOKEN)]
@@ -232,12 +315,11 @@ def content_span(info: TagInfo, ids_t, tables, pair: int) -> Span:
   # Non-empty pieces: the cut ends by their records, whole tokens by the tag scan.
   empty = lambda r: bits(gather(tables.rec_answer, r)[:, rt.A["a_flags"]], rt.F_EMPTY) != 0
   open_ne, close_ne = ~empty(row_open), ~single & ~empty(row_close)
-  pos = jnp.arange(n, dtype=jnp.int32)[:, None]
-  middle = ~info.empty & (pos > t_open[None]) & (pos < t_close[None])
-  first_mid = jnp.min(jnp.where(middle, pos, n), axis=0)
-  last_mid = jnp.max(jnp.where(middle, pos, -1), axis=0)
+  middle = mask_below(mask_above(info.text, t_open), t_close)
+  first_mid = mask_first(middle)
+  last_mid = mask_last(middle)
   span_j = t_close - t_open
-  first = jnp.where(open_ne, 0, jnp.where(first_mid < n, first_mid - t_open,
+  first = jnp.where(open_ne, 0, jnp.where(first_mid >= 0, first_mid - t_open,
                                           jnp.where(close_ne, span_j, -1)))
   last = jnp.where(close_ne, span_j, jnp.where(last_mid >= 0, last_mid - t_open,
                                                jnp.where(open_ne, 0, -1)))
@@ -245,10 +327,10 @@ def content_span(info: TagInfo, ids_t, tables, pair: int) -> Span:
               row_open=row_open, row_close=row_close, first=first, last=last)
 
 
-def format_ok(info: TagInfo, ids_t, tables):
+def format_ok(info: TagInfo, toks, tables):
   """The format rule (labels.py) -> bool[B]."""
-  specials = [_special_at(ids_t, tables, info.first[t]) for t in range(4)]
-  starts = [_special_at(ids_t, tables, info.start[t]) for t in range(4)]
+  specials = [_special_at(toks, tables, info.first[t]) for t in range(4)]
+  starts = [_special_at(toks, tables, info.start[t]) for t in range(4)]
   end_off = [jnp.where(info.cross[t], _sp(tables, specials[t], "first_gt_end"),
                        _sp(tables, specials[t], f"int_end{t}")) for t in range(4)]
   after = [jnp.where(info.cross[t], 1, 2 + t) for t in range(4)]    # ws start option
@@ -278,14 +360,6 @@ def format_ok(info: TagInfo, ids_t, tables):
 # 2. Contents.
 
 
-def content_tokens(ids_t, span: Span):
-  """int32[N, B]: token t_open + j of every row at j (one vectorized gather, so that the
-  loops below read contiguous rows instead of gathering from ids_t at every step)."""
-  n = ids_t.shape[0]
-  at = jnp.clip(span.t_open[None] + jnp.arange(n, dtype=jnp.int32)[:, None], 0, n - 1)
-  return jnp.take_along_axis(ids_t, at, axis=0)
-
-
 def _plain_row(j, token, span: Span, tables):
   """Record row [B] and inside flag of content piece j (j and token: scalar or [B])."""
   at = span.t_open + j
@@ -294,20 +368,19 @@ def _plain_row(j, token, span: Span, tables):
   return jnp.where(inside, row, tables.vocab_size), inside   # row V: the empty string
 
 
-def bracket_rows(tokens, span: Span, tables):
+def bracket_rows(toks, span: Span, tables):
   """The rows of the first / last non-empty answer pieces with the official bracket rule
   applied (a leading "[" / trailing "]" made a separator), [B] each."""
-  pick = lambda j: _plain_row(j, jnp.take_along_axis(
-      tokens, jnp.clip(j, 0, tokens.shape[0] - 1)[None], axis=0)[0], span, tables)[0]
+  pick = lambda j: _plain_row(j, toks.at(span.t_open + j), span, tables)[0]
   first = gather(tables.bracket_first, pick(span.first))
   last_plain = jnp.where(span.last == span.first, first, pick(span.last))
   return first, gather(tables.bracket_last, last_plain)
 
 
-def _piece_row(j, tokens, span: Span, tables, brackets=None):
+def _piece_row(j, toks, span: Span, tables, brackets=None):
   """Record row [B] and inside flag of content piece j (a scalar) of every row; brackets:
   bracket_rows(...) for the answer, None for the think content."""
-  token = jax.lax.dynamic_index_in_dim(tokens, j, keepdims=False)
+  token = toks.at(span.t_open + j)
   row, inside = _plain_row(j, token, span, tables)
   if brackets is not None:
     first, last = brackets
@@ -363,18 +436,17 @@ def answer_step(h, f, rec, transitions):
   return jnp.where(allws, h, grown), tr & np.uint32(15)
 
 
-def answer_scan(ids_t, span: Span, cap: int, tables):
+def answer_scan(toks, span: Span, cap: int, tables):
   """Answer parser over the answer content's pieces -> (cluster set words uint32[B, W], item
   count [B]). A while loop over piece index j runs as many steps as the longest answer of the
   batch has tokens (at most `cap` when cap > 0): per step it gathers each row's record,
   advances the label state, and looks up the label a separator closes. The loop state is
   three arrays (XLA:CPU emits one kernel per loop output, so fewer outputs run faster).
   """
-  n, batch = ids_t.shape
+  batch, n = toks.ids.shape
   a, n_cols = rt.A, len(rt.ANSWER_COLUMNS)
   steps = _steps(span, cap, n)
-  tokens = content_tokens(ids_t, span)
-  brackets = bracket_rows(tokens, span, tables)
+  brackets = bracket_rows(toks, span, tables)
 
   def body(c):
     # fc: label flags in bits 0-3, "pend holds a label to look up" in bit 4, the item count
@@ -394,12 +466,12 @@ def answer_scan(ids_t, span: Span, cap: int, tables):
     f = jnp.where(sep, rec[a["f_state"]], closing_f)
     count = (fc >> np.uint32(5)) + closed.astype(jnp.uint32) + bits(flags, rt.F_COUNT, 8)
     fc = f | (look.astype(jnp.uint32) << np.uint32(4)) | (count << np.uint32(5))
-    next_row = _piece_row(j + 1, tokens, span, tables, brackets)[0]
+    next_row = _piece_row(j + 1, toks, span, tables, brackets)[0]
     return j + 1, h, fc, words | found | rec[n_cols:], closing_h, next_row
 
   init = (jnp.int32(0), jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
           jnp.zeros((tables.num_words, batch), jnp.uint32), jnp.zeros((2, batch), jnp.uint32),
-          _piece_row(jnp.int32(0), tokens, span, tables, brackets)[0])
+          _piece_row(jnp.int32(0), toks, span, tables, brackets)[0])
   _, h, fc, words, pend, _ = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
   # The last label ends with the content (rows shorter than the loop keep their state: the
   # pieces past a content's end are empty strings); the last closed label is still pending.
@@ -411,17 +483,16 @@ def answer_scan(ids_t, span: Span, cap: int, tables):
   return list(words), count
 
 
-def think_scan(ids_t, span: Span, cap: int, tables):
+def think_scan(toks, span: Span, cap: int, tables):
   """Think parser over the think content's pieces -> cluster set words [W][B] of its words
   (a while loop as in answer_scan)."""
-  n, batch = ids_t.shape
+  batch, n = toks.ids.shape
   t, n_cols = rt.T, len(rt.THINK_COLUMNS)
   steps = _steps(span, cap, n)
-  tokens = content_tokens(ids_t, span)
 
   def body(c):
     j, h, ne, words = c
-    row, ins = _piece_row(j, tokens, span, tables)
+    row, ins = _piece_row(j, toks, span, tables)
     rec = gather(tables.rec_think, row).T
     flags = rec[t["t_flags"]]
     brk = ins & (bits(flags, rt.T_BREAK) != 0)

@@ -257,30 +257,28 @@ def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
   ids = jnp.asarray(ids, jnp.int32)
   if ids.shape[1] == 0:       # no tokens at all: one padding column keeps the shapes valid
     ids = jnp.zeros((ids.shape[0], 1), jnp.int32)
-  batch, n = ids.shape
-  vocab = tables.vocab_size
-  valid = jnp.arange(n)[:, None] < jnp.asarray(lengths, jnp.int32)[None]
-  ids_t = jnp.where(valid & (ids.T >= 0) & (ids.T < vocab), ids.T, vocab)    # [N, B]
-  info = rs.tag_scan(ids_t, tables)
+  batch = ids.shape[0]
+  toks = rs.Tokens(ids, jnp.asarray(lengths, jnp.int32), tables.vocab_size)
+  info = rs.tag_scan(toks, tables)
 
-  answer = rs.content_span(info, ids_t, tables, pair=rt.MODE_ANSWER)
-  answer_words, n_pred = rs.answer_scan(ids_t, answer, cfg.max_answer_tokens, tables)
+  answer = rs.content_span(info, toks, tables, pair=rt.MODE_ANSWER)
+  answer_words, n_pred = rs.answer_scan(toks, answer, cfg.max_answer_tokens, tables)
   answer_over = rs.overflow(answer, cfg.max_answer_tokens)
   truth = gt_words(gt_ids, tables)
   f_acc, precision, recall = _set_f(truth, answer_words, tables)
 
   if cfg.needs_think_words:
-    think = rs.content_span(info, ids_t, tables, pair=rt.MODE_THINK)
+    think = rs.content_span(info, toks, tables, pair=rt.MODE_THINK)
     think_over = rs.overflow(think, cfg.max_think_tokens)
     think_words = [jnp.where(think_over, np.uint32(0), x)
-                   for x in rs.think_scan(ids_t, think, cfg.max_think_tokens, tables)]
+                   for x in rs.think_scan(toks, think, cfg.max_think_tokens, tables)]
     alignment = jnp.mean(_set_f(answer_words, think_words, tables)[0], axis=1)
     dual = jnp.mean(_set_f(truth, think_words, tables)[0], axis=1)
   else:
     alignment = dual = jnp.zeros((batch,), jnp.float32)
 
   terms = {"accuracy": jnp.mean(f_acc, axis=1),
-           "format": rs.format_ok(info, ids_t, tables).astype(jnp.float32),
+           "format": rs.format_ok(info, toks, tables).astype(jnp.float32),
            "alignment": alignment, "dual": dual}
   bad = (n_pred > cfg.max_labels) | answer_over
   terms = {k: jnp.where(bad, 0.0, v).astype(jnp.float32) for k, v in terms.items()}
