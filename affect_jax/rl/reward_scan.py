@@ -178,6 +178,11 @@ def bit_at(m, position):
   return (position >= 0) & (((word >> (position & 31).astype(jnp.uint32)) & np.uint32(1)) != 0)
 
 
+def mask_count(m):
+  """Set positions of bitmasks m [W, B] -> int32[B]."""
+  return jnp.sum(jax.lax.population_count(m).astype(jnp.int32), axis=0)
+
+
 def mask_count_below(m, position):
   """Set positions of bitmasks m [W, B] below position [B] -> int32[B]."""
   return jnp.sum(jax.lax.population_count(mask_below(m, position)).astype(jnp.int32), axis=0)
@@ -241,9 +246,9 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
     first = mask_first(hit)
     is_cross = bit_at(chain, first)
     start = jnp.where(is_cross, last_special_before(first), first)
-    # Occurrences: 0, 1, or 2 standing for "more than one" (all the format rule needs).
-    more = (mask_last(hit) > first) | (is_cross & bit_at(inside, first))
-    counts.append(jnp.where(first < 0, 0, jnp.where(more, 2, 1)))
+    # Occurrences: 0, 1, or 2 standing for "more than one" (all the format rule needs):
+    # tokens holding the tag, plus one where a token both ends one and holds another.
+    counts.append(jnp.minimum(mask_count(hit) + mask_count(chain & inside), 2))
     firsts.append(first)
     crosses.append(is_cross)
     starts.append(start)
@@ -262,7 +267,7 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
                  nz_through=jnp.stack(throughs), close=jnp.stack(closes),
                  close_cross=jnp.stack(close_crosses), close_start=jnp.stack(close_starts),
                  multi=jnp.any(masks[:, _K_MULTI] != 0, axis=0),
-                 nz_total=jnp.sum(jax.lax.population_count(nonws).astype(jnp.int32), axis=0),
+                 nz_total=mask_count(nonws),
                  text=masks[:, _K_TEXT])
 
 
