@@ -200,18 +200,15 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
   fields = jnp.asarray(_FIELDS)[:, None]
   shifts = np.arange(_KINDS, dtype=np.uint32)[:, None]
 
-  def record(masks, kind, t):
-    """Sets bit t of every kind's bitmask where the token's kind word has it."""
-    w = t >> 5
-    slab = jax.lax.dynamic_index_in_dim(masks, w, keepdims=False)
-    slab = slab | (((kind[None] >> shifts) & np.uint32(1)) << (t & 31).astype(jnp.uint32))
-    return jax.lax.dynamic_update_index_in_dim(masks, slab, w, 0)
+  def record(slab, kind, t):
+    """Sets bit t % 32 of every kind's word in slab [KINDS, B] where kind [B] has it."""
+    return slab | (((kind[None] >> shifts) & np.uint32(1)) << (t & 31).astype(jnp.uint32))
 
   def body(t, c):
     # The kind word of token t is recorded one step later, from the carry: so the bitmask
     # update reads a stored [B] word instead of recomputing the token's events per kind.
-    active, prev, masks = c
-    masks = record(masks, prev, jnp.maximum(t - 1, 0))
+    active, prev, slab = c
+    slab = record(slab, prev, t - 1)
     token = toks.column(t)
     packed = gather(tables.tok, token)
     word, end = packed[:, 0], packed[:, 1]
@@ -230,12 +227,19 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
             | (((word != np.uint32(rt.ALLWS_WORD)) & (word != np.uint32(rt.EMPTY_WORD))
                 ).astype(jnp.uint32) << np.uint32(_K_NONWS)))
     active = jnp.where(special, low, _U0) | ((active & mid) << shift)
-    return active, kind, masks
+    return active, kind, slab
 
-  init = (jnp.zeros((batch,), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
-          jnp.zeros((mask_words(n), _KINDS, batch), jnp.uint32))
-  _, last, masks = jax.lax.fori_loop(0, n, body, init)
-  masks = record(masks, last, jnp.int32(n - 1))
+  # One loop per 32 tokens, each filling one bitmask word per kind in its carry (no dynamic
+  # slicing of the whole bitmask array per token).
+  active = jnp.zeros((batch,), jnp.uint32)
+  words = []
+  for w in range(mask_words(n)):
+    lo, hi = 32 * w, min(32 * (w + 1), n)
+    zero = jnp.zeros((batch,), jnp.uint32)          # a first step records nothing
+    active, last, slab = jax.lax.fori_loop(
+        lo, hi, body, (active, zero, jnp.zeros((_KINDS, batch), jnp.uint32)))
+    words.append(record(slab, last, jnp.int32(hi - 1)))
+  masks = jnp.stack(words)
   special, nonws = masks[:, _K_SPECIAL], masks[:, _K_NONWS]
   last_special_before = lambda p: mask_last(mask_below(special, p))
 
