@@ -239,13 +239,13 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
     active, last, slab = jax.lax.fori_loop(
         lo, hi, body, (active, zero, jnp.zeros((_KINDS, batch), jnp.uint32)))
     words.append(record(slab, last, jnp.int32(hi - 1)))
-  masks = jnp.stack(words)
-  special, nonws = masks[:, _K_SPECIAL], masks[:, _K_NONWS]
+  kind_mask = lambda k: jnp.stack([word[k] for word in words])    # [W, B], kind k only
+  special, nonws = kind_mask(_K_SPECIAL), kind_mask(_K_NONWS)
   last_special_before = lambda p: mask_last(mask_below(special, p))
 
   firsts, crosses, starts, counts, befores, throughs, closes = [], [], [], [], [], [], []
   for t in range(4):
-    chain, inside = masks[:, _K_CHAIN + t], masks[:, _K_INSIDE + t]
+    chain, inside = kind_mask(_K_CHAIN + t), kind_mask(_K_INSIDE + t)
     hit = chain | inside
     first = mask_first(hit)
     is_cross = bit_at(chain, first)
@@ -263,16 +263,16 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
     if t % 2:   # a close tag: its first occurrence ending after the open tag's token
       opened = firsts[t - 1]
       closes.append(jnp.where(opened >= 0, mask_first(mask_above(hit, opened)), -1))
-  close_crosses = [bit_at(masks[:, _K_CHAIN + 2 * p + 1], closes[p]) for p in range(2)]
+  close_crosses = [bit_at(kind_mask(_K_CHAIN + 2 * p + 1), closes[p]) for p in range(2)]
   close_starts = [jnp.where(close_crosses[p], last_special_before(closes[p]), closes[p])
                   for p in range(2)]
   return TagInfo(first=jnp.stack(firsts), cross=jnp.stack(crosses), start=jnp.stack(starts),
                  count=jnp.stack(counts), nz_before=jnp.stack(befores),
                  nz_through=jnp.stack(throughs), close=jnp.stack(closes),
                  close_cross=jnp.stack(close_crosses), close_start=jnp.stack(close_starts),
-                 multi=jnp.any(masks[:, _K_MULTI] != 0, axis=0),
+                 multi=jnp.any(kind_mask(_K_MULTI) != 0, axis=0),
                  nz_total=mask_count(nonws),
-                 text=masks[:, _K_TEXT])
+                 text=kind_mask(_K_TEXT))
 
 
 def _sp(tables, special, column):
