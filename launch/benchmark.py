@@ -49,7 +49,8 @@ def define_flags():
                        "(train_step; default 4). 0 = the bench's default.")
   flags.DEFINE_string("ew_dir", None, "Emotion-wheel folder (default: the demo wheel).")
   flags.DEFINE_string("tokenizer_dir", None, "Tokenizer folder (reward; default: wheel BPE).")
-  flags.DEFINE_integer("runs", 10, "Timed steady-state calls.")
+  flags.DEFINE_integer("runs", 0, "Timed steady-state calls; 0 = the bench's default (reward "
+                       "200: a call takes a few ms and the median needs many; rollout 3).")
   flags.DEFINE_integer("host_samples", 2000, "Rows timed for the host metric (reward).")
   flags.DEFINE_integer("seed", 0, "Seed of generated inputs.")
   flags.DEFINE_string("hf_dir", None, "HF checkpoint folder (rollout, grpo_step).")
@@ -101,7 +102,7 @@ def main(argv):
       os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
   run = resolve(f.bench)
   kwargs = {name: f[name].value for name in _SHARED}
-  for name in ("batch", "seq_len", "logprob_chunk"):   # 0 = the bench's own default
+  for name in ("batch", "seq_len", "logprob_chunk", "runs"):   # 0 = the bench's own default
     if not kwargs[name]:
       del kwargs[name]
   if f.config is not None:

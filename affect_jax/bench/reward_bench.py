@@ -7,9 +7,11 @@ that partly overlap the answer. They are tokenized once (default: the byte-level
 built from the wheel vocabulary, reward_tables.wheel_tokenizer) and padded to the longest.
 
 - device_samples_per_s: batch / median steady-state seconds of the jitted reward (the same
-  `rewards.row_local_rewards` the GRPO step calls), compile time reported apart (compile_s);
-  with several devices (e.g. --cpu_devices=2) the rows are split over them and each device
-  scores its own.
+  `rewards.row_local_rewards` the GRPO step calls, jitted on its own with
+  `rewards.compiler_options()` as launch.score does; listed in compiler_options), compile time
+  reported apart (compile_s); with several devices (e.g. --cpu_devices=2) the rows are split
+  over them and each device scores its own. 200 calls by default: one call takes a few ms,
+  and on a shared 2-core machine the median of 10 moved by up to 2x between runs.
 - host_samples_per_s: the plain-Python per-sample implementation of the official metric
   (metrics.official_completion_reward: parse <answer>, map every label through the format /
   synonym / wheel dicts with sorted candidates, as the official code does) on the same
@@ -62,7 +64,7 @@ def _pad(encoded, multiple: int = 8):
   return ids, np.array([len(e) for e in encoded], np.int32)
 
 
-def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: int = 10,
+def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: int = 200,
         host_samples: int = 2000, host_runs: int = 3, tokenizer_dir: str | None = None,
         config=None, **_) -> dict:
   """Runs the reward benchmark; returns the JSON-ready result (module doc).
@@ -103,7 +105,8 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
   else:
     mesh = None
     args = [jax.device_put(a) for a in args]
-  fn = jax.jit(lambda t, i, l, g, n: rewards.row_local_rewards(i, l, g, n, t, cfg, mesh=mesh))
+  fn = jax.jit(lambda t, i, l, g, n: rewards.row_local_rewards(i, l, g, n, t, cfg, mesh=mesh),
+               compiler_options=rewards.compiler_options())
   device_timing, out = timing.time_jitted(fn, device_tables, *args, runs=runs)
   accuracy = np.asarray(out["accuracy"])
 
@@ -131,5 +134,5 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
       "host_samples": count, "speedup": round(device_rate / host_rate, 2),
       "speedup_best": round((batch / device_timing.min_s) / (count / host_timing.min_s), 2),
       "max_abs_diff": float(np.max(np.abs(accuracy[:count] - host))),
-      "ew_dir": tables.source, "runs": runs,
+      "ew_dir": tables.source, "runs": runs, "compiler_options": rewards.compiler_options(),
   }
