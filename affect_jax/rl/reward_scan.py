@@ -428,21 +428,33 @@ def lookup_pairs(h, valid, tables):
   return jnp.where(hit[None], row[2:], _U0)
 
 
-def answer_step(h, f, rec, transitions):
+def piece_transition(klass, state):
+  """reward_tables.piece_transition on device: piece class klass (the low 6 bits of a_flags)
+  appended to label states `state` [B] -> (new state, gap == one space, whitespace only)."""
+  seen, bad, pend = bits(state, rt.S_SEEN), bits(state, rt.S_BAD), bits(state, rt.S_PEND, 2)
+  allws = bits(klass, rt.F_ALLWS) != 0
+  gap = jnp.minimum(pend + bits(klass, rt.F_LEAD, 2), np.uint32(2))
+  bad = bad | (seen & (gap == 2).astype(jnp.uint32)) | bits(klass, rt.F_INNER_BAD)
+  new = jnp.where(allws, (state & np.uint32(3)) | (gap << np.uint32(rt.S_PEND)),
+                  np.uint32(1 << rt.S_SEEN) | (bad << np.uint32(rt.S_BAD))
+                  | (bits(klass, rt.F_TRAIL, 2) << np.uint32(rt.S_PEND)))
+  return new, gap == 1, allws
+
+
+def answer_step(h, f, rec, bases):
   """Appends piece a of records rec [cols, B] to label states: hashes h uint32[2, B] and
   flags f uint32[B] (rt.S_* bits). Returns the new (h, f).
 
-  The flag logic (whitespace kinds, badness) is one lookup in the transition table; the hash
-  grows by the core's power (times the base for a one-space gap): h * m + H.
+  The flag logic (whitespace kinds, badness) is `piece_transition`; the hash grows by the
+  core's power (times the base for a one-space gap): h * m + H.
   """
   a = rt.A
-  tr = gather(transitions, ((rec[a["a_flags"]] & np.uint32(63)) << np.uint32(4)) | f)
-  gap_one = (bits(tr, 4, 2) == 1)[None]
-  allws = (bits(tr, 6) != 0)[None]
+  new_f, gap_one, allws = piece_transition(rec[a["a_flags"]], f)
   seen = (bits(f, rt.S_SEEN) != 0)[None]
-  m = jnp.where(gap_one, rec[a["a_m1_1"]:a["a_m1_1"] + 2], rec[a["a_m0_1"]:a["a_m0_1"] + 2])
+  m0 = rec[a["a_m0_1"]:a["a_m0_1"] + 2]
+  m = jnp.where(gap_one[None], m0 * jnp.asarray(np.array(bases, np.uint32))[:, None], m0)
   grown = jnp.where(seen, h * m, _U0) + rec[a["a_h1"]:a["a_h1"] + 2]
-  return jnp.where(allws, h, grown), tr & np.uint32(15)
+  return jnp.where(allws[None], h, grown), new_f
 
 
 def answer_scan(toks, span: Span, cap: int, tables):
@@ -468,11 +480,11 @@ def answer_scan(toks, span: Span, cap: int, tables):
     rec = gather(tables.rec_answer, row).T                  # [cols + W, B]
     flags = rec[a["a_flags"]]
     sep = bits(flags, rt.F_SEP) != 0
-    closing_h, closing_f = answer_step(h, fc & np.uint32(15), rec, tables.transitions)
+    closing_h, closing_f = answer_step(h, fc & np.uint32(15), rec, tables.bases)
     closed = sep & (bits(closing_f, rt.S_SEEN) != 0)
     look = closed & (bits(closing_f, rt.S_BAD) == 0)
     h = jnp.where(sep[None], rec[a["f_h1"]:a["f_h1"] + 2], closing_h)
-    f = jnp.where(sep, rec[a["f_state"]], closing_f)
+    f = jnp.where(sep, bits(flags, rt.F_STATE, 4), closing_f)
     count = (fc >> np.uint32(5)) + closed.astype(jnp.uint32) + bits(flags, rt.F_COUNT, 8)
     fc = f | (look.astype(jnp.uint32) << np.uint32(4)) | (count << np.uint32(5))
     next_row = _piece_row(j + 1, toks, span, tables, brackets)[0]

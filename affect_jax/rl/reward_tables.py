@@ -16,7 +16,7 @@ bytes each token adds to the decoded text (`token_bytes`):
   two label parsers:
   * answer parser (split at , ' " then strip): the text before the first separator (piece a:
     64-bit polynomial hash of its non-whitespace core, the multipliers that append it after
-    no gap or after one space, its whitespace class for `transition_table`) and the label
+    no gap or after one space, its whitespace class for `piece_transition`) and the label
     state right after the last separator; labels lying wholly between two separators inside
     the string are resolved here, on the host, into their cluster sets.
   * think parser (words = runs of the wheel's word characters): first and last word fragments
@@ -54,6 +54,7 @@ GOLDEN = (0x9E3779B1, 0x85EBCA77)
 # piece's flags are its class (whitespace only, kind of leading / trailing whitespace,
 # non-space whitespace inside) for the label-state transition table.
 F_ALLWS, F_LEAD, F_TRAIL, F_INNER_BAD, F_SEP, F_EMPTY, F_COUNT = 0, 1, 3, 5, 6, 7, 8
+F_STATE = 16          # a_flags bits 16-19: the label state after the last separator
 # Label state flags: bit 0 non-whitespace seen, bit 1 bad, bits 2-3 pending whitespace kind.
 S_SEEN, S_BAD, S_PEND = 0, 1, 2
 # Think flags.
@@ -220,16 +221,6 @@ def piece_transition(klass: int, state: int) -> tuple[int, int, bool]:
   return 1 | (bad << S_BAD) | (trail << S_PEND), gap, False
 
 
-def transition_table() -> np.ndarray:
-  """uint32[64 * 16]: entry klass * 16 + state = new state | gap << 4 | whitespace-only << 6."""
-  out = np.zeros(64 * 16, np.uint32)
-  for klass in range(64):
-    for state in range(16):
-      new, gap, allws = piece_transition(klass, state)
-      out[klass * 16 + state] = new | (gap << 4) | (int(allws) << 6)
-  return out
-
-
 def _answer_piece(text: str, bases) -> list[int]:
   """[h1, h2, p1, p2, flags] of a separator-free string (flags: F_* bits)."""
   core = text.strip()
@@ -249,12 +240,12 @@ def _answer_piece(text: str, bases) -> list[int]:
 # Records.
 
 # Record tables are row-major. Answer rows: piece a (text before the first separator: core
-# hash h, multipliers m0 = P^core and m1 = base * P^core for a one-space gap, flags), the
-# label state right after the last separator (piece b appended to an empty label: f_h,
-# f_state), then the inner labels' cluster set words. Think rows: the first word fragment
-# (hash, power), the last one's hash, flags, then the inner words' cluster sets.
-ANSWER_COLUMNS = ("a_h1", "a_h2", "a_m0_1", "a_m0_2", "a_m1_1", "a_m1_2", "a_flags", "f_h1",
-                  "f_h2", "f_state")
+# hash h, multiplier m0 = P^core (base * m0 after a one-space gap), flags, with the label
+# state right after the last separator in bits F_STATE..), the hash of that label (piece b
+# appended to an empty label: f_h), then the inner labels' cluster set words. Think rows: the
+# first word fragment (hash, power), the last one's hash, flags, then the inner words'
+# cluster sets.
+ANSWER_COLUMNS = ("a_h1", "a_h2", "a_m0_1", "a_m0_2", "a_flags", "f_h1", "f_h2")
 THINK_COLUMNS = ("ta_h1", "ta_h2", "ta_p1", "ta_p2", "tb_h1", "tb_h2", "t_flags")
 
 
@@ -293,13 +284,14 @@ class _Records:
     count = sum(1 for p in inner_items if p)
     flags |= (int(len(parts) > 1) << F_SEP) | (int(text == "") << F_EMPTY) | (
         min(count, 255) << F_COUNT)
-    a = [h1, h2, p1, p2, p1 * self.bases[0] % MOD, p2 * self.bases[1] % MOD, flags]
     if len(parts) > 1:   # the label state after the last separator
       b1, b2, _, _, klass = _answer_piece(parts[-1], self.bases)
       state, _, allws = piece_transition(klass & 63, 0)
-      a += [0, 0, state] if allws else [b1, b2, state]
+      flags |= state << F_STATE
+      f_h = [0, 0] if allws else [b1, b2]
     else:
-      a += [0, 0, 0]
+      f_h = [0, 0]
+    a = [h1, h2, p1, p2, flags] + f_h
     runs, current, breaks = [], [], 0
     for ch in text:
       encoded = ch.encode("utf-8", "surrogateescape")
@@ -435,7 +427,6 @@ class RewardTables:
   rec_answer: uint32[R, len(ANSWER_COLUMNS) + W], rec_think: uint32[R, len(THINK_COLUMNS)
     + W] records (the last W columns: cluster sets of the labels inside the string);
     bracket_first / bracket_last: int32[R].
-  transitions: uint32[1024] label-state transitions (`transition_table`).
   slots: uint32[T, 2 + W] perfect hash slots (h1, h2, cluster set); disp: uint32[buckets].
   sets: uint32[S, W] cluster set of every surface form.
   """
@@ -448,7 +439,6 @@ class RewardTables:
   rec_think: jax.Array
   bracket_first: jax.Array
   bracket_last: jax.Array
-  transitions: jax.Array
   slots: jax.Array
   disp: jax.Array
   sets: jax.Array
@@ -571,7 +561,7 @@ def build_reward_tables(tokenizer, tables: wheel_lib.EwTables, bases=(0x01000193
       rec_think=np.concatenate([rows[:, n_answer:], inner[1]], axis=1),
       bracket_first=np.array(bracket_first, np.int32),
       bracket_last=np.array(bracket_last, np.int32),
-      transitions=transition_table(), slots=slots, disp=disp, sets=sets,
+      slots=slots, disp=disp, sets=sets,
       field_bits=field_bits, fields_per_word=per_word, slot_bits=slot_bits,
       bucket_bits=bucket_bits, bases=bases)
 

@@ -327,3 +327,14 @@ def test_gt_arrays_limits(demo):
   assert ids[0, 0] == demo.surface_ids()["happy"] and ids[0, 1] == -1 and ids[1].max() == -1
   with pytest.raises(ValueError, match="ground truth row 0: 4 labels"):
     rewards.gt_arrays(["a, b, c, d"], demo, 3)
+
+
+def test_device_piece_transition_equals_the_host_rule():
+  """Every (piece class, label state) pair: the on-device arithmetic == reward_tables'."""
+  from affect_jax.rl import reward_scan
+  klass, state = np.meshgrid(np.arange(64, dtype=np.uint32), np.arange(16, dtype=np.uint32))
+  new, gap_one, allws = jax.jit(reward_scan.piece_transition)(klass.ravel(), state.ravel())
+  for k, s, n, g, a in zip(klass.ravel(), state.ravel(), np.asarray(new), np.asarray(gap_one),
+                           np.asarray(allws)):
+    want_new, want_gap, want_allws = reward_tables.piece_transition(int(k), int(s))
+    assert (int(n), bool(g), bool(a)) == (want_new, want_gap == 1, want_allws), (k, s)
