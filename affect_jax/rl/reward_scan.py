@@ -15,9 +15,11 @@ reward_tables.py for the table layout.
    (for the format rule) and the first close tag after each open tag.
 2. `content_span`: where the answer (or think) content starts and ends, and the record rows
    of the tokens cut by its tags.
-3. `answer_scan` / `think_scan`: while loops as long as the longest content of the batch;
-   per piece they gather the record, advance the label state and look up each label that a
+3. `answer_scan` / `think_scan`: loops as long as the longest content of the batch; per
+   piece they gather the record, advance the label state and look up each label that a
    separator (or word break) closes in the perfect hash table; result: cluster sets per row.
+   Once few rows are still inside their content, those continue on fewer lanes
+   (`lane_loop`, reward.parser_compaction).
 """
 from __future__ import annotations
 
@@ -413,6 +415,46 @@ def _steps(span: Span, cap: int, n: int):
   return jnp.minimum(jnp.max(span_tokens(span)), cap if cap > 0 else n)
 
 
+def lane_widths(batch: int, divisors) -> tuple:
+  """The lane counts of lane_loop's later phases: batch // d for each divisor d (those
+  between 1 and batch - 1 lanes)."""
+  return tuple(w for w in (batch // int(d) for d in divisors) if 0 < w < batch)
+
+
+def _phase_starts(length, steps, widths, top: int):
+  """The step at which each compacted phase starts: the first j at which at most widths[p]
+  rows still have pieces (length > j); at most `steps`. top: a bound on length."""
+  bins = jnp.zeros((top + 2,), jnp.int32).at[jnp.clip(length, 0, top + 1)].add(1)
+  count_gt = length.shape[0] - jnp.cumsum(bins)          # [j]: rows with length > j
+  return [jnp.minimum(jnp.sum((count_gt > w).astype(jnp.int32)), steps) for w in widths]
+
+
+def lane_loop(body, carry, lanes, length, steps, widths, top: int):
+  """carry = body(j, carry, lanes) for j in [0, steps), on ever fewer lanes.
+
+  carry: pytree of arrays with the rows on the last axis; lanes: pytree of per-row inputs with
+  the rows on the first axis; length [B]: the steps each row needs (a step past a row's
+  length must leave its carry unchanged, as an empty piece does; 0 <= length <= top).
+  widths: lane counts of the phases after the first (decreasing). Once at most widths[p] rows still need steps, those
+  rows are gathered into widths[p] lanes (padded with copies of a row, which compute the
+  same values) and continue there; the result is scattered back. On XLA:CPU a loop step
+  costs about the same per lane however few rows still need it, so this cuts the parsers'
+  work to about the rows' total length instead of the longest row's times B.
+  """
+  def run(start, stop, c, rows):
+    return jax.lax.while_loop(lambda s: s[0] < stop,
+                              lambda s: (s[0] + 1, body(s[0], s[1], rows)), (start, c))[1]
+
+  starts = _phase_starts(length, steps, widths, top) + [steps]
+  carry = run(jnp.int32(0), starts[0], carry, lanes)
+  for p, width in enumerate(widths):
+    idx = jnp.nonzero(length > starts[p], size=width, fill_value=0)[0]
+    part = run(starts[p], starts[p + 1], jax.tree.map(lambda x: x[..., idx], carry),
+               jax.tree.map(lambda x: x[idx], lanes))
+    carry = jax.tree.map(lambda x, y: x.at[..., idx].set(y), carry, part)
+  return carry
+
+
 # ------------------------------------------------------------------------------------------
 # 3. Parsers.
 
@@ -457,7 +499,7 @@ def answer_step(h, f, rec, bases):
   return jnp.where(allws[None], h, grown), new_f
 
 
-def answer_scan(toks, span: Span, cap: int, tables):
+def answer_scan(toks, span: Span, cap: int, tables, compaction=()):
   """Answer parser over the answer content's pieces -> (cluster set words uint32[B, W], item
   count [B]). A while loop over piece index j runs as many steps as the longest answer of the
   batch has tokens (at most `cap` when cap > 0): per step it gathers each row's record,
@@ -469,13 +511,14 @@ def answer_scan(toks, span: Span, cap: int, tables):
   steps = _steps(span, cap, n)
   brackets = bracket_rows(toks, span, tables)
 
-  def body(c):
+  def body(j, c, lanes):
     # fc: label flags in bits 0-3, "pend holds a label to look up" in bit 4, the item count
     # above. Two values are computed one step ahead and carried, so that the gathers read
     # stored arrays instead of recomputing their index for every gathered column: the record
     # row of the next piece, and the hash of the label this step closed (looked up next step).
     # A piece outside the content is the empty-string row V, which changes nothing.
-    j, h, fc, words, pend, row = c
+    toks, span, brackets = lanes
+    h, fc, words, pend, row = c
     found = lookup_pairs(pend, bits(fc, 4) != 0, tables)
     rec = gather(tables.rec_answer, row).T                  # [cols + W, B]
     flags = rec[a["a_flags"]]
@@ -488,12 +531,13 @@ def answer_scan(toks, span: Span, cap: int, tables):
     count = (fc >> np.uint32(5)) + closed.astype(jnp.uint32) + bits(flags, rt.F_COUNT, 8)
     fc = f | (look.astype(jnp.uint32) << np.uint32(4)) | (count << np.uint32(5))
     next_row = _piece_row(j + 1, toks, span, tables, brackets)[0]
-    return j + 1, h, fc, words | found | rec[n_cols:], closing_h, next_row
+    return h, fc, words | found | rec[n_cols:], closing_h, next_row
 
-  init = (jnp.int32(0), jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
+  init = (jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
           jnp.zeros((tables.num_words, batch), jnp.uint32), jnp.zeros((2, batch), jnp.uint32),
           _piece_row(jnp.int32(0), toks, span, tables, brackets)[0])
-  _, h, fc, words, pend, _ = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
+  h, fc, words, pend, _ = lane_loop(body, init, (toks, span, brackets), span_tokens(span),
+                                    steps, lane_widths(batch, compaction), n)
   # The last label ends with the content (rows shorter than the loop keep their state: the
   # pieces past a content's end are empty strings); the last closed label is still pending.
   final_seen = span.present & (bits(fc, rt.S_SEEN) != 0)
@@ -504,15 +548,16 @@ def answer_scan(toks, span: Span, cap: int, tables):
   return list(words), count
 
 
-def think_scan(toks, span: Span, cap: int, tables):
+def think_scan(toks, span: Span, cap: int, tables, compaction=()):
   """Think parser over the think content's pieces -> cluster set words [W][B] of its words
-  (a while loop as in answer_scan)."""
+  (a loop as in answer_scan)."""
   batch, n = toks.ids.shape
   t, n_cols = rt.T, len(rt.THINK_COLUMNS)
   steps = _steps(span, cap, n)
 
-  def body(c):
-    j, h, ne, words = c
+  def body(j, c, lanes):
+    toks, span = lanes
+    h, ne, words = c
     row, ins = _piece_row(j, toks, span, tables)
     rec = gather(tables.rec_think, row).T
     flags = rec[t["t_flags"]]
@@ -522,10 +567,11 @@ def think_scan(toks, span: Span, cap: int, tables):
     found = lookup_pairs(grown, brk & (grown_ne != 0), tables)
     h = jnp.where(brk[None], rec[t["tb_h1"]:t["tb_h1"] + 2], grown)
     ne = jnp.where(brk, bits(flags, rt.T_B_NONEMPTY), grown_ne)
-    return j + 1, h, ne, words | found | jnp.where(ins[None], rec[n_cols:], _U0)
+    return h, ne, words | found | jnp.where(ins[None], rec[n_cols:], _U0)
 
-  init = (jnp.int32(0), jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
+  init = (jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
           jnp.zeros((tables.num_words, batch), jnp.uint32))
-  _, h, ne, words = jax.lax.while_loop(lambda c: c[0] < steps, body, init)
+  h, ne, words = lane_loop(body, init, (toks, span), span_tokens(span), steps,
+                           lane_widths(batch, compaction), n)
   words = words | lookup_pairs(h, span.present & (ne != 0), tables)
   return list(words)

@@ -57,6 +57,7 @@ class RewardConfig:
   max_think_tokens: int = 0
   max_gt_labels: int = 16
   hash_bases: tuple = (0x01000193, 0x5BD1E995)
+  parser_compaction: tuple = (2, 8)
 
   def __post_init__(self):
     if self.penalty not in PENALTIES:
@@ -75,6 +76,11 @@ class RewardConfig:
     for name in ("w_accuracy", "w_format", "w_alignment", "w_dual"):
       if not math.isfinite(float(getattr(self, name))):
         raise ValueError(f"reward.{name}: must be a finite number.")
+    divisors = tuple(self.parser_compaction)
+    if (any(int(d) != d or d < 2 for d in divisors)
+        or any(b <= a for a, b in zip(divisors, divisors[1:]))):
+      raise ValueError(f"reward.parser_compaction={divisors}: expected increasing integers "
+                       ">= 2 (lane divisors of the later parser phases), or () for none.")
 
   @classmethod
   def from_config(cls, c) -> "RewardConfig":
@@ -86,7 +92,8 @@ class RewardConfig:
                penalty=str(c.penalty), penalty_terms=tuple(terms), p3_form=str(c.p3_form),
                max_labels=int(c.max_labels), max_answer_tokens=int(c.max_answer_tokens),
                max_think_tokens=int(c.max_think_tokens), max_gt_labels=int(c.max_gt_labels),
-               hash_bases=tuple(int(b) for b in c.hash_bases))
+               hash_bases=tuple(int(b) for b in c.hash_bases),
+               parser_compaction=_divisors(c.get("parser_compaction", (2, 8))))
 
   def weight(self, term: str) -> float:
     return float(getattr(self, f"w_{term}"))
@@ -94,6 +101,11 @@ class RewardConfig:
   @property
   def needs_think_words(self) -> bool:
     return self.w_alignment != 0 or self.w_dual != 0
+
+
+def _divisors(value) -> tuple:
+  """A config's parser_compaction as a tuple (ints are checked by RewardConfig)."""
+  return tuple(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -262,7 +274,8 @@ def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
   info = rs.tag_scan(toks, tables)
 
   answer = rs.content_span(info, toks, tables, pair=rt.MODE_ANSWER)
-  answer_words, n_pred = rs.answer_scan(toks, answer, cfg.max_answer_tokens, tables)
+  answer_words, n_pred = rs.answer_scan(toks, answer, cfg.max_answer_tokens, tables,
+                                        cfg.parser_compaction)
   answer_over = rs.overflow(answer, cfg.max_answer_tokens)
   truth = gt_words(gt_ids, tables)
   f_acc, precision, recall = _set_f(truth, answer_words, tables)
@@ -271,7 +284,8 @@ def completion_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables,
     think = rs.content_span(info, toks, tables, pair=rt.MODE_THINK)
     think_over = rs.overflow(think, cfg.max_think_tokens)
     think_words = [jnp.where(think_over, np.uint32(0), x)
-                   for x in rs.think_scan(toks, think, cfg.max_think_tokens, tables)]
+                   for x in rs.think_scan(toks, think, cfg.max_think_tokens, tables,
+                                          cfg.parser_compaction)]
     alignment = jnp.mean(_set_f(answer_words, think_words, tables)[0], axis=1)
     dual = jnp.mean(_set_f(truth, think_words, tables)[0], axis=1)
   else:

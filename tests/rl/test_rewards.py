@@ -1,10 +1,12 @@
 """On-device EW reward == the host rules, for several tokenizers; bad inputs; penalties."""
+import dataclasses
 import pathlib
 import sys
 
 import hypothesis
 import hypothesis.strategies as st
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -258,6 +260,36 @@ def test_config_round_trip_and_errors():
     rewards.RewardConfig(max_labels=0)
   with pytest.raises(ValueError, match="unknown field"):
     get_reward_config(w_magic=1.0)
+  assert rewards.RewardConfig.from_config(
+      get_reward_config(parser_compaction=(4, 16))).parser_compaction == (4, 16)
+  for bad in ((1,), (8, 2), (2, 2), (2.5,)):
+    with pytest.raises(ValueError, match="parser_compaction"):
+      rewards.RewardConfig(parser_compaction=bad)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_parser_compaction_changes_no_value(demo, rows):
+  """A few long contents among short ones: the parsers continue the long rows on fewer lanes
+  (and pad those lanes with copies of a row); every output equals one phase and the host."""
+  tokenizer = _tokenizer("bpe", demo)
+  rng = np.random.default_rng(7)
+  surfaces = list(demo.surfaces)
+  texts, gts = [], []
+  for i in range(rows):
+    count = 12 if i % 9 == 0 else int(rng.integers(1, 3))
+    answer = ", ".join(rng.choice(surfaces, size=count))
+    think = " ".join(rng.choice(surfaces, size=3 * count))
+    texts.append(f"<think>{think}</think><answer>{answer}</answer>")
+    gts.append(", ".join(rng.choice(surfaces, size=2)))
+  outs = [_device(tokenizer, demo, texts, gts, dataclasses.replace(CFG, parser_compaction=c))
+          for c in ((), (2, 8), (2, 4, 8, 16, 32))]
+  for out in outs[1:]:
+    for key in outs[0]:
+      np.testing.assert_array_equal(out[key], outs[0][key], err_msg=key)
+  for i, text in enumerate(texts):
+    host = rewards.reference_scores(text, gts[i], demo, CFG)
+    for term in TERMS:
+      assert outs[1][term][i] == pytest.approx(host[term], abs=1e-6), (term, text)
 
 
 def test_hash_bases_must_match_tables(demo):
@@ -338,3 +370,29 @@ def test_device_piece_transition_equals_the_host_rule():
                            np.asarray(allws)):
     want_new, want_gap, want_allws = reward_tables.piece_transition(int(k), int(s))
     assert (int(n), bool(g), bool(a)) == (want_new, want_gap == 1, want_allws), (k, s)
+
+
+@pytest.mark.parametrize("batch, widths", [(64, (32, 8)), (64, (16,)), (5, (2, 1)), (1, ())])
+def test_lane_loop_runs_every_row_its_own_steps(batch, widths):
+  """lane_loop == a plain loop: each row sees steps j < its length, in order, on any lanes."""
+  from affect_jax.rl import reward_scan
+  rng = np.random.default_rng(batch)
+  top = 40
+  length = rng.integers(0, top + 1, batch).astype(np.int32)
+  length[0] = top
+
+  def body(j, carry, lanes):
+    total, last = carry
+    live = j < lanes["length"]
+    return (jnp.where(live, total * 3 + j + lanes["salt"], total) % 1000003,
+            jnp.where(live, j, last))
+
+  carry = (np.zeros(batch, np.int32), np.full(batch, -1, np.int32))
+  lanes = {"length": length, "salt": np.arange(batch, dtype=np.int32)}
+  fn = jax.jit(lambda c, l, n: reward_scan.lane_loop(body, c, l, n, jnp.max(n), widths, top))
+  total, last = fn(carry, lanes, length)
+  for b in range(batch):
+    want = 0
+    for j in range(length[b]):
+      want = (want * 3 + j + b) % 1000003
+    assert int(total[b]) == want and int(last[b]) == length[b] - 1, b
