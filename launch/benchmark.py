@@ -35,6 +35,10 @@ BENCHES = {
 # weights live at once (65 GiB per device for the 7B GRPO step on fsdp=16, against 27 GiB with
 # this flag); TPU and GPU compilers schedule for memory, so the plan does too.
 BENCH_XLA_FLAGS = {"plan": ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)}
+# Host CPU devices when --cpu_devices is 0: the reward bench splits its batch over one device
+# per core (each scores its own rows, as each accelerator does in the GRPO step); on a GPU /
+# TPU machine this only shapes the unused host platform.
+BENCH_CPU_DEVICES = {"reward": lambda: os.cpu_count() or 1}
 
 
 def define_flags():
@@ -44,7 +48,8 @@ def define_flags():
   flags.DEFINE_string("bench", None, f"One of {sorted(BENCHES)}.")
   flags.DEFINE_string("json_out", None, "Also write the JSON object to this file.")
   flags.DEFINE_integer("cpu_devices", 0, "If > 0, expose the host CPU as this many XLA "
-                       "devices (set before JAX starts).")
+                       "devices (set before JAX starts); 0 = the bench's default (reward: one "
+                       "per core; others: 1).")
   flags.DEFINE_integer("batch", 0, "Rows per call (reward; default 4096) or per step "
                        "(train_step; default 4). 0 = the bench's default.")
   flags.DEFINE_string("ew_dir", None, "Emotion-wheel folder (default: the demo wheel).")
@@ -93,9 +98,13 @@ def main(argv):
   f = flags.FLAGS
   if not f.bench:
     raise app.UsageError(f"--bench is required: one of {sorted(BENCHES)}.")
-  if f.cpu_devices > 0:
+  cpu_devices = f.cpu_devices
+  if not cpu_devices and f.bench in BENCH_CPU_DEVICES and (
+      "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")):
+    cpu_devices = BENCH_CPU_DEVICES[f.bench]()
+  if cpu_devices > 0:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
-                               f"device_count={f.cpu_devices}").strip()
+                               f"device_count={cpu_devices}").strip()
   for flag in BENCH_XLA_FLAGS.get(f.bench, ()):
     current = os.environ.get("XLA_FLAGS", "")
     if flag.split("=")[0] not in current:

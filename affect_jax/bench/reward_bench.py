@@ -9,8 +9,9 @@ built from the wheel vocabulary, reward_tables.wheel_tokenizer) and padded to th
 - device_samples_per_s: batch / median steady-state seconds of the jitted reward (the same
   `rewards.row_local_rewards` the GRPO step calls, jitted on its own with
   `rewards.compiler_options()` as launch.score does; listed in compiler_options), compile time
-  reported apart (compile_s); with several devices (e.g. --cpu_devices=2) the rows are split
-  over them and each device scores its own. 200 calls by default: one call takes a few ms,
+  reported apart (compile_s); with several devices the rows are split over them and each
+  device scores its own (launch.benchmark gives the reward bench one host CPU device per core
+  unless --cpu_devices says otherwise; `devices` is the number used). 200 calls by default: one call takes a few ms,
   and on a shared 2-core machine the median of 10 moved by up to 2x between runs.
 - host_samples_per_s: the plain-Python per-sample implementation of the official metric
   (metrics.official_completion_reward: parse <answer>, map every label through the format /
@@ -125,7 +126,7 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
   host_rate = count / host_timing.median_s
   return {
       "bench": "reward", "batch": batch, "seq_len": int(ids.shape[1]),
-      "mean_tokens": float(lengths.mean()), "devices": len(devices),
+      "mean_tokens": float(lengths.mean()), "devices": mesh.size if mesh else 1,
       "device_samples_per_s": round(device_rate, 1),
       "device_step_s": device_timing.median_s, "device_step_min_s": device_timing.min_s,
       "compile_s": round(device_timing.compile_s, 3), "table_build_s": round(table_build_s, 3),

@@ -37,3 +37,23 @@ def test_timing_helpers():
   assert timing.time_host(lambda: None, runs=2).runs == 2
   with pytest.raises(ValueError, match="runs=0"):
     timing.time_host(lambda: None, runs=0)
+
+
+def test_cli_splits_the_batch_over_one_cpu_device_per_core(tmp_path):
+  """Without --cpu_devices (and no device count in XLA_FLAGS) the reward bench uses one host
+  CPU device per core; --cpu_devices=1 keeps one."""
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["AFFECT_JAX_CACHE"] = str(tmp_path / "cache")
+  common = ["--bench=reward", "--batch=16", "--runs=1", "--host_samples=8"]
+  for extra, want in (([], os.cpu_count() if 16 % os.cpu_count() == 0 else 1),
+                      (["--cpu_devices=1"], 1)):
+    r = subprocess.run([sys.executable, "-m", "launch.benchmark", *common, *extra], cwd=root,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["devices"] == want and out["max_abs_diff"] < 1e-6, (extra, out["devices"])
