@@ -231,17 +231,30 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
     active = jnp.where(special, low, _U0) | ((active & mid) << shift)
     return active, kind, slab
 
-  # One loop per 32 tokens, each filling one bitmask word per kind in its carry (no dynamic
-  # slicing of the whole bitmask array per token).
-  active = jnp.zeros((batch,), jnp.uint32)
-  words = []
-  for w in range(mask_words(n)):
-    lo, hi = 32 * w, min(32 * (w + 1), n)
+  def block(w, active):
+    # 32 tokens: the inner loop fills one bitmask word per kind in its carry (no slicing of
+    # the whole bitmask array per token) -> (active, uint32[KINDS, B]).
+    lo = 32 * w
+    hi = min(lo + 32, n) if isinstance(w, int) else jnp.minimum(lo + 32, n)
     zero = jnp.zeros((batch,), jnp.uint32)          # a first step records nothing
     active, last, slab = jax.lax.fori_loop(
         lo, hi, body, (active, zero, jnp.zeros((_KINDS, batch), jnp.uint32)))
-    words.append(record(slab, last, jnp.int32(hi - 1)))
-  kind_mask = lambda k: jnp.stack([word[k] for word in words])    # [W, B], kind k only
+    return active, record(slab, last, jnp.int32(hi - 1))
+
+  active = jnp.zeros((batch,), jnp.uint32)
+  if mask_words(n) <= 4:    # up to 128 tokens: one loop per block, words kept apart
+    words = []
+    for w in range(mask_words(n)):
+      active, slab = block(w, active)
+      words.append(slab)
+    kind_mask = lambda k: jnp.stack([word[k] for word in words])    # [W, B], kind k only
+  else:                     # a loop over the blocks: the program does not grow with N
+    def store(w, c):
+      active, slab = block(w, c[0])
+      return active, c[1].at[w].set(slab)
+    _, masks = jax.lax.fori_loop(0, mask_words(n), store, (active, jnp.zeros(
+        (mask_words(n), _KINDS, batch), jnp.uint32)))
+    kind_mask = lambda k: masks[:, k]
   special, nonws = kind_mask(_K_SPECIAL), kind_mask(_K_NONWS)
   last_special_before = lambda p: mask_last(mask_below(special, p))
 
