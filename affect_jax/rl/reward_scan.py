@@ -118,21 +118,21 @@ def mask_last(m):
   return jnp.max(at, axis=0)
 
 
+def _low_bits(words: int, position):
+  """uint32[W, B]: in each word, the bits of the positions below position [B]."""
+  k = jnp.clip(position[None] - 32 * jnp.arange(words, dtype=jnp.int32)[:, None], 0, 32)
+  return jnp.where(k >= 32, np.uint32(0xFFFFFFFF),
+                   (np.uint32(1) << jnp.minimum(k, 31).astype(jnp.uint32)) - np.uint32(1))
+
+
 def mask_above(m, position):
   """Bitmasks m [W, B] with the positions <= position [B] cleared."""
-  k = jnp.clip(position[None] + 1 - 32 * jnp.arange(m.shape[0], dtype=jnp.int32)[:, None],
-               0, 32)
-  below = jnp.where(k >= 32, np.uint32(0xFFFFFFFF),
-                    (np.uint32(1) << jnp.minimum(k, 31).astype(jnp.uint32)) - np.uint32(1))
-  return m & ~below
+  return m & ~_low_bits(m.shape[0], position + 1)
 
 
 def mask_below(m, position):
   """Bitmasks m [W, B] keeping only the positions < position [B]."""
-  k = jnp.clip(position[None] - 32 * jnp.arange(m.shape[0], dtype=jnp.int32)[:, None], 0, 32)
-  below = jnp.where(k >= 32, np.uint32(0xFFFFFFFF),
-                    (np.uint32(1) << jnp.minimum(k, 31).astype(jnp.uint32)) - np.uint32(1))
-  return m & below
+  return m & _low_bits(m.shape[0], position)
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,10 +174,11 @@ _KINDS = 12
 
 
 def bit_at(m, position):
-  """Bit `position` [B] of bitmasks m [W, B] -> bool[B] (False for negative positions)."""
+  """Bit `position` [B] of bitmasks m [W, B] -> bool[B] (False outside [0, 32 W))."""
   w = jnp.clip(position >> 5, 0, m.shape[0] - 1)
   word = jnp.take_along_axis(m, w[None], axis=0)[0]
-  return (position >= 0) & (((word >> (position & 31).astype(jnp.uint32)) & np.uint32(1)) != 0)
+  inside = (position >= 0) & (position < 32 * m.shape[0])
+  return inside & (((word >> (position & 31).astype(jnp.uint32)) & np.uint32(1)) != 0)
 
 
 def mask_count(m):

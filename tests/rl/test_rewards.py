@@ -396,3 +396,30 @@ def test_lane_loop_runs_every_row_its_own_steps(batch, widths):
     for j in range(length[b]):
       want = (want * 3 + j + b) % 1000003
     assert int(total[b]) == want and int(last[b]) == length[b] - 1, b
+
+
+def test_bitmask_helpers_equal_numpy():
+  """first / last / above / below / count / bit_at on random position sets (W = 3 words)."""
+  from affect_jax.rl import reward_scan
+  rng = np.random.default_rng(3)
+  sets = (rng.random((16, 96)) < rng.random((16, 1)) * 0.3)
+  sets[0] = False
+  pos = rng.integers(-2, 99, 16).astype(np.int32)
+  sets[1, 33], pos[1] = True, 97        # past the last word: not the bit of position 65
+  sets[1, 65] = True
+  words = np.stack([(sets[:, 32 * w:32 * w + 32] * (1 << np.arange(32, dtype=np.uint64))).sum(
+      1) for w in range(3)]).astype(np.uint32)
+  m = jnp.asarray(words)
+  got = jax.jit(lambda m, p: dict(
+      first=reward_scan.mask_first(m), last=reward_scan.mask_last(m),
+      above=reward_scan.mask_first(reward_scan.mask_above(m, p)),
+      below=reward_scan.mask_count_below(m, p), count=reward_scan.mask_count(m),
+      bit=reward_scan.bit_at(m, p)))(m, pos)
+  for b in range(16):
+    where = np.flatnonzero(sets[b])
+    assert got["first"][b] == (where[0] if len(where) else -1)
+    assert got["last"][b] == (where[-1] if len(where) else -1)
+    later = where[where > pos[b]]
+    assert got["above"][b] == (later[0] if len(later) else -1)
+    assert got["below"][b] == np.sum(where < pos[b]) and got["count"][b] == len(where)
+    assert bool(got["bit"][b]) == bool(0 <= pos[b] < 96 and sets[b, pos[b]])
