@@ -11,8 +11,9 @@ built from the wheel vocabulary, reward_tables.wheel_tokenizer) and padded to th
   `rewards.compiler_options()` as launch.score does; listed in compiler_options), compile time
   reported apart (compile_s); with several devices the rows are split over them and each
   device scores its own (launch.benchmark gives the reward bench one host CPU device per core
-  unless --cpu_devices says otherwise; `devices` is the number used). 200 calls by default: one call takes a few ms,
-  and on a shared 2-core machine the median of 10 moved by up to 2x between runs.
+  unless --cpu_devices says otherwise; `devices` is the number used). 200 calls by default:
+  one call takes a few ms, and on a shared 2-core machine the median of 10 moved by up to 2x
+  between runs.
 - host_samples_per_s: the plain-Python per-sample implementation of the official metric
   (metrics.official_completion_reward: parse <answer>, map every label through the format /
   synonym / wheel dicts with sorted candidates, as the official code does) on the same

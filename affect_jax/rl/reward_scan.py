@@ -188,7 +188,7 @@ def mask_count(m):
 
 def mask_count_below(m, position):
   """Set positions of bitmasks m [W, B] below position [B] -> int32[B]."""
-  return jnp.sum(jax.lax.population_count(mask_below(m, position)).astype(jnp.int32), axis=0)
+  return mask_count(mask_below(m, position))
 
 
 def tag_scan(toks: Tokens, tables) -> TagInfo:
@@ -220,9 +220,7 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
     chain = ((active & end)[None] & fields) != 0                  # [4, B]
     mid = jnp.where(special, _U0, low)
     shift = jnp.where(special, _U0, bits(word, 28, 3))
-    kind = (chain[0].astype(jnp.uint32) | (chain[1].astype(jnp.uint32) << np.uint32(1))
-            | (chain[2].astype(jnp.uint32) << np.uint32(2))
-            | (chain[3].astype(jnp.uint32) << np.uint32(3))
+    kind = (sum(chain[t].astype(jnp.uint32) << np.uint32(_K_CHAIN + t) for t in range(4))
             | ((end >> np.uint32(28)) << np.uint32(_K_INSIDE))
             | ((word != np.uint32(rt.EMPTY_WORD)).astype(jnp.uint32) << np.uint32(_K_TEXT))
             | ((special & (bits(word, 28) != 0)).astype(jnp.uint32) << np.uint32(_K_MULTI))
@@ -449,9 +447,9 @@ def lane_loop(body, carry, lanes, length, steps, widths, top: int):
   carry: pytree of arrays with the rows on the last axis; lanes: pytree of per-row inputs with
   the rows on the first axis; length [B]: the steps each row needs (a step past a row's
   length must leave its carry unchanged, as an empty piece does; 0 <= length <= top).
-  widths: lane counts of the phases after the first (decreasing). Once at most widths[p] rows still need steps, those
-  rows are gathered into widths[p] lanes (padded with copies of a row, which compute the
-  same values) and continue there; the result is scattered back. On XLA:CPU a loop step
+  widths: lane counts of the phases after the first (decreasing). Once at most widths[p]
+  rows still need steps, those rows are gathered into widths[p] lanes (padded with copies of
+  a row, which compute the same values) and continue there; the result is scattered back. On XLA:CPU a loop step
   costs about the same per lane however few rows still need it, so this cuts the parsers'
   work to about the rows' total length instead of the longest row's times B.
   """
@@ -514,11 +512,12 @@ def answer_step(h, f, rec, bases):
 
 
 def answer_scan(toks, span: Span, cap: int, tables, compaction=()):
-  """Answer parser over the answer content's pieces -> (cluster set words uint32[B, W], item
-  count [B]). A while loop over piece index j runs as many steps as the longest answer of the
-  batch has tokens (at most `cap` when cap > 0): per step it gathers each row's record,
-  advances the label state, and looks up the label a separator closes. The loop state is
-  three arrays (XLA:CPU emits one kernel per loop output, so fewer outputs run faster).
+  """Answer parser over the answer content's pieces -> (cluster set words [W][B], item count
+  [B]). A loop over piece index j runs as many steps as the longest answer of the batch has
+  tokens (at most `cap` when cap > 0): per step it gathers each row's record, advances the
+  label state, and looks up the label a separator closes. The loop state is five arrays
+  (XLA:CPU emits one kernel per loop output, so fewer outputs run faster); compaction: the
+  lane divisors of lane_loop's later phases.
   """
   batch, n = toks.ids.shape
   a, n_cols = rt.A, len(rt.ANSWER_COLUMNS)

@@ -93,7 +93,7 @@ class RewardConfig:
                max_labels=int(c.max_labels), max_answer_tokens=int(c.max_answer_tokens),
                max_think_tokens=int(c.max_think_tokens), max_gt_labels=int(c.max_gt_labels),
                hash_bases=tuple(int(b) for b in c.hash_bases),
-               parser_compaction=_divisors(c.get("parser_compaction", (2, 8))))
+               parser_compaction=tuple(c.get("parser_compaction", cls.parser_compaction)))
 
   def weight(self, term: str) -> float:
     return float(getattr(self, f"w_{term}"))
@@ -101,11 +101,6 @@ class RewardConfig:
   @property
   def needs_think_words(self) -> bool:
     return self.w_alignment != 0 or self.w_dual != 0
-
-
-def _divisors(value) -> tuple:
-  """A config's parser_compaction as a tuple (ints are checked by RewardConfig)."""
-  return tuple(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,9 +332,9 @@ def row_local_rewards(ids, lengths, gt_ids, n_gt, tables: rt.RewardTables, cfg: 
 CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
-def compiler_options(backend: str | None = None) -> dict | None:
+def compiler_options() -> dict | None:
   """XLA options for jitting the reward on its own (CPU_COMPILER_OPTIONS on CPU, else None)."""
-  return dict(CPU_COMPILER_OPTIONS) if (backend or jax.default_backend()) == "cpu" else None
+  return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
 
 
 def make_reward_fn(tables: rt.RewardTables, cfg: RewardConfig):
