@@ -151,6 +151,10 @@ def score(gt_path: str, pred_path: str, task: str, ew_dir=None, engine: str = "h
   gt_columns = {"ov": ("name", "openset"), "hit": ("name", "label"),
                 "sentiment": ("name", "valence")}[task]
   gt_names, gt_rows = read_rows(gt_path, gt_columns)
+  if not gt_rows:
+    raise ScoreInputError(f"{os.path.basename(gt_path)}: no rows under the header "
+                          f"{list(gt_columns)}; there is nothing to score. Point --gt at the "
+                          f"ground truth with one row per clip.")
   alternatives = (("name", "sentiment"),) if task == "sentiment" else ()
   pred_names, pred_rows = read_rows(pred_path, ("name", "openset"), alternatives)
   preds = align(gt_names, pred_names, pred_rows, gt_rows, pred_path)
@@ -241,7 +245,7 @@ def main(argv):
   try:
     result = score(f.gt, f.pred, f.task, f.ew_dir, f.engine, f.per_sample_out, f.tokenizer)
   except ValueError as e:   # ScoreInputError, WheelFileError, TokenizerError
-    print(f"launch.score: {e}", file=sys.stderr)
+    print(f"launch.score: error: {e}", file=sys.stderr)
     sys.exit(2)
   text = json.dumps(result, sort_keys=True)
   print(text)

@@ -68,6 +68,15 @@ def _read_header(path: pathlib.Path) -> tuple[dict, int]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise CheckpointError(f"{path}: corrupt safetensors header ({e}).") from e
   header.pop("__metadata__", None)
+  for name, info in header.items():
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    if (not isinstance(offsets, list) or len(offsets) != 2
+        or not all(isinstance(o, int) for o in offsets)):
+      raise CheckpointError(f"{path}: tensor '{name}' has no valid data_offsets in the header.")
+    if 8 + n + offsets[1] > size:
+      raise CheckpointError(
+          f"{path}: truncated safetensors file: tensor '{name}' ends at byte "
+          f"{8 + n + offsets[1]} but the file has {size} bytes. Copy or download it again.")
   return header, 8 + n
 
 
