@@ -22,7 +22,8 @@ Typed PRNG keys (jax.random.key) are stored as their key data and re-wrapped wit
 implementation. Restore goes straight onto the shardings of the target (jax.ShapeDtypeStruct
 leaves with .sharding), so a checkpoint saved on a (2, 4) mesh restores on (4, 2) or one device.
 A step that cannot be read (a save cut short, a truncated or deleted file, a checksum mismatch) is
-skipped with a warning for the previous one.
+skipped with a warning for the previous one; when the run reaches that step again, the damaged
+folder is moved to damaged/STEP-TIME (kept, not deleted) and the step is saved afresh.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from affect_jax.checkpoints.safetensors_io import CheckpointError
 FORMAT = "affect_jax.train_checkpoint"
 FROZEN_KEYS = ("frozen", "reference")
 _ARRAY_ITEMS = ("state", "frozen")
+DAMAGED_DIR = "damaged"   # unreadable steps moved aside when they are saved again
 _ITEM_HANDLERS = {
     "state": ocp.PyTreeCheckpointHandler,
     "frozen": ocp.PyTreeCheckpointHandler,
@@ -89,6 +91,9 @@ class Checkpointer:
     # Saves that never finished (the process died mid-write) leave temporary folders; note
     # them before Orbax removes them, so restore can say why the newest step is missing.
     self._unfinished = _unfinished_steps(self.directory)
+    # Steps restore_latest found unreadable: saving such a step again moves the damaged
+    # folder aside (DAMAGED_DIR) instead of skipping the save.
+    self._damaged: set[int] = set()
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=bool(cfg.async_save),
         preservation_policy=_preservation_policy(cfg),
@@ -148,6 +153,8 @@ class Checkpointer:
     """
     if not (force or self.should_save(step)):
       return False
+    if step in self._damaged and step in self._mgr.all_steps():
+      self._quarantine(step)
     if step in self._mgr.all_steps():
       logging.info("checkpoint step %d is already in %s; not saving it again.", step,
                    self.directory)
@@ -186,6 +193,22 @@ class Checkpointer:
     if wait:
       self._mgr.wait_until_finished()
     return True
+
+  def _quarantine(self, step: int) -> None:
+    """Moves the unreadable folder of `step` to DAMAGED_DIR/STEP-TIME (one atomic rename by
+    process 0; nothing is deleted), so the step can be written again."""
+    self._mgr.wait_until_finished()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = self.directory / DAMAGED_DIR / f"{step}-{stamp}"
+    if jax.process_index() == 0:
+      target.parent.mkdir(exist_ok=True)
+      os.rename(self.directory / str(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"affect_jax_quarantine_{step}")
+    self._mgr.reload()
+    self._damaged.discard(step)
+    logging.warning("checkpoint step %d in %s was unreadable; moved it to %s and saving the "
+                    "step again.", step, self.directory, target)
 
   # -- restore -------------------------------------------------------------------------------
 
@@ -282,12 +305,14 @@ class Checkpointer:
       if _all_processes_ok(error is None):
         return result
       error = error or "another process could not read it"
+      self._damaged.add(step)
       reasons.append(f"step {step}: {error}")
       logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous step.",
                       step, self.directory, error)
     raise CheckpointError(
-        f"{self.directory}: no readable checkpoint ({'; '.join(reasons)}). Remove the damaged "
-        "step folders (or the whole directory to start over) and run again.")
+        f"{self.directory}: no readable checkpoint ({'; '.join(reasons)}). Move these step "
+        f"folders out of {self.directory} (keep them for inspection) and run again to start "
+        "the phase afresh.")
 
 
 # -- starting from an earlier run -------------------------------------------------------------
