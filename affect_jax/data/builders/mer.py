@@ -29,9 +29,9 @@ so a change of settings or labels builds anew; media edits do not change the has
 overwrite=True).
 
 Stored example (every dataset; records.py module doc for the media choice):
-  name: str, subtitle: str (the official reader's column), labels: list[str] (open-set, lowercase; [] = neutral;
-  a basic-label dataset stores [its class word]), reason: str ('' when absent),
-  basic_label: str ('' when absent), valence: float32 (NaN when absent),
+  name: str, subtitle: str (the official reader's column), labels: list[str] (open-set,
+  lowercase; [] = neutral; a basic-label dataset stores [its class word]), reason: str
+  ('' when absent), basic_label: str ('' when absent), valence: float32 (NaN when absent),
   task: 'ov' | 'hit' | 'sentiment';
   media 'raw':   frames uint8[F, S, S, 3], audio float32[T] (mono, media.sample_rate)
   media 'paths': visual_path str, audio_path str (absolute; decoded by the input pipeline).
