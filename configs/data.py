@@ -185,6 +185,8 @@ def builder_config() -> ml_collections.ConfigDict:
   c.num_workers = 0             # processes decoding media while building (0: in-process)
   c.jobs_per_worker = 4         # clips queued per decoding process (bounds memory)
   c.labels_file = ""            # overrides the layout's label file name ('' = the official)
+  c.subtitle_column = ""        # overrides the layout's subtitle column ('' = the official
+                                # reader's: english; chinese for MER2024; sentence for OV-MERD+)
   return c
 
 

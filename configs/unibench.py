@@ -55,8 +55,9 @@ def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.sets = ",".join(SETS)       # default of --sets
   # Split of each set: the corpus of a label .npz ('test' finds test_corpus / test1_corpus;
-  # IEMOCAP's label_4way.npz holds whole_corpus) or the name given to a CSV folder's one split.
-  c.splits = dict(mer2023="test", mer2024="test", meld="test", iemocapfour="whole",
+  # IEMOCAP's whole_corpus splits by session: 'test' = session 5, the official test set) or
+  # the name given to a CSV folder's one split.
+  c.splits = dict(mer2023="test", mer2024="test", meld="test", iemocapfour="test",
                   cmumosi="test", cmumosei="test", sims="test", simsv2="test",
                   ovmerdplus="test")
   # Sub-folder names of --data_dir tried for each set (compared lowercase, '+' read as 'plus',

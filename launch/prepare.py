@@ -6,12 +6,14 @@ r"""Builds an array_record dataset from an official emotion-dataset folder (or t
   python -m launch.prepare --dataset=mercaptionplus --data_dir=/data/mer2025-dataset \
       --out_dir=/data/affect --media=paths --config.media.num_frames=8
   python -m launch.prepare --dataset=unibench:meld --data_dir=/data/meld-process --split=test \
-      --out_dir=/data/affect
+      --out_dir=/data/affect --rows_out=/data/affect/meld_test_rows.csv
 
 Prints one JSON object: dataset, path (the built folder; give it to training / evaluation),
 media, reused, and per split rows_read, kept, skipped, skipped_by_reason and the first
 --show_skipped skipped rows (file, row, name, reason, detail); all of them are in
-PATH/report.json and in the log. Exit status 2 with "prepare: error: ..." when the folder has
+PATH/report.json and in the log. --rows_out=F.csv also writes the kept rows, one per clip
+(name, split, task, labels, valence, subtitle; affect_jax/data/builders/kept_rows.py), atomically.
+Exit status 2 with "prepare: error: ..." when the folder has
 nothing usable or is not in the layout --dataset names.
 """
 from __future__ import annotations
@@ -36,18 +38,24 @@ _VISUAL = flags.DEFINE_enum("visual", None, ["frames", "faces"], "Video frames o
 _WORKERS = flags.DEFINE_integer("workers", None, "Media-decoding processes (default: the "
                                 "config's builder.num_workers).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the same build exists.")
+_ROWS_OUT = flags.DEFINE_string("rows_out", "", "Also write the kept rows to this CSV: name, "
+                                "split, task, labels, valence, subtitle (one per clip).")
 _SHOW = flags.DEFINE_integer("show_skipped", 20, "Skipped rows listed per split in the JSON.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/data.py", "Data config (media, synthetic; builder when present).")
 
 
 def prepare(dataset: str, data_dir: str, out_dir: str, cfg, splits=(), media: str | None = None,
-            visual: str | None = None, workers: int | None = None, overwrite: bool = False
-            ) -> dict:
-  """Builds one dataset (launch doc); returns builders.build's report."""
+            visual: str | None = None, workers: int | None = None, overwrite: bool = False,
+            rows_out: str = "") -> dict:
+  """Builds one dataset (launch doc); returns builders.build's report (with rows_out and
+  rows_written when rows_out is given)."""
   from affect_jax.data import builders
   from affect_jax.data import synthetic
+  from affect_jax.data.builders import kept_rows
 
+  if rows_out:
+    kept_rows.check_path(rows_out)
   bcfg = cfg.builder if "builder" in cfg else builders.builder_config()
   bcfg = bcfg.copy_and_resolve_references()
   if media is not None:
@@ -60,7 +68,15 @@ def prepare(dataset: str, data_dir: str, out_dir: str, cfg, splits=(), media: st
     data_dir = synthetic.ensure_demo_data(os.path.join(out_dir, "source"), cfg.synthetic)
   if not data_dir:
     raise ValueError(f"--dataset={dataset} needs --data_dir (the dataset's folder).")
-  return builders.build(dataset, data_dir, out_dir, cfg, bcfg, splits, overwrite)
+  report = builders.build(dataset, data_dir, out_dir, cfg, bcfg, splits, overwrite)
+  if rows_out:
+    try:
+      written = kept_rows.write_csv(kept_rows.read_kept(report), rows_out)
+    except OSError as e:
+      raise ValueError(f"--rows_out={rows_out}: cannot write it ({e}); the build itself is in "
+                       f"{report['path']}.") from e
+    report = dict(report, rows_out=os.path.abspath(rows_out), rows_written=written)
+  return report
 
 
 def summary(report: dict, show: int) -> dict:
@@ -81,7 +97,7 @@ def main(argv):
   tfds.disable_progress_bar()
   report = prepare(_DATASET.value, _DATA_DIR.value, _OUT_DIR.value, _CONFIG.value,
                    tuple(_SPLIT.value), _MEDIA.value, _VISUAL.value, _WORKERS.value,
-                   _OVERWRITE.value)
+                   _OVERWRITE.value, _ROWS_OUT.value)
   print(json.dumps(summary(report, _SHOW.value), sort_keys=True))
 
 

@@ -293,12 +293,16 @@ def test_unibench_label_formats(tmp_path, cfg):
   assert recs["v1"]["valence"] == pytest.approx(-1.5) and recs["v1"]["task"] == "sentiment"
   assert recs["v1"]["labels"] == [] and recs["v1"]["subtitle"] == ""   # no subtitle file
 
-  iemocap = _unibench_folder(tmp_path, "label_4way.npz",
-                             dict(whole_corpus={"i1": {"emo": "ang"}}), ["i1"])
-  with pytest.raises(ValueError, match=r"no corpus for split 'test'.*whole_corpus"):
-    _build("unibench:iemocapfour", iemocap, tmp_path / "out", cfg, ("test",))
-  report = _build("unibench:iemocapfour", iemocap, tmp_path / "out", cfg, ("whole",))
-  assert report["splits"]["whole"]["kept"] == 1
+  # IEMOCAP: ids happy, sad, neutral, anger; test = session 5 (tests/data/test_label_ids.py).
+  iemocap = _unibench_folder(tmp_path, "label_4way.npz", dict(whole_corpus={
+      "Ses05F_impro01_F000": {"emo": 3, "val": -10}, "Ses01M_impro01_M000": {"emo": 0}}),
+      ["Ses05F_impro01_F000"])
+  with pytest.raises(ValueError, match=r"no split \['whole'\]"):
+    _build("unibench:iemocapfour", iemocap, tmp_path / "out", cfg, ("whole",))
+  report = _build("unibench:iemocapfour", iemocap, tmp_path / "out", cfg, ("test",))
+  assert report["splits"]["test"]["kept"] == 1
+  recs, _ = _records(report, "test")
+  assert recs["Ses05F_impro01_F000"]["basic_label"] == "anger"
 
 
 def test_malicious_label_npz_is_refused(tmp_path, cfg):

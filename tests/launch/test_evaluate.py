@@ -3,7 +3,8 @@ and wav files) with a small random model: the table's scores equal `launch.score
 written predictions; bad inputs are clear errors, a failing set does not stop the others.
 
 References: launch.score rescoring the written CSVs (ov, hit, sentiment), the fixture's own
-label values (MELD ids mapped by hand), and plain means.
+label values (MELD and IEMOCAP ids mapped by hand in the official readers' orders; IEMOCAP's
+test set is session 5, official iemocap.py), and plain means.
 """
 import csv
 import json
@@ -41,11 +42,16 @@ WORDS = ["happy", "worried", "sad", "angry", "calm", "excited", "surprise", "ten
 BASIC = [("MER2023", "label-6way.npz", "test1_corpus", ["happy", "worried", "neutral"]),
          ("mer2024", "label-6way.npz", "test1_corpus", ["angry", "sad", "surprise"]),
          ("MELD", "label.npz", "test_corpus", [1, 2, 0]),
-         ("IEMOCAPFour", "label_4way.npz", "whole_corpus", ["sad", "happy", "angry"])]
+         ("IEMOCAPFour", "label_4way.npz", "whole_corpus", [1, 0, 3])]
 VALENCE = [("CMU-MOSI", [-1.5, 2.0, 0.0]), ("CMU-MOSEI", [0.5, -0.4, 1.0]),
            ("SIMS", [-0.8, 0.6, -0.2]), ("SIMSv2", [0.2, 0.0, -1.0])]
 OV = {"ov1": "[happy, excited]", "ov2": "sad,worried", "ov3": ""}
 MELD_WORDS = {0: "anger", 1: "joy", 2: "sadness"}     # PAPER_NOTES.md section 6
+IEMOCAP_WORDS = {0: "happy", 1: "sad", 2: "neutral", 3: "anger"}   # official iemocap.py
+# IEMOCAP keeps every clip in whole_corpus: the session-5 clips (BASIC's entries) are the test
+# set; these session 1-4 clips are training clips and must not be scored.
+IEMOCAP_TEST = ["Ses05F_impro01_F000", "Ses05M_script02_1_M011", "Ses05F_impro03_F002"]
+IEMOCAP_TRAIN = {"Ses01F_impro01_F000": 1, "Ses04M_impro02_M001": 0}
 
 
 def _csv(path, header, rows):
@@ -84,10 +90,15 @@ def _write_unibench(root: pathlib.Path):
     d = root / folder
     d.mkdir()
     names = [f"{folder.lower()}_{i}" for i in range(3)]
+    corpora = {corpus: {n: {"emo": e} for n, e in zip(names, emos)},
+               "train_corpus": {"other": {"emo": emos[0]}}}
+    if corpus == "whole_corpus":     # IEMOCAP's official format (val -10: none)
+      corpora = {corpus: {n: {"emo": e, "val": -10} for n, e in
+                          [*zip(IEMOCAP_TEST, emos), *IEMOCAP_TRAIN.items()]}}
+      names = list(corpora[corpus])
     _clips(d, names, 10 * (k + 1))
     _subtitles(d, names)
-    np.savez(d / file, **{corpus: {n: {"emo": e} for n, e in zip(names, emos)},
-                          "train_corpus": {"other": {"emo": emos[0]}}})
+    np.savez(d / file, **corpora)
   for k, (folder, vals) in enumerate(VALENCE):
     d = root / folder
     d.mkdir()
@@ -196,7 +207,7 @@ def test_written_ground_truth_is_the_fixture_labels(full_run):
     with open(preds / f"{key}_gt.csv", encoding="utf-8") as f:
       return {r[0]: r[1] for r in list(csv.reader(f))[1:]}
   assert read("meld") == {f"meld_{i}": MELD_WORDS[e] for i, e in enumerate(BASIC[2][3])}
-  assert read("iemocapfour") == {f"iemocapfour_{i}": e for i, e in enumerate(BASIC[3][3])}
+  assert read("iemocapfour") == {n: IEMOCAP_WORDS[e] for n, e in zip(IEMOCAP_TEST, BASIC[3][3])}
   assert {k: float(v) for k, v in read("sims").items()} == pytest.approx(
       {f"sims_{i}": v for i, v in enumerate(VALENCE[2][1])})
   assert read("ovmerdplus") == {"ov1": "happy, excited", "ov2": "sad, worried", "ov3": ""}

@@ -8,15 +8,18 @@ Input: a folder in one of the official layouts (PAPER_NOTES.md section 6), chose
   ovmerdplus      ovlabel.csv (name, openset), subtitle_eng.csv (name, sentence)
   mer2025ov       track2_test.csv (name, openset) in the MER2025 release folder
   unibench:NAME   MER-UniBench: mer2023 / mer2024 (label-6way.npz), iemocapfour
-                  (label_4way.npz), meld (label.npz, MELD ids), cmumosi / cmumosei / sims /
-                  simsv2 (label.npz, valence), ovmerdplus (as above)
+                  (label_4way.npz, ids), meld (label.npz, ids), cmumosi / cmumosei / sims /
+                  simsv2 (label.npz, valence), ovmerdplus (as above); label_ids.py holds each
+                  .npz's id order and the official reader it follows
 plus subtitles (subtitle_chieng.csv `english`, subtitle_eng.csv `sentence`, or the
-transcription-*.csv files of MER-UniBench), media in video/ (or subvideo*, video_new),
-audio/ (or subaudio/), openface_face/<name>/<name>.npy. A folder that holds the label file
-is one split (named by --split, default 'train'); otherwise each sub-folder holding it is a
-split (the demo's train / rl / test). For .npz labels the splits are the corpora
-(train_corpus -> 'train', test1_corpus -> 'test1', whole_corpus -> 'whole', ...; 'test'
-also finds test1_corpus).
+transcription-*.csv files of MER-UniBench: `english`, but `chinese` for MER2024, as the
+official readers; Layout.subtitle_columns, builder.subtitle_column overrides), media in video/
+(or subvideo*, video_new), audio/ (or subaudio/), openface_face/<name>/<name>.npy. A folder
+that holds the label file is one split (named by --split, default 'train'); otherwise each
+sub-folder holding it is a split (the demo's train / rl / test). For .npz labels the splits
+are the corpora (train_corpus -> 'train', test1_corpus -> 'test1', ...; 'test' also finds
+test1_corpus), except IEMOCAP: its whole_corpus splits by the session in each name
+(label_ids.SESSION_SPLITS: 'test' = session 5, 'train' = sessions 1-4).
 
 Output: OUT/<builder>/<config>/1.0.0/ (TFDS layout: dataset_info.json, features.json,
 metadata.json, <builder>-<split>.array_record-*), plus report.json (rows kept / skipped with
@@ -26,9 +29,9 @@ so a change of settings or labels builds anew; media edits do not change the has
 overwrite=True).
 
 Stored example (every dataset; records.py module doc for the media choice):
-  name: str, subtitle: str (English), labels: list[str] (open-set, lowercase; [] = neutral;
-  a basic-label dataset stores [its class word]), reason: str ('' when absent),
-  basic_label: str ('' when absent), valence: float32 (NaN when absent),
+  name: str, subtitle: str (the official reader's column), labels: list[str] (open-set,
+  lowercase; [] = neutral; a basic-label dataset stores [its class word]), reason: str
+  ('' when absent), basic_label: str ('' when absent), valence: float32 (NaN when absent),
   task: 'ov' | 'hit' | 'sentiment';
   media 'raw':   frames uint8[F, S, S, 3], audio float32[T] (mono, media.sample_rate)
   media 'paths': visual_path str, audio_path str (absolute; decoded by the input pipeline).
@@ -54,12 +57,18 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from affect_jax.data.builders import label_ids
 from affect_jax.data.builders import records
 
 FORMAT_VERSION = "1.0.0"
 SUBTITLE_FILES = ("subtitle_chieng.csv", "subtitle_eng.csv", "transcription-engchi-polish.csv",
                   "transcription_merge.csv")
 SUBTITLE_COLUMNS = ("english", "sentence")
+# Every text column of the subtitle tables; those a layout does not read are ignored quietly.
+TEXT_COLUMNS = ("english", "sentence", "chinese")
+# MER-UniBench's subtitle file (official config.py PATH_TO_TRANSCRIPTIONS), tried first.
+UNIBENCH_SUBTITLES = ("transcription-engchi-polish.csv",
+                      *(f for f in SUBTITLE_FILES if f != "transcription-engchi-polish.csv"))
 VIDEO_DIRS = ("video", "subvideo", "subvideo-tgt", "subvideo_new", "video_new")
 AUDIO_DIRS = ("audio", "subaudio")
 FACE_DIRS = ("openface_face",)
@@ -77,6 +86,8 @@ class Layout:
   task: str = "ov"
   reasons: tuple[str, ...] = ()
   subtitles: tuple[str, ...] = SUBTITLE_FILES
+  # Subtitle columns tried in order (the official reader's first).
+  subtitle_columns: tuple[str, ...] = SUBTITLE_COLUMNS
 
   @property
   def npz(self) -> bool:
@@ -84,7 +95,8 @@ class Layout:
 
 
 _OVMERDPLUS = Layout("ovmerdplus", ("ovlabel.csv",),
-                     subtitles=("subtitle_eng.csv", "subtitle_chieng.csv"))
+                     subtitles=("subtitle_eng.csv", "subtitle_chieng.csv"),
+                     subtitle_columns=("sentence", "english"))
 LAYOUTS = {
     "mercaptionplus": Layout("mercaptionplus", ("track2_train_mercaptionplus.csv",),
                              reasons=("track3_train_mercaptionplus.csv",)),
@@ -92,16 +104,21 @@ LAYOUTS = {
     "ovmerdplus": _OVMERDPLUS,
     "mer2025ov": Layout("mer2025ov", ("track2_test.csv",)),
 }
+# Subtitles as the official readers (my_affectgpt/datasets/datasets/*.py) read them: column
+# 'english' of transcription-engchi-polish.csv, but MER2024 (mer2024.py) 'chinese' of
+# transcription_merge.csv and OV-MERD+ (ovmerdplus_dataset.py) 'sentence' of subtitle_eng.csv.
 UNIBENCH = {
-    "mer2023": Layout("mer2023", ("label-6way.npz",), "hit"),
+    "mer2023": Layout("mer2023", ("label-6way.npz",), "hit", subtitles=UNIBENCH_SUBTITLES),
     "mer2024": Layout("mer2024", ("label-6way.npz",), "hit",
-                      subtitles=("transcription_merge.csv", *SUBTITLE_FILES)),
-    "meld": Layout("meld", ("label.npz",), "hit"),
-    "iemocapfour": Layout("iemocapfour", ("label_4way.npz",), "hit"),
-    "cmumosi": Layout("cmumosi", ("label.npz",), "sentiment"),
-    "cmumosei": Layout("cmumosei", ("label.npz",), "sentiment"),
-    "sims": Layout("sims", ("label.npz",), "sentiment"),
-    "simsv2": Layout("simsv2", ("label.npz",), "sentiment"),
+                      subtitles=("transcription_merge.csv", *SUBTITLE_FILES),
+                      subtitle_columns=("chinese",)),
+    "meld": Layout("meld", ("label.npz",), "hit", subtitles=UNIBENCH_SUBTITLES),
+    "iemocapfour": Layout("iemocapfour", ("label_4way.npz",), "hit",
+                          subtitles=UNIBENCH_SUBTITLES),
+    "cmumosi": Layout("cmumosi", ("label.npz",), "sentiment", subtitles=UNIBENCH_SUBTITLES),
+    "cmumosei": Layout("cmumosei", ("label.npz",), "sentiment", subtitles=UNIBENCH_SUBTITLES),
+    "sims": Layout("sims", ("label.npz",), "sentiment", subtitles=UNIBENCH_SUBTITLES),
+    "simsv2": Layout("simsv2", ("label.npz",), "sentiment", subtitles=UNIBENCH_SUBTITLES),
     "ovmerdplus": _OVMERDPLUS,
 }
 DATASETS = ("demo", *LAYOUTS, *(f"unibench:{k}" for k in UNIBENCH))
@@ -150,6 +167,17 @@ def find_splits(data_dir: str, layout: Layout, splits: Sequence[str],
     if not corpora:
       raise ValueError(f"{direct}: no '*_corpus' entry; expected e.g. train_corpus, "
                        f"test_corpus.")
+    by_session = label_ids.SESSION_SPLITS.get(layout.key)
+    if by_session is not None:
+      if by_session.corpus not in corpora:
+        raise ValueError(f"{direct}: no '{by_session.corpus}'; it has {corpora}. "
+                         f"{layout.key} keeps every clip there ({by_session.source}).")
+      wrong = [s for s in splits if s not in by_session.split_names()]
+      if wrong:
+        raise ValueError(f"{direct}: no split {wrong} for {layout.key}; its splits come from "
+                         f"the clip names' sessions (--split="
+                         f"{','.join(by_session.split_names())}; {by_session.source}).")
+      return {s: (direct, by_session.corpus) for s in (splits or by_session.split_names())}
     available = {_split_name(c): c for c in corpora}
     out = {}
     for split in splits or available:
@@ -179,9 +207,12 @@ def find_splits(data_dir: str, layout: Layout, splits: Sequence[str],
   return {s: found[s] for s in (splits or found)}
 
 
-def read_rows(layout: Layout, label_path: str, corpus: str
+def read_rows(layout: Layout, label_path: str, corpus: str, split: str = "",
+              subtitle_column: str = ""
               ) -> tuple[list[records.Row], list[records.Skip], list[records.Skip]]:
   """One split's rows from its tables (no media yet).
+
+  subtitle_column: read this column instead of the layout's (builder.subtitle_column).
 
   Returns:
     (rows, skipped label rows, skipped rows of the subtitle / reason tables; a clip whose
@@ -196,11 +227,13 @@ def read_rows(layout: Layout, label_path: str, corpus: str
     logging.warning("%s: no subtitle file %s; subtitles are left empty.", folder,
                     list(layout.subtitles))
   else:
-    subtitles = records.read_subtitles(sub_path, SUBTITLE_COLUMNS)
-    column = records.text_column(subtitles, SUBTITLE_COLUMNS)
+    columns = (subtitle_column,) if subtitle_column else layout.subtitle_columns
+    subtitles = records.read_subtitles(sub_path, columns, unused=TEXT_COLUMNS)
+    column = records.text_column(subtitles, columns)
     other += subtitles.skipped
   if layout.npz:
-    rows, skipped = records.npz_rows(label_path, corpus, layout.task, subtitles, column)
+    rows, skipped = records.npz_rows(label_path, corpus, layout.task, subtitles, column,
+                                     dataset=layout.key, split=split)
     return rows, skipped, other
   labels = records.read_csv_table(label_path, ("openset",))
   reasons = None
@@ -210,6 +243,10 @@ def read_rows(layout: Layout, label_path: str, corpus: str
     other += reasons.skipped
   rows, skipped = records.openset_rows(labels, subtitles, column, reasons, "reason")
   return rows, list(labels.skipped) + skipped, other
+
+
+def _asdict(x) -> dict | None:
+  return None if x is None else dataclasses.asdict(x)
 
 
 def _fingerprint(paths: Sequence[str]) -> list:
@@ -230,6 +267,7 @@ class ClipConfig(tfds.core.BuilderConfig):
   compression: str = "zlib"
   num_workers: int = 0
   jobs_per_worker: int = 4
+  subtitle_column: str = ""
 
 
 class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -272,7 +310,7 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       features["audio_path"] = tfds.features.Text()
     meta = dict(dataclasses.asdict(s), dataset=c.dataset, task=c.layout.task,
                 format_version=FORMAT_VERSION,
-                splits={k: {"labels": v[0], "corpus": v[1]} for k, v in c.splits.items()})
+                splits={k: _split_meta(c.layout, k, *v) for k, v in c.splits.items()})
     return tfds.core.DatasetInfo(
         builder=self, description=f"{c.dataset} clips ({s.mode} media) for affect_jax.",
         features=tfds.features.FeaturesDict(features), metadata=tfds.core.MetadataDict(meta))
@@ -282,7 +320,8 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     c: ClipConfig = self.builder_config
     out = {}
     for split, (label_path, corpus) in c.splits.items():
-      rows, skipped, other = read_rows(c.layout, label_path, corpus)
+      rows, skipped, other = read_rows(c.layout, label_path, corpus, split,
+                                       c.subtitle_column)
       self.skipped[split] = list(skipped)
       self.other_skipped[split] = list(other)
       if not rows:
@@ -347,6 +386,15 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.kept[split] = kept
     if not kept:
       raise ValueError(_nothing_usable(label_path, corpus, self.skipped[split]))
+
+
+def _split_meta(layout: Layout, split: str, label_path: str, corpus: str) -> dict[str, Any]:
+  """metadata.json's entry of one split: its label file, corpus and (IEMOCAP) sessions."""
+  out: dict[str, Any] = {"labels": label_path, "corpus": corpus}
+  by_session = label_ids.SESSION_SPLITS.get(layout.key)
+  if by_session is not None:
+    out["sessions"] = list(by_session.sessions_of(split))
+  return out
 
 
 def _nothing_usable(label_path: str, corpus: str, skipped: Sequence[records.Skip]) -> str:
@@ -420,15 +468,22 @@ def make_builder(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.
       p = records.first_existing(folder, names)
       if p:
         tables.append(p)
+  subtitle_column = str(bcfg.get("subtitle_column", ""))
+  # The layout (subtitle columns), the label-id table and the session rule are part of the
+  # build: a change of any rebuilds.
   key = json.dumps(dict(dataset=dataset, splits=found, settings=dataclasses.asdict(settings),
                         compression=bcfg.compression, tables=_fingerprint(tables),
-                        version=FORMAT_VERSION), sort_keys=True)
+                        version=FORMAT_VERSION, layout=dataclasses.asdict(layout),
+                        subtitle_column=subtitle_column,
+                        ids=_asdict(label_ids.NPZ_LABELS.get(layout.key)),
+                        sessions=_asdict(label_ids.SESSION_SPLITS.get(layout.key))),
+                   sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:10]
   short = dataset.split(":", 1)[-1]
   config = ClipConfig(name=f"{short}_{settings.mode}_{digest}", dataset=dataset, layout=layout,
                       splits=found, settings=settings, compression=bcfg.compression,
                       num_workers=int(bcfg.num_workers),
-                      jobs_per_worker=int(bcfg.jobs_per_worker))
+                      jobs_per_worker=int(bcfg.jobs_per_worker), subtitle_column=subtitle_column)
   cls = BUILDERS["unibench" if dataset.startswith("unibench:") else dataset]
   return cls(config=config, data_dir=out_dir)
 

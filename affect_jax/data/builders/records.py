@@ -13,8 +13,11 @@ Skip reasons (REASONS):
   extra_cells     the row has non-empty cells beyond the header's columns (cells of no column)
   missing_cells   the row ends before a column the builder needs (unlike an EMPTY openset
                   cell, which is a valid label: neutral)
-  bad_label       a basic label that is empty, an unknown MELD id, a valence that is not a
+  bad_label       a basic label that is empty, an int id outside the dataset's id table
+                  (label_ids.py NPZ_LABELS, named in the detail), a valence that is not a
                   finite number, an .npz entry that is not a dict
+  bad_name        a name whose session digit is unreadable, for a dataset split by session
+                  (label_ids.py SESSION_SPLITS: IEMOCAP); counted in every split built
   missing_subtitle the name has no (readable) row in the subtitle table
   missing_media   no video / face / audio file for the name
   corrupt_media   the file exists but cannot be decoded (media.MediaError)
@@ -49,6 +52,7 @@ import numpy as np
 
 from affect_jax.data import media
 from affect_jax.data import safe_pickle
+from affect_jax.data.builders import label_ids
 
 
 def parse_labels_fallback(cell) -> list[str]:
@@ -67,10 +71,8 @@ except ImportError:
 
 
 REASONS = ("empty_name", "duplicate_name", "non_utf8", "extra_cells", "missing_cells",
-           "bad_label", "missing_subtitle", "missing_media", "corrupt_media")
+           "bad_label", "bad_name", "missing_subtitle", "missing_media", "corrupt_media")
 TASKS = ("ov", "hit", "sentiment")
-# MELD's label.npz stores class ids (PAPER_NOTES.md section 6).
-MELD_EMOTIONS = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
 MEDIA_MODES = ("raw", "paths")
 VISUAL_SOURCES = ("frames", "faces")
 
@@ -250,28 +252,41 @@ def corpus_names(path: str) -> list[str]:
   return sorted(k for k in safe_pickle.load_label_npz(path) if k.endswith("_corpus"))
 
 
-def _basic_label(emo: Any) -> str | None:
-  """An 'emo' entry -> class word (MELD ids mapped), None when unusable."""
+def _basic_label(emo: Any, ids: label_ids.NpzLabels, dataset: str) -> tuple[str | None, str]:
+  """An 'emo' entry -> (class word, '') or (None, why it is unusable)."""
   if isinstance(emo, (bool, np.bool_)):
-    return None
+    return None, f"'emo' is {emo!r}; expected a class word or an id"
   if isinstance(emo, (int, np.integer)):
-    return MELD_EMOTIONS[int(emo)] if 0 <= int(emo) < len(MELD_EMOTIONS) else None
+    word = ids.word(int(emo))
+    if word is None:
+      return None, f"'emo' id {int(emo)} is outside {ids.describe(dataset)}"
+    return word, ""
   if isinstance(emo, bytes):
     emo = emo.decode("utf-8", errors="replace")
   if isinstance(emo, (str, np.str_)) and str(emo).strip():
-    return str(emo).strip().lower()
-  return None
+    return str(emo).strip().lower(), ""
+  return None, f"'emo' is {emo!r}; expected a class word or an id of {ids.describe(dataset)}"
 
 
 def npz_rows(path: str, corpus: str, task: str, subtitles: Table | None,
-             subtitle_column: str) -> tuple[list[Row], list[Skip]]:
+             subtitle_column: str, dataset: str = "", split: str = ""
+             ) -> tuple[list[Row], list[Skip]]:
   """Rows of one corpus of an official label .npz ({name: {'emo': str|int, 'val': float}}).
 
-  task 'hit' needs 'emo' (str, or a MELD id), 'sentiment' needs 'val'; the other key is kept
-  when present. A hit row's open-set labels are (its class word,).
+  task 'hit' needs 'emo' (a class word, or an id of the dataset's row in label_ids.NPZ_LABELS),
+  'sentiment' needs 'val'; the other key is kept when present. A hit row's open-set labels are
+  (its class word,). For a dataset in label_ids.SESSION_SPLITS, only the clips of `split`'s
+  sessions are read (the others belong to the other split); a name without a valid session
+  digit is skipped as bad_name.
   """
   if task not in ("hit", "sentiment"):
     raise ValueError(f"npz_rows: task '{task}'; expected 'hit' or 'sentiment'.")
+  ids = label_ids.NPZ_LABELS.get(dataset, label_ids.NpzLabels("emo", (), "no table"))
+  by_session = label_ids.SESSION_SPLITS.get(dataset)
+  if by_session is not None and split not in by_session.split_names():
+    raise ValueError(f"{path}: no split '{split}' for {dataset}; its splits come from the "
+                     f"clip names' sessions: {list(by_session.split_names())} "
+                     f"({by_session.source}).")
   data = safe_pickle.load_label_npz(path)
   if corpus not in data:
     raise ValueError(f"{path}: no corpus '{corpus}'; it has {sorted(data)}. Choose the split "
@@ -291,10 +306,20 @@ def npz_rows(path: str, corpus: str, task: str, subtitles: Table | None,
     if not name:
       skip("empty_name", "the entry's name is empty")
       continue
+    if by_session is not None:
+      session = by_session.session(name)
+      if session is None:
+        skip("bad_name", f"no session digit {list(by_session.sessions)} at position "
+                         f"{by_session.position} of the name, so it is in no split "
+                         f"({by_session.source})")
+        continue
+      if session not in by_session.sessions_of(split):
+        continue
     if not isinstance(entry, Mapping):
       skip("bad_label", f"entry is a {type(entry).__name__}, expected a dict")
       continue
-    basic = _basic_label(entry["emo"]) if "emo" in entry else None
+    basic, why = _basic_label(entry["emo"], ids, dataset) if "emo" in entry else (
+        None, "no 'emo' key")
     valence = float("nan")
     if "val" in entry:
       try:
@@ -302,8 +327,7 @@ def npz_rows(path: str, corpus: str, task: str, subtitles: Table | None,
       except (TypeError, ValueError):
         valence = float("nan")
     if task == "hit" and basic is None:
-      skip("bad_label", f"'emo' is {entry.get('emo', '(absent)')!r}; expected a class word or "
-                        f"a MELD id 0..{len(MELD_EMOTIONS) - 1}")
+      skip("bad_label", why)
       continue
     if task == "sentiment" and not math.isfinite(valence):
       skip("bad_label", f"'val' is {entry.get('val', '(absent)')!r}; expected a finite number")
