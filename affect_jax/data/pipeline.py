@@ -319,6 +319,9 @@ def drop_too_long(source, tokenizer, cfg: ml_collections.ConfigDict, neutral_lab
         where, i + 1, ex["name"], "too_long",
         f"prompt {len(prompt)} + target {len(target)} tokens (each cut at "
         f"{cfg.prompt.max_length}) exceed prompt.max_length={cfg.prompt.max_length}")))
+  if skipped and not keep:
+    raise ValueError(f"{where}: all {len(source)} records exceed prompt.max_length="
+                     f"{cfg.prompt.max_length} tokens (prompt + target); raise it.")
   if skipped:
     logging.info("%s: %d of %d records skipped (too_long)", where, len(skipped), len(source))
   return (source if not skipped else IndexedSource(source, keep)), skipped
