@@ -10,8 +10,10 @@ Order of operations (grain 0.2 DataLoader): IndexSampler (this host's shard of t
 shuffled with `seed` anew each epoch, repeated num_epochs times or forever) -> Map (decode
 bytes, load / normalise media, encode the prompt and target with prompts.py) -> Batch (pad
 the token sequences to the smallest configured bucket, stack media) -> optional worker
-processes (worker_count) that prefetch batches. Everything is deterministic given the seed,
-the shard and the worker count; the iterator state records the position.
+processes (worker_count) that prefetch batches. SFT loaders first drop the records the official
+loader skips (prompt + target over prompt.max_length tokens; drop_too_long logs and returns
+each as a too_long records.Skip). Everything is deterministic given the seed, the shard and
+the worker count; the iterator state records the position.
 
 Sharding: each JAX process reads a disjoint, contiguous part of the records (its index and
 count from grain ShardByJaxProcess, or explicit shard_index / shard_count); the parts
@@ -20,12 +22,12 @@ or are equal-sized with the remainder dropped (True). Shuffling is within a host
 
 SFT batch (B = batch_size, L = the smallest prompt.sequence_buckets length that fits):
   tokens int32[B, L], attention_mask bool[B, L] (left-padded), loss_mask bool[B, L]
-  (target tokens), example_mask bool[B] (False on padding rows of a last partial batch),
-  names str[B], + media.
+  (target tokens and <eos>), example_mask bool[B] (False on padding rows of a last partial
+  batch), names str[B], + media. A row is <bos> prompt target <eos> (prompts.encode_example).
 GRPO prompt batch (P = the smallest prompt.prompt_buckets length that fits):
-  prompt_tokens int32[B, P] (left-padded), prompt_mask bool[B, P], example_mask bool[B],
-  names str[B], gt_text str[B] (ground-truth labels joined by ', '; '' = neutral),
-  basic_label str[B], valence float32[B] (NaN when absent), + `label_encoder` outputs
+  prompt_tokens int32[B, P] (left-padded; prompts.encode_prompt), prompt_mask bool[B, P],
+  example_mask bool[B], names str[B], gt_text str[B] (ground-truth labels joined by ', ';
+  '' = neutral), basic_label str[B], valence float32[B] (NaN when absent), + `label_encoder` outputs
   (gt_ids [B, M] for an array, or each key of a returned dict), + media.
 Media: raw / paths datasets give frames float32[B, F, S, S, 3] (CLIP-normalised) and
 windows float32[B, K, W] (K audio windows of W samples); feature-cache datasets give
@@ -300,7 +302,7 @@ def drop_too_long(source, tokenizer, cfg: ml_collections.ConfigDict, neutral_lab
   """The records the official loader trains on, and one too_long Skip (logged) per other.
 
   A record is skipped when its prompt + target exceed prompt.max_length tokens
-  (prompts.fits; the official __getitem__ raises "too long text_input" for it).
+  (prompts.within_max_length; the official __getitem__ raises "too long text_input" for it).
   Returns:
     (the source itself when nothing is skipped, else an IndexedSource of the kept records;
     the skips, `where` as their file and the 1-based record number as their row).
@@ -312,7 +314,7 @@ def drop_too_long(source, tokenizer, cfg: ml_collections.ConfigDict, neutral_lab
     prompt = prompts.prompt_ids(tokenizer, ex["subtitle"], cfg.prompt, specials)
     target = prompts.target_ids(tokenizer, ex["labels"] or [neutral_label], ex["reason"],
                                 cfg.prompt)
-    if prompts.fits(prompt, target, cfg.prompt):
+    if prompts.within_max_length(prompt, target, cfg.prompt):
       keep.append(i)
       continue
     skipped.append(records.log_skip(records.Skip(

@@ -17,7 +17,8 @@ configs/data.py `prompt`):
 Sequences as the official loader builds them (base_dataset.py __getitem__ and collater):
 the prompt text and the target text are each tokenized whole, without special tokens, and cut
 to their first max_length tokens; a sample with len(prompt) + len(target) > max_length is
-skipped (`fits`); the SFT sequence is <bos> prompt target <eos>, the loss on target + <eos>.
+skipped (`within_max_length`); the SFT sequence is <bos> prompt target <eos>, the loss on
+target + <eos>.
 The bos / eos tokens are the tokenizer's `bos` / `eos` roles (tokenizer.special_tokens; for
 Qwen2.5 "<|im_start|>" / "<|im_end|>", as load_tokenizer_from_LLM sets them). Rollout and
 evaluation prompts are <bos> prompt (generation_bos; the official inference sends the prompt
@@ -166,7 +167,8 @@ def encode_prompt(tokenizer, subtitle: str, cfg: ml_collections.ConfigDict,
   return ([role_id(tokenizer, special_tokens, "bos")] if cfg.generation_bos else []) + ids
 
 
-def fits(prompt: Sequence[int], target: Sequence[int], cfg: ml_collections.ConfigDict) -> bool:
+def within_max_length(prompt: Sequence[int], target: Sequence[int],
+                      cfg: ml_collections.ConfigDict) -> bool:
   """Whether the official loader keeps a sample: len(prompt) + len(target) <= max_length
   (both without bos / eos)."""
   return len(prompt) + len(target) <= cfg.max_length
@@ -176,26 +178,26 @@ def encode_example(tokenizer, subtitle: str, labels: Sequence[str], reason: str,
                    cfg: ml_collections.ConfigDict, special_tokens: Mapping[str, str]
                    ) -> tuple[list[int], list[int]] | None:
   """The SFT pieces of one clip, ([bos] + prompt ids, target ids + [eos]), or None when the
-  official loader skips the clip (`fits`)."""
+  official loader skips the clip (`within_max_length`)."""
   bos = role_id(tokenizer, special_tokens, "bos")
   eos = role_id(tokenizer, special_tokens, "eos")
   prompt = prompt_ids(tokenizer, subtitle, cfg, special_tokens)
   target = target_ids(tokenizer, labels, reason, cfg)
-  if not fits(prompt, target, cfg):
+  if not within_max_length(prompt, target, cfg):
     return None
   return [bos] + prompt, target + [eos]
 
 
-def sft_sequence(prompt_ids: Sequence[int], target_ids: Sequence[int]
+def sft_sequence(prompt: Sequence[int], target: Sequence[int]
                  ) -> tuple[np.ndarray, np.ndarray]:
-  """prompt + target with the loss mask.
+  """prompt + target (the encode_example pieces) with the loss mask.
 
   Returns:
     tokens: int32[P + T]; loss_mask: bool[P + T], True on the T target tokens.
   """
-  tokens = np.asarray(list(prompt_ids) + list(target_ids), np.int32)
+  tokens = np.asarray(list(prompt) + list(target), np.int32)
   mask = np.zeros(tokens.shape, bool)
-  mask[len(prompt_ids):] = True
+  mask[len(prompt):] = True
   return tokens, mask
 
 
@@ -204,7 +206,8 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
   fits = [b for b in sorted(buckets) if b >= length]
   if not fits:
     raise ValueError(f"length {length} exceeds the largest bucket {max(buckets)}; add a larger "
-                     f"bucket (prompt.prompt_buckets / sequence_buckets) or lower prompt.max_length.")
+                     f"bucket (prompt.prompt_buckets / sequence_buckets) or lower "
+                     f"prompt.max_length.")
   return int(fits[0])
 
 
