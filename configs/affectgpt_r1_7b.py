@@ -41,7 +41,14 @@ def get_config():
   # on OV-MERD+; set the folders with --config.data.sources.<phase>.data_dir=...
   c.data.media.image_size = 224
   c.data.prompt.end_marker = ""
-  c.data.prompt.max_target_tokens = 1024
+  # The headline setting (multiface_audio_face_text): face crops, the faces prompt with its
+  # <FaceHere> placeholder; prompt and target each cut at 1,024 tokens, longer samples skipped.
+  c.data.builder.visual_source = "faces"
+  c.data.prompt.video_prompt = "faces"
+  c.data.tokenizer.special_tokens.video = "<FaceHere>"
+  c.data.prompt.max_length = 1024
+  c.data.prompt.prompt_buckets = (128, 256, 384, 512, 768, 1025)        # <bos> + 1,024
+  c.data.prompt.sequence_buckets = (256, 384, 512, 768, 1024, 1026)     # <bos> ... <eos>
   c.data.sources = dict(
       sft=dict(dataset="mercaptionplus", data_dir="", split="train"),
       grpo=dict(dataset="mer2025ov", data_dir="", split="train"),

@@ -134,10 +134,11 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   c.min_frequency = 2
   c.pretokenize_regex = QWEN2_PRETOKENIZE_REGEX
   # Special tokens take ids 0.. by role: pad, eos, multi, audio, video (then other roles
-  # alphabetically), independent of the training texts; the model config maps modalities
+  # alphabetically: bos), independent of the training texts; the model config maps modalities
   # 'multi', 'audio', 'video' to the placeholders' ids (tokenizer.placeholder_ids).
+  # bos is Qwen2.5's as the official load_tokenizer_from_LLM sets it ("<|im_start|>").
   c.special_tokens = dict(pad="<|endoftext|>", eos="<|im_end|>", multi="<MultiHere>",
-                          audio="<AudioHere>", video="<FrameHere>")
+                          audio="<AudioHere>", video="<FrameHere>", bos="<|im_start|>")
   # Added as normal (non-special) single tokens right after the special ones, so they survive
   # decode(skip_special_tokens=True) and the reward reads them as text. () leaves them to BPE.
   c.added_tokens = ("<think>", "</think>", "<answer>", "</answer>")
@@ -146,18 +147,33 @@ def tokenizer_config() -> ml_collections.ConfigDict:
 
 
 def prompt_config() -> ml_collections.ConfigDict:
-  """The AffectGPT prompt and target layout (affect_jax/data/prompts.py)."""
+  """The AffectGPT prompt and target layout (affect_jax/data/prompts.py).
+
+  The strings are the official template word for word (base_dataset.py
+  get_prompt_for_multimodal, PAPER_NOTES.md section 7): 'faces' is `multiface_audio_face_text`,
+  'frames' is `multiframe_audio_frame_text`.
+  """
   c = ml_collections.ConfigDict()
   c.human = "###Human: "
   c.assistant = " ###Assistant: "
-  # Blocks in prompt order; '{token}' is the modality's placeholder repeated tokens_per_block
-  # times, '{subtitle}' the subtitle. A block whose modality is not in `modalities` is left out.
+  # Blocks in prompt order; '{token}' is the modality's placeholder (tokenizer.special_tokens)
+  # repeated tokens_per_block times, '{subtitle}' the subtitle. A block whose modality is not in
+  # `modalities` is left out.
   c.modalities = ("multi", "audio", "video", "subtitle")
-  c.tokens_per_block = 1
-  c.multi_block = "<Multi>{token}</Multi> "
-  c.audio_block = "<Audio>{token}</Audio> "
-  c.video_block = "<Video>{token}</Video> "
-  c.subtitle_block = "The subtitle of this video: <Subtitle>{subtitle}</Subtitle> "
+  c.tokens_per_block = 1        # the official num_{video,audio,multi}_query_token
+  c.multi_block = "The audio and video merged info is: <Multi>{token}</Multi>. "
+  c.audio_block = "The audio content is as follows: <Audio>{token}</Audio>. "
+  # Which video sentence the prompt says: 'faces' (face crops) or 'frames' (raw frames). It
+  # must name the visual input the dataset holds (builder.visual_source, which the pipeline
+  # checks); the video placeholder is then <FaceHere> or <FrameHere>
+  # (tokenizer.special_tokens.video).
+  c.video_prompt = "frames"
+  c.video_blocks = dict(
+      faces=("Meanwhile, we uniformly sample raw frames from the video and extract faces from "
+             "these frames: <Video>{token}</Video>. "),
+      frames="Meanwhile, we uniformly sample raw frames from the video: <Video>{token}</Video>. ")
+  c.subtitle_block = "The subtitle of this video is: <Subtitle>{subtitle}</Subtitle>. "
+  c.instruction = "Now, please answer my question based on all the provided information. "
   c.question = "Please recognize all possible emotional states of the character."
   # Target, then end_marker, then EOS: 'think_answer' "<think>reason</think><answer>labels
   # </answer>" (R1 cold start), 'answer' "<answer>labels</answer>", 'labels' the labels alone.
@@ -166,11 +182,17 @@ def prompt_config() -> ml_collections.ConfigDict:
   c.answer_template = "<answer>{labels}</answer>"
   c.label_separator = ", "
   c.end_marker = "###"
-  # Lengths in tokens: the subtitle is cut to fit max_prompt_tokens, the reason to fit
-  # max_target_tokens; padded lengths are the smallest bucket that fits.
-  c.max_prompt_tokens = 96
-  c.max_target_tokens = 96
-  c.prompt_buckets = (32, 48, 64, 96, 128)
+  # Lengths in tokens, as the official loader: the prompt and the target are each cut at
+  # max_length tokens, and an SFT sample whose prompt + target exceed max_length is skipped
+  # (counted as a too_long skip); the SFT sequence is <bos> prompt target <eos>, so at most
+  # max_length + 2 tokens. The official max_length is 1,024 (configs/affectgpt_r1_7b.py).
+  c.max_length = 254
+  # Rollout / evaluation prompts start with <bos> as the SFT sequences do (True), or carry no
+  # <bos> as the official inference (conversation_video.answer_sample) sends them (False).
+  c.generation_bos = True
+  # Padded lengths are the smallest bucket that fits; the largest must hold max_length + 1
+  # (prompts) and max_length + 2 (sequences) to take every sample.
+  c.prompt_buckets = (32, 48, 64, 96, 128, 192, 255)
   c.sequence_buckets = (64, 96, 128, 192, 256)
   return c
 

@@ -10,8 +10,10 @@ Order of operations (grain 0.2 DataLoader): IndexSampler (this host's shard of t
 shuffled with `seed` anew each epoch, repeated num_epochs times or forever) -> Map (decode
 bytes, load / normalise media, encode the prompt and target with prompts.py) -> Batch (pad
 the token sequences to the smallest configured bucket, stack media) -> optional worker
-processes (worker_count) that prefetch batches. Everything is deterministic given the seed,
-the shard and the worker count; the iterator state records the position.
+processes (worker_count) that prefetch batches. SFT loaders first drop the records the official
+loader skips (prompt + target over prompt.max_length tokens; drop_too_long logs and returns
+each as a too_long records.Skip). Everything is deterministic given the seed, the shard and
+the worker count; the iterator state records the position.
 
 Sharding: each JAX process reads a disjoint, contiguous part of the records (its index and
 count from grain ShardByJaxProcess, or explicit shard_index / shard_count); the parts
@@ -20,12 +22,12 @@ or are equal-sized with the remainder dropped (True). Shuffling is within a host
 
 SFT batch (B = batch_size, L = the smallest prompt.sequence_buckets length that fits):
   tokens int32[B, L], attention_mask bool[B, L] (left-padded), loss_mask bool[B, L]
-  (target tokens), example_mask bool[B] (False on padding rows of a last partial batch),
-  names str[B], + media.
+  (target tokens and <eos>), example_mask bool[B] (False on padding rows of a last partial
+  batch), names str[B], + media. A row is <bos> prompt target <eos> (prompts.encode_example).
 GRPO prompt batch (P = the smallest prompt.prompt_buckets length that fits):
-  prompt_tokens int32[B, P] (left-padded), prompt_mask bool[B, P], example_mask bool[B],
-  names str[B], gt_text str[B] (ground-truth labels joined by ', '; '' = neutral),
-  basic_label str[B], valence float32[B] (NaN when absent), + `label_encoder` outputs
+  prompt_tokens int32[B, P] (left-padded; prompts.encode_prompt), prompt_mask bool[B, P],
+  example_mask bool[B], names str[B], gt_text str[B] (ground-truth labels joined by ', ';
+  '' = neutral), basic_label str[B], valence float32[B] (NaN when absent), + `label_encoder` outputs
   (gt_ids [B, M] for an array, or each key of a returned dict), + media.
 Media: raw / paths datasets give frames float32[B, F, S, S, 3] (CLIP-normalised) and
 windows float32[B, K, W] (K audio windows of W samples); feature-cache datasets give
@@ -37,12 +39,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
+from absl import logging
 import grain
 import ml_collections
 import numpy as np
 
 from affect_jax.data import media
 from affect_jax.data import prompts
+from affect_jax.data.builders import records
 
 LabelEncoder = Callable[[Sequence[str]], "np.ndarray | Mapping[str, np.ndarray]"]
 TEXT_FIELDS = ("name", "subtitle", "reason", "basic_label", "task", "visual_path", "audio_path")
@@ -121,10 +125,14 @@ class EncodeSFT(grain.transforms.Map):
 
   def map(self, element):
     ex = decode_example(element)
-    labels = ex["labels"] or [self._neutral]
-    prompt_ids, target_ids = prompts.encode_example(
-        self._tokenizer, ex["subtitle"], labels, ex["reason"], self._cfg.prompt,
-        dict(self._cfg.tokenizer.special_tokens))
+    pieces = prompts.encode_example(
+        self._tokenizer, ex["subtitle"], ex["labels"] or [self._neutral], ex["reason"],
+        self._cfg.prompt, dict(self._cfg.tokenizer.special_tokens))
+    if pieces is None:
+      raise ValueError(f"example {ex['name']!r} exceeds prompt.max_length="
+                       f"{self._cfg.prompt.max_length} tokens; read SFT records through "
+                       f"sft_loader, which skips such examples (drop_too_long).")
+    prompt_ids, target_ids = pieces
     return dict(prompt_ids=np.asarray(prompt_ids, np.int32),
                 target_ids=np.asarray(target_ids, np.int32), name=ex["name"],
                 **load_media(ex, self._cfg.media, self._meta))
@@ -273,6 +281,63 @@ class ShardSource:
     return f"ShardSource({self._source!r}, {self._start}, {self._end})"
 
 
+class IndexedSource:
+  """records[indices] of a random-access source, as a random-access source."""
+
+  def __init__(self, source, indices: Sequence[int]):
+    self._source, self._indices = source, [int(i) for i in indices]
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[self._indices[int(index)]]
+
+  def __repr__(self) -> str:
+    return f"IndexedSource({self._source!r}, {len(self._indices)} records)"
+
+
+def drop_too_long(source, tokenizer, cfg: ml_collections.ConfigDict, neutral_label: str,
+                  where: str = "SFT records") -> tuple[Any, list[records.Skip]]:
+  """The records the official loader trains on, and one too_long Skip (logged) per other.
+
+  A record is skipped when its prompt + target exceed prompt.max_length tokens
+  (prompts.within_max_length; the official __getitem__ raises "too long text_input" for it).
+  Returns:
+    (the source itself when nothing is skipped, else an IndexedSource of the kept records;
+    the skips, `where` as their file and the 1-based record number as their row).
+  """
+  specials = dict(cfg.tokenizer.special_tokens)
+  keep, skipped = [], []
+  for i in range(len(source)):
+    ex = decode_example({k: v for k, v in source[i].items() if k in TEXT_FIELDS + ("labels",)})
+    prompt = prompts.prompt_ids(tokenizer, ex["subtitle"], cfg.prompt, specials)
+    target = prompts.target_ids(tokenizer, ex["labels"] or [neutral_label], ex["reason"],
+                                cfg.prompt)
+    if prompts.within_max_length(prompt, target, cfg.prompt):
+      keep.append(i)
+      continue
+    skipped.append(records.log_skip(records.Skip(
+        where, i + 1, ex["name"], "too_long",
+        f"prompt {len(prompt)} + target {len(target)} tokens (each cut at "
+        f"{cfg.prompt.max_length}) exceed prompt.max_length={cfg.prompt.max_length}")))
+  if skipped and not keep:
+    raise ValueError(f"{where}: all {len(source)} records exceed prompt.max_length="
+                     f"{cfg.prompt.max_length} tokens (prompt + target); raise it.")
+  if skipped:
+    logging.info("%s: %d of %d records skipped (too_long)", where, len(skipped), len(source))
+  return (source if not skipped else IndexedSource(source, keep)), skipped
+
+
+def check_video_prompt(prompt_cfg: ml_collections.ConfigDict, meta: Mapping[str, Any]) -> None:
+  """The prompt's video sentence must name the dataset's visual input (faces / frames)."""
+  source = meta.get("visual_source")
+  if source is not None and source != prompt_cfg.video_prompt:
+    raise ValueError(f"prompt.video_prompt='{prompt_cfg.video_prompt}' but the dataset holds "
+                     f"{source} (built with builder.visual_source='{source}'); set "
+                     f"prompt.video_prompt='{source}' or rebuild the dataset.")
+
+
 def make_loader(source, transform: grain.transforms.Map, batch_fn: Callable,
                 pcfg: ml_collections.ConfigDict) -> grain.DataLoader:
   """grain.DataLoader: this host's shard -> shuffle -> transform -> batch -> workers.
@@ -312,8 +377,10 @@ def _pad_id(tokenizer, cfg: ml_collections.ConfigDict) -> int:
 
 
 def sft_loader(source, meta: Mapping[str, Any], tokenizer, cfg: ml_collections.ConfigDict,
-               pcfg: ml_collections.ConfigDict | None = None) -> grain.DataLoader:
-  """Loader of SFT batches (module doc).
+               pcfg: ml_collections.ConfigDict | None = None,
+               skipped: list | None = None) -> grain.DataLoader:
+  """Loader of SFT batches (module doc); records longer than prompt.max_length are skipped
+  (drop_too_long).
 
   Args:
     source: random-access records (builders.load_source, features.FeatureSource, or any
@@ -322,8 +389,13 @@ def sft_loader(source, meta: Mapping[str, Any], tokenizer, cfg: ml_collections.C
     tokenizer: a transformers tokenizer with the config's special tokens.
     cfg: configs/data.py (media, prompt, tokenizer; `pipeline` when present).
     pcfg: pipeline settings (default cfg.pipeline, else pipeline_config()).
+    skipped: when given, the too_long records.Skip of each skipped record are appended.
   """
   pcfg = _pipeline_cfg(cfg, pcfg)
+  check_video_prompt(cfg.prompt, meta)
+  source, skips = drop_too_long(source, tokenizer, cfg, pcfg.neutral_label)
+  if skipped is not None:
+    skipped.extend(skips)
   return make_loader(source, EncodeSFT(tokenizer, cfg, meta, pcfg.neutral_label),
                      CollateSFT(cfg.prompt, _pad_id(tokenizer, cfg), pcfg.batch_size), pcfg)
 
@@ -340,6 +412,7 @@ def prompt_loader(source, meta: Mapping[str, Any], tokenizer, cfg: ml_collection
     (others as sft_loader)
   """
   pcfg = _pipeline_cfg(cfg, pcfg)
+  check_video_prompt(cfg.prompt, meta)
   return make_loader(source, EncodePrompt(tokenizer, cfg, meta, label_encoder),
                      CollatePrompts(cfg.prompt, _pad_id(tokenizer, cfg), pcfg.batch_size), pcfg)
 

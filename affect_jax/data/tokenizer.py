@@ -7,8 +7,9 @@ so every string round-trips and no text is ever unknown.
 Token ids (stable, independent of the training texts):
 - 0..: the special tokens by role in ROLE_ORDER (pad, eos, multi, audio, video; any other
   role after them, alphabetically): with the default config <|endoftext|> = 0, <|im_end|> = 1,
-  <MultiHere> = 2, <AudioHere> = 3, <FrameHere> = 4 (the model config maps 'multi', 'audio',
-  'video' to these ids; `placeholder_ids`). decode(skip_special_tokens=True) drops them.
+  <MultiHere> = 2, <AudioHere> = 3, <FrameHere> = 4, <|im_start|> = 5 (bos, as Qwen2.5's in
+  AffectGPT); the model config maps 'multi', 'audio', 'video' to their ids
+  (`placeholder_ids`). decode(skip_special_tokens=True) drops them.
 - next: the added tokens <think>, </think>, <answer>, </answer> as NORMAL (non-special) single
   tokens: one id each makes the tags easy for a tiny model to emit, and being non-special they
   stay in decoded text, where the on-device reward (affect_jax/rl/reward_tables.py) reads every
@@ -67,8 +68,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: Mappi
     min_frequency: a merge needs a pair seen at least this often.
     model_max_length: recorded in the tokenizer config.
   Returns:
-    A transformers tokenizer with pad / eos set, the other roles as extra special tokens,
-    left padding.
+    A transformers tokenizer with pad / eos (and bos when given) set, the other roles as extra
+    special tokens, left padding.
   """
   _check_specials(special_tokens, added_tokens)
   specials = ordered_specials(special_tokens)
@@ -92,10 +93,11 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: Mappi
     if entry["content"] in added_tokens:
       entry["special"] = False
   tok = Tokenizer.from_str(json.dumps(spec))
-  extra = [t for role, t in specials if role not in REQUIRED_ROLES]
+  extra = [t for role, t in specials if role not in REQUIRED_ROLES + ("bos",)]
   return PreTrainedTokenizerFast(
       tokenizer_object=tok, pad_token=special_tokens["pad"], eos_token=special_tokens["eos"],
-      extra_special_tokens=extra, padding_side="left", model_max_length=model_max_length)
+      bos_token=special_tokens.get("bos"), extra_special_tokens=extra, padding_side="left",
+      model_max_length=model_max_length)
 
 
 def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:

@@ -44,7 +44,7 @@ from affect_jax.data import features as features_lib
 from affect_jax.data import pipeline, synthetic
 from affect_jax.data import prompts as prompts_lib
 from affect_jax.data import tokenizer as tokenizer_lib
-from affect_jax.data.builders import mer
+from affect_jax.data.builders import mer, records
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import wheel as wheel_lib
 from affect_jax.models import affectgpt
@@ -318,9 +318,10 @@ def run_sft(prep: Prepared, workdir: pathlib.Path, params: Mapping) -> dict:
   state_sh = sft_step.state_shardings(policy, prep.abstract, opt, prep.mesh, prep.rules)
   state = _place_state(sft_step.init_state(policy, params, opt, jax.random.key(c.seed + 1)),
                        state_sh)
+  skipped = []
   loader = pipeline.sft_loader(prep.sources["sft"], prep.meta, prep.tokenizer, c.data,
                                _pipeline_cfg(c.data.pipeline, _local_rows(c.sft.batch_size),
-                                             c.seed, True))
+                                             c.seed, True), skipped=skipped)
   step = sft_step.make_step(policy, opt, logprob_chunk=c.sft.logprob_chunk,
                             micro_batches=c.sft.micro_batches, mesh=prep.mesh, rules=prep.rules,
                             state_sh=state_sh, batch_sh=_batch_sharding(prep))
@@ -329,7 +330,8 @@ def run_sft(prep: Prepared, workdir: pathlib.Path, params: Mapping) -> dict:
                       log_every=c.sft.log_every,
                       to_device=_to_mesh(prep, sft_step.BATCH_KEYS),
                       tokens_per_step=lambda b: float(np.sum(b["attention_mask"])))
-  return {"state": result.state, "preempted": result.preempted, "step": result.step}
+  return {"state": result.state, "preempted": result.preempted, "step": result.step,
+          "skipped": records.count_reasons(skipped)}
 
 
 def reward_fn_for(prep: Prepared):
@@ -450,7 +452,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     params = policy_lib.merge(sft["state"]["trainable"], sft["state"]["frozen"])
     sft_scores = run_eval(prep, params, workdir, "sft", config.sft.steps)
     summary.update(sft_eval_ew_f=sft_scores["ew_f"], sft_eval=sft_scores,
-                   sft_steps=config.sft.steps)
+                   sft_steps=config.sft.steps, sft_skipped=sft["skipped"])
   elif not init_from:
     sft_dir = workdir / "checkpoints" / "sft"
     if not sft_dir.is_dir():

@@ -263,3 +263,43 @@ def test_feature_cache_replaces_media_with_encoder_outputs(demo, cfg, tokenizer)
   np.testing.assert_array_equal(got["prompt_tokens"], ref["prompt_tokens"])
   with pytest.raises(ValueError, match="rebuild the cache"):
     features.FeatureSource([base[0]], cache)
+
+
+def test_sft_loader_skips_and_counts_over_long_records(demo, cfg, tokenizer):
+  """The official loader's rule: len(prompt) + len(target) > max_length -> skipped, each one
+  a too_long Skip naming the record; the batches hold exactly the others."""
+  source, meta = _source(demo[1])
+  specials = dict(cfg.tokenizer.special_tokens)
+  total = {}
+  for i in range(len(source)):
+    rec = pipeline.decode_example(source[i])
+    text_p = prompts.prompt_text(rec["subtitle"], cfg.prompt, specials)
+    text_t = prompts.target_text(rec["labels"] or ["neutral"], rec["reason"], cfg.prompt)
+    total[rec["name"]] = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"])
+                             for t in (text_p, text_t))
+  limit = sorted(total.values())[len(total) // 2]
+  long_names = sorted(n for n, t in total.items() if t > limit)
+  assert 0 < len(long_names) < len(total)
+  small = cfg.copy_and_resolve_references()
+  small.prompt.max_length = limit
+  skipped = []
+  p = _pcfg(batch_size=1, shuffle=False, num_epochs=1, drop_remainder=False)
+  loader = pipeline.sft_loader(source, meta, tokenizer, small, p, skipped=skipped)
+  assert sorted(s.name for s in skipped) == long_names
+  assert {s.reason for s in skipped} == {"too_long"}
+  assert builders.records.count_reasons(skipped) == {"too_long": len(long_names)}
+  kept = _names(iter(loader))
+  assert sorted(kept) == sorted(set(total) - set(long_names))
+  for batch in iter(pipeline.sft_loader(source, meta, tokenizer, small, p)):
+    assert batch["attention_mask"].sum() <= limit + 2
+
+
+def test_video_prompt_must_match_the_dataset(demo, cfg, tokenizer):
+  source, meta = _source(demo[1])
+  assert meta["visual_source"] == "frames"
+  faces = cfg.copy_and_resolve_references()
+  faces.prompt.video_prompt = "faces"
+  for make in (pipeline.sft_loader, pipeline.prompt_loader):
+    with pytest.raises(ValueError, match="prompt.video_prompt='faces' but the dataset holds "
+                                         "frames"):
+      make(source, meta, tokenizer, faces, _pcfg())

@@ -50,18 +50,19 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def test_special_and_added_ids_are_stable(cfg, tokenizer):
   ids = tok_lib.special_token_ids(tokenizer, cfg.special_tokens)
-  assert ids == {"pad": 0, "eos": 1, "multi": 2, "audio": 3, "video": 4}
+  assert ids == {"pad": 0, "eos": 1, "multi": 2, "audio": 3, "video": 4, "bos": 5}
   assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
+  assert tokenizer.bos_token == "<|im_start|>" and tokenizer.bos_token_id == 5
   assert tok_lib.placeholder_ids(tokenizer, cfg.special_tokens) == {
       "multi": 2, "audio": 3, "video": 4}
   for k, tag in enumerate(cfg.added_tokens):
-    assert tokenizer.convert_tokens_to_ids(tag) == 5 + k
+    assert tokenizer.convert_tokens_to_ids(tag) == 6 + k
   # A different corpus and vocabulary size keep the same fixed ids.
   other = tok_lib.build_tokenizer(["completely different text"] * 3, 300,
                                   dict(cfg.special_tokens), tuple(cfg.added_tokens),
                                   pretokenize_regex=cfg.pretokenize_regex)
   assert tok_lib.special_token_ids(other, cfg.special_tokens) == ids
-  assert [other.convert_tokens_to_ids(t) for t in cfg.added_tokens] == [5, 6, 7, 8]
+  assert [other.convert_tokens_to_ids(t) for t in cfg.added_tokens] == [6, 7, 8, 9]
 
 
 def test_vocab_size_bound_and_determinism(cfg, tokenizer):
@@ -76,7 +77,7 @@ def test_vocab_size_bound_and_determinism(cfg, tokenizer):
 def test_tags_and_placeholders_are_single_tokens(cfg, tokenizer):
   text = "<MultiHere><think>calm</think><answer>sad, gloomy</answer>###<|im_end|>"
   ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-  assert ids[0] == 2 and ids[1] == 5 and ids[-1] == 1
+  assert ids[0] == 2 and ids[1] == 6 and ids[-1] == 1
   assert 6 in ids and 7 in ids and 8 in ids
   assert tokenizer.decode(ids) == text
   # Placeholders, pad and eos are special (dropped); the tags are normal tokens (kept).

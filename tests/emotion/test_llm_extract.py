@@ -23,8 +23,7 @@ TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content']
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
   root = tmp_path_factory.mktemp("llm")
-  cfg = demo.get_config().data.tokenizer
-  cfg.special_tokens = dict(cfg.special_tokens, start="<|im_start|>")
+  cfg = demo.get_config().data.tokenizer      # its bos is the chat template's <|im_start|>
   texts = [unibench.LABEL_PROMPT.format(text=t) for t in ("happy and calm", "sad", "")] * 5
   tok = tokenizer_lib.build_from_config(texts, cfg)
   tok.chat_template = TEMPLATE

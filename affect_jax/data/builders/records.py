@@ -21,6 +21,8 @@ Skip reasons (REASONS):
   missing_subtitle the name has no (readable) row in the subtitle table
   missing_media   no video / face / audio file for the name
   corrupt_media   the file exists but cannot be decoded (media.MediaError)
+  too_long        prompt + target exceed prompt.max_length tokens (found by the SFT input
+                  pipeline, pipeline.drop_too_long, not by the builder)
 A table without a needed column is a whole-file error naming the columns it has; unknown
 columns are ignored with one warning per file.
 
@@ -71,7 +73,8 @@ except ImportError:
 
 
 REASONS = ("empty_name", "duplicate_name", "non_utf8", "extra_cells", "missing_cells",
-           "bad_label", "bad_name", "missing_subtitle", "missing_media", "corrupt_media")
+           "bad_label", "bad_name", "missing_subtitle", "missing_media", "corrupt_media",
+           "too_long")
 TASKS = ("ov", "hit", "sentiment")
 MEDIA_MODES = ("raw", "paths")
 VISUAL_SOURCES = ("frames", "faces")
