@@ -80,6 +80,7 @@ def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None,
 
   from affect_jax import sharding
   from affect_jax.checkpoints import affectgpt_official, hf, params_io
+  from affect_jax.models import qwen2
   from affect_jax.models.lora import LoraConfig
 
   mesh_shape = sharding.parse_mesh_flag(mesh_flag) if mesh_flag else dict(config.mesh)
@@ -95,8 +96,11 @@ def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None,
   llm_cfg = None
   for name, folder in folders.items():
     logging.info("converting %s from %s", name, folder)
-    cfg, p = hf.load(name, folder, mesh=mesh, sharding_rules=rules, dtype=dtype, lora=lora,
-                     rng=jax.random.key(seed))
+    # The official checkpoint supplies the LoRA: no fresh adapters to initialise.
+    cfg, p = hf.load(name, folder, mesh=mesh, sharding_rules=rules, dtype=dtype,
+                     lora=None if official else lora, rng=jax.random.key(seed))
+    if name == "llm" and official:
+      cfg = dataclasses.replace(cfg, lora=lora)
     params[name] = p
     entry = {"hf_config": cfg.to_hf(), "source": str(folder)}
     if name == "llm":
@@ -108,7 +112,7 @@ def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None,
     reader, fusion_cfg, skipped = official
     lora_params, params["fusion"] = affectgpt_official.load(
         reader, llm_cfg, fusion_cfg,
-        llm_shardings=jax.tree.map(lambda x: x.sharding, params["llm"]),
+        llm_shardings=sharding.shardings(qwen2.abstract_params(llm_cfg), mesh, rules),
         fusion_shardings=sharding.shardings(affectgpt_official.abstract_fusion(fusion_cfg), mesh,
                                             rules))
     params["llm"] = _deep_merge(params["llm"], lora_params)
