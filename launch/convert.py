@@ -164,6 +164,8 @@ def main(argv):
   if not FLAGS.out:
     raise app.UsageError("--out is required.")
   if FLAGS.to_hf:
+    if FLAGS.affectgpt_ckpt:
+      raise app.UsageError("--affectgpt_ckpt imports (HF -> affect_jax); drop it with --to_hf.")
     if not FLAGS.checkpoint:
       raise app.UsageError("--to_hf needs --checkpoint=DIR (an affect_jax parameter checkpoint).")
     result = to_hf(FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite)
