@@ -19,6 +19,7 @@ q/k/v/o/gate/up/down of every decoder layer, lora_alpha 32; affectgpt.py) its na
                                                            llm/layers/{self_attn,mlp}/P/lora_a[N]
   ....lora_B.default.weight [out, r]                       llm/layers/{self_attn,mlp}/P/lora_b[N]
   image_llama_proj      the single-image branch            skipped (this model has no image input)
+  frozen models' buffers (*.position_ids, *.inv_freq)      skipped (recomputed)
 
 Kernels are the transposed torch weights. peft scales the LoRA update by lora_alpha / r, as
 LoraDense does with config.model.llm.lora (alpha, rank), so equal tensors give equal outputs when
@@ -51,6 +52,15 @@ _GROUP = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
           "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 # Official trainable entries of a branch this model does not have (single images).
 SKIPPED = ("image_llama_proj.weight", "image_llama_proj.bias")
+# The trainer keeps every state-dict entry that is not a frozen parameter, so the buffers some
+# transformers versions persist (CLIP position ids, rotary inverse frequencies) of the frozen
+# models may be in the file; the model recomputes them.
+_FROZEN_MODELS = ("visual_encoder.", "acoustic_encoder.", "llama_model.")
+_BUFFER_SUFFIXES = (".position_ids", ".inv_freq")
+
+
+def _skipped(name: str) -> bool:
+  return name in SKIPPED or (name.startswith(_FROZEN_MODELS) and name.endswith(_BUFFER_SUFFIXES))
 _FUSION_HINT = "config.model.fusion (video_dim, audio_dim, multi_dim, llm_dim)"
 _LORA_HINT = ("config.model.llm.lora.rank (the official lora_r, the first dimension of "
               "lora_A) and the Qwen2 folder's hidden_size / intermediate_size")
@@ -130,7 +140,7 @@ def check(reader: StateDictReader, llm: qwen2.Qwen2Config, fusion: fusion_lib.Fu
   Raises CheckpointError naming the tensor, the file and what was expected: a missing or
   mis-shaped tensor, a tensor the model has no place for, or a LoRA scale that differs.
   Returns:
-    the official names skipped on purpose (SKIPPED entries present in the file).
+    the official names skipped on purpose (the image branch, frozen models' buffers).
   """
   if fusion.llm_dim != llm.hidden_size:
     raise CheckpointError(f"config.model.fusion.llm_dim={fusion.llm_dim} but the Qwen2 folder's "
@@ -147,8 +157,8 @@ def check(reader: StateDictReader, llm: qwen2.Qwen2Config, fusion: fusion_lib.Fu
                       _FUSION_HINT, "fusion")
   used |= _check_rules(reader, lora_rules(llm), sharding.unbox(qwen2.abstract_params(llm)),
                        llm.num_hidden_layers, _LORA_HINT, "llm")
-  skipped = [k for k in reader.keys() if k in SKIPPED]
-  unknown = [k for k in reader.keys() if k not in used and k not in SKIPPED]
+  skipped = [k for k in reader.keys() if k not in used and _skipped(k)]
+  unknown = [k for k in reader.keys() if k not in used and not _skipped(k)]
   if unknown:
     shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
     raise CheckpointError(
