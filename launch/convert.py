@@ -115,6 +115,7 @@ def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None,
         llm_shardings=sharding.shardings(qwen2.abstract_params(llm_cfg), mesh, rules),
         fusion_shardings=sharding.shardings(affectgpt_official.abstract_fusion(fusion_cfg), mesh,
                                             rules))
+    reader.close()
     params["llm"] = _deep_merge(params["llm"], lora_params)
     meta["components"]["llm"]["lora_source"] = affectgpt_ckpt
     meta["components"]["fusion"] = {"source": affectgpt_ckpt,

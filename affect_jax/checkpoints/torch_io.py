@@ -208,6 +208,10 @@ class StateDictReader:
   def keys(self) -> list[str]:
     return sorted(self._tensors)
 
+  def close(self) -> None:
+    """Closes the checkpoint file (no tensor can be read afterwards)."""
+    self._ckpt.close()
+
   def __contains__(self, name: str) -> bool:
     return name in self._tensors
 
