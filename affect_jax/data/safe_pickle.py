@@ -23,7 +23,7 @@ import io
 import os
 import pickle
 import zipfile
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -62,12 +62,20 @@ class UnsafePickleError(pickle.UnpicklingError, ValueError):
         f"or check where it came from: it may be crafted to run code.")
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-  """pickle.Unpickler whose find_class admits only _ALLOWED."""
+class RestrictedUnpickler(pickle.Unpickler):
+  """pickle.Unpickler whose find_class admits only `allowed` ({(module, name): object}).
+
+  Subclasses (e.g. the torch checkpoint reader) set their own `allowed` and `refuse`.
+  """
+  allowed: Mapping[tuple[str, str], Any] = _ALLOWED
 
   def __init__(self, file, path: str):
     super().__init__(file, encoding="latin1")
     self._path = path
+
+  def refuse(self, global_name: str) -> Exception:
+    """The error raised for a global outside `allowed`."""
+    return UnsafePickleError(self._path, global_name)
 
   def find_class(self, module: str, name: str):
     # Python 2 names (protocol < 3), mapped as pickle.Unpickler(fix_imports=True) does.
@@ -75,17 +83,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
       module, name = _compat_pickle.NAME_MAPPING[(module, name)]
     module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     try:
-      return _ALLOWED[(module, name)]
+      return self.allowed[(module, name)]
     except KeyError:
-      raise UnsafePickleError(self._path, f"{module}.{name}") from None
+      raise self.refuse(f"{module}.{name}") from None
 
   def persistent_load(self, pid):
-    raise UnsafePickleError(self._path, f"persistent id {pid!r}")
+    raise self.refuse(f"persistent id {pid!r}")
 
 
 def loads(data: bytes, path: str = "<bytes>") -> Any:
   """Unpickles `data` with the restricted unpickler (module doc); `path` names it in errors."""
-  return _RestrictedUnpickler(io.BytesIO(data), path).load()
+  return RestrictedUnpickler(io.BytesIO(data), path).load()
 
 
 def _read_npy(f, path: str) -> np.ndarray:
@@ -99,7 +107,7 @@ def _read_npy(f, path: str) -> np.ndarray:
     raise ValueError(f"{path}: unsupported .npy format version {version}; re-save it with "
                      f"numpy.save.")
   if dtype.hasobject:
-    array = _RestrictedUnpickler(f, path).load()
+    array = RestrictedUnpickler(f, path).load()
     if not isinstance(array, np.ndarray):
       raise ValueError(f"{path}: the object payload is a {type(array).__name__}, not an "
                        f"array; the file is not an np.save output.")
