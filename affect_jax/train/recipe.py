@@ -203,7 +203,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             mesh: jax.sharding.Mesh | None = None) -> Prepared:
   """Datasets built, tokenizer, model config and parameters on the mesh (random init, then
   config.init_from when set, restored onto the params' shardings), and the frozen encoders'
-  features cached per split. mesh: default `make_mesh(config)`."""
+  features cached per split; the SFT and GRPO sources without the evaluation source's clips
+  (data/overlap.py). mesh: default `make_mesh(config)`."""
   mesh = make_mesh(config) if mesh is None else mesh
   rules = sharding.rules_from_config(config.sharding_rules)
   dc = config.data
