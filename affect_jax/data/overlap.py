@@ -54,9 +54,10 @@ def eval_overlap(names: Sequence[str], eval_names: Iterable[str]) -> tuple[np.nd
 
 
 def digest(names: Sequence[str]) -> int:
-  """A 63-bit fingerprint of a name list (its order included), for cross-process checks."""
+  """A 31-bit fingerprint of a name list (its order included), for cross-process checks (an
+  int32, which JAX gathers without 64-bit mode)."""
   h = hashlib.sha256("\n".join(names).encode("utf-8")).digest()
-  return int.from_bytes(h[:8], "little") >> 1
+  return int.from_bytes(h[:4], "little") >> 1
 
 
 def check_processes_agree(value: int, what: str) -> None:
@@ -65,7 +66,7 @@ def check_processes_agree(value: int, what: str) -> None:
   if jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils
-  values = np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int64))).ravel()
+  values = np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int32))).ravel()
   if np.any(values != values[0]):
     raise ValueError(f"{what}: the processes kept different rows (fingerprints "
                      f"{values.tolist()}); every process must read the same built datasets.")

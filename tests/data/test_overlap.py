@@ -2,6 +2,10 @@
 in the evaluation source, keeps its record order, errors when nothing is left, and a grain
 iterator position saved over the filtered source resumes onto a freshly filtered one."""
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 
 import grain
 import numpy as np
@@ -101,4 +105,36 @@ def test_process_shards_of_the_filtered_source_cover_the_kept_clips_once():
 def test_digest_depends_on_names_and_order():
   assert overlap.digest(["a", "b"]) == overlap.digest(["a", "b"])
   assert overlap.digest(["a", "b"]) != overlap.digest(["b", "a"])
-  assert 0 <= overlap.digest(NAMES) < 2**63
+  assert 0 <= overlap.digest(NAMES) < 2**31
+
+
+_AGREE_WORKER = """
+import sys
+from affect_jax import distributed
+from affect_jax.data import overlap
+port, index, value = sys.argv[1:]
+distributed.initialize(f"localhost:{port}", 2, int(index))
+try:
+  overlap.check_processes_agree(int(value), "SRC")
+  print("agreed")
+except ValueError as e:
+  print(e)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("values,want", [((7, 7), "agreed"), ((7, 9), "kept different rows")])
+def test_two_processes_must_keep_the_same_rows(values, want):
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  import process_testlib
+  port = process_testlib.free_port()
+  root = pathlib.Path(__file__).resolve().parents[2]
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(root)}
+  procs = [subprocess.Popen([sys.executable, "-c", _AGREE_WORKER, str(port), str(i), str(v)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env}, cwd=root)
+           for i, v in enumerate(values)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    assert want in out and (want == "agreed" or "SRC" in out), out
