@@ -175,6 +175,11 @@ class FeatureSource:
   def __len__(self) -> int:
     return len(self._names)
 
+  @property
+  def names(self) -> list[str]:
+    """The clip name of every record, in record order (the cache's names.json)."""
+    return list(self._names)
+
   def __getitem__(self, index: int) -> dict[str, Any]:
     ex = {k: v for k, v in self._base[index].items() if k not in MEDIA_KEYS}
     name = pipeline.decode_example({"name": ex["name"]})["name"]

@@ -41,7 +41,7 @@ from absl import logging
 from affect_jax import distributed, sharding
 from affect_jax.checkpoints import manager
 from affect_jax.data import features as features_lib
-from affect_jax.data import pipeline, synthetic
+from affect_jax.data import overlap, pipeline, synthetic
 from affect_jax.data import prompts as prompts_lib
 from affect_jax.data import tokenizer as tokenizer_lib
 from affect_jax.data.builders import mer, records
@@ -85,6 +85,7 @@ class Prepared:
   rules: tuple           # config.sharding_rules, normalised
   abstract: Any          # the params' ShapeDtypeStructs, boxed with their logical axis names
   generate_fns: dict = dataclasses.field(default_factory=dict)   # sampling -> jitted generate
+  eval_overlap: dict = dataclasses.field(default_factory=dict)   # sft / grpo -> dropped names
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
@@ -202,7 +203,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             mesh: jax.sharding.Mesh | None = None) -> Prepared:
   """Datasets built, tokenizer, model config and parameters on the mesh (random init, then
   config.init_from when set, restored onto the params' shardings), and the frozen encoders'
-  features cached per split. mesh: default `make_mesh(config)`."""
+  features cached per split; the SFT and GRPO sources without the evaluation source's clips
+  (data/overlap.py). mesh: default `make_mesh(config)`."""
   mesh = make_mesh(config) if mesh is None else mesh
   rules = sharding.rules_from_config(config.sharding_rules)
   dc = config.data
@@ -237,10 +239,22 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                              dc, batch_size=config.features.batch_size)
     base, meta = mer.load_source(path, split, skip_media=True)
     sources[phase] = features_lib.FeatureSource(base, cache)
+  dropped = {}
+  for phase in ("sft", "grpo"):     # the overlap rule (data/overlap.py)
+    sources[phase], dropped[phase] = overlap.drop_eval_clips(
+        sources[phase], sources[phase].names, sources["eval"].names,
+        what=_source_text(dc, phase), eval_what=_source_text(dc, "eval"))
   stats = _feature_stats(sources["sft"], config.features.standardize)
   tables = wheel_lib.load_tables(config.ew_dir or None)
   return Prepared(config, model, params, tok, sources, meta, stats, tables, mesh, rules,
-                  abstract)
+                  abstract, eval_overlap=dropped)
+
+
+def _source_text(dc: ml_collections.ConfigDict, phase: str) -> str:
+  """config.data.sources.<phase> as the user configured it, for messages."""
+  spec = dc.sources[phase]
+  return (f"config.data.sources.{phase} ({spec.dataset} split '{spec.split}' in "
+          f"{spec.data_dir or 'the generated demo set'})")
 
 
 def _feature_stats(source, standardize: bool) -> tuple:
@@ -442,7 +456,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   prep = prepare(config, workdir, mesh)
   summary = {"prepare_s": time.perf_counter() - t0, "workdir": str(workdir),
              "eval_dataset": config.data.sources.eval.dataset,
-             "eval_split": config.data.sources.eval.split, "eval_clips": len(prep.sources["eval"])}
+             "eval_split": config.data.sources.eval.split, "eval_clips": len(prep.sources["eval"]),
+             "eval_overlap_dropped": {p: len(n) for p, n in prep.eval_overlap.items()}}
   params = prep.params                 # random init, or config.init_from
   init_from = config.get("init_from", "")
   if "sft" in phases:

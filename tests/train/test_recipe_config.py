@@ -3,6 +3,7 @@ import pathlib
 
 import pytest
 
+from affect_jax.data import overlap
 from affect_jax.data import tokenizer as tokenizer_lib
 from affect_jax.train import recipe
 from configs import demo
@@ -41,3 +42,16 @@ def test_model_ids_must_agree_with_the_tokenizer(tmp_path):
   c.model.llm.vocab_size = 10
   with pytest.raises(ValueError, match="vocab_size"):
     recipe._model_config(c, tok)
+
+
+def test_a_training_source_of_only_eval_clips_names_both_sources():
+  c = demo.get_config()
+  c.data.sources.grpo.split = "test"
+  c.data.sources.eval.data_dir = "/data/ovmerdplus"
+  names = ["a", "b"]
+  with pytest.raises(ValueError, match=r"config\.data\.sources\.grpo \(demo split 'test' in the "
+                                       r"generated demo set\): all 2 clips.*"
+                                       r"config\.data\.sources\.eval \(demo split 'test' in "
+                                       r"/data/ovmerdplus\)"):
+    overlap.drop_eval_clips(names, names, names, what=recipe._source_text(c.data, "grpo"),
+                            eval_what=recipe._source_text(c.data, "eval"))
