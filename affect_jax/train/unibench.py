@@ -221,16 +221,23 @@ def load_set(em: EvalModel, key: str, folder: str, cache_root: pathlib.Path, ucf
   return features_lib.FeatureSource(base, cache), meta, report
 
 
+def data_config(dc: ml_collections.ConfigDict, ucfg) -> ml_collections.ConfigDict:
+  """The data section the prompts are built with: its question replaced by ucfg.question when
+  that is set."""
+  if not ucfg.question:
+    return dc
+  dc = copy.deepcopy(dc)
+  dc.prompt.question = ucfg.question
+  return dc
+
+
 def generate_set(em: EvalModel, source, meta, generate_fn, ucfg) -> SetRows:
   """Module doc step 2, in record order."""
   pcfg = ml_collections.ConfigDict(em.config.data.pipeline.to_dict())
   pcfg.update(batch_size=int(ucfg.batch_size), shuffle=False, num_epochs=1,
               drop_remainder=False, seed=int(ucfg.seed))
-  dc = em.config.data
-  if ucfg.question:
-    dc = copy.deepcopy(dc)
-    dc.prompt.question = ucfg.question
-  loader = pipeline.prompt_loader(source, meta, em.tokenizer, dc, pcfg)
+  loader = pipeline.prompt_loader(source, meta, em.tokenizer, data_config(em.config.data, ucfg),
+                                  pcfg)
   vm, vs, am, as_ = em.feature_stats
   rows = SetRows([], [], [], [], [])
   batches = []
