@@ -16,13 +16,12 @@ template gets the prompt as plain text), and answered with the official settings
 settings.greedy for argmax decoding).
 Reading the answers (settings.parsing):
 - 'official' (AffectGPT evaluation.py): each answer goes through `official_postprocess`
-  (func_postprocess_qwen: strip; one leading "输入" / "输出" / "翻译" / "让我们来翻译一下：" /
-  "output" / "Output" / "input" / "Input" each removed in that order; strip; one leading ":"
-  or "："; strip; line breaks removed). The labels answer is the label cell as it is (the
-  metric reads it with the official list rule) and is what the sentiment prompt gets; a
-  sentiment answer counts only when it equals a candidate exactly ("positive"; not
-  "Positive." nor "positive, negative"), anything else scores as neutral (0), as
-  evaluation.py maps it.
+  (func_postprocess_qwen: strip; each of OFFICIAL_PREFIXES, in its order, removed once when
+  the text starts with it; strip; one leading ":" or "："; strip; line breaks removed). The
+  labels answer is the label cell as it is (the metric reads it with the official list rule)
+  and is what the sentiment prompt gets; a sentiment answer counts only when it equals a
+  candidate exactly ("positive"; not "Positive." nor "positive, negative"), anything else
+  scores as neutral (0), as evaluation.py maps it.
 - 'lenient': labels: a leading "Output" / "Input" word and ":" are stripped; the first "[...]"
   span (to the end when "]" is missing), else the whole answer, is read with the official
   list rule; the labels are written as "a, b". Sentiment: the candidate that occurs first in
@@ -51,7 +50,8 @@ from affect_jax.rl import sampler
 POLARITY = {"positive": 1, "negative": -1, "neutral": 0}
 PARSINGS = ("lenient", "official")
 # func_postprocess_qwen's leading words, removed in this order (each at most once).
-OFFICIAL_PREFIXES = ("输入", "输出", "翻译", "让我们来翻译一下：", "output", "Output", "input", "Input")
+OFFICIAL_PREFIXES = ("输入", "输出", "翻译", "让我们来翻译一下：", "output", "Output", "input",
+                     "Input")
 
 
 def _tokenizer(path: pathlib.Path, settings, source: str = ""):

@@ -91,7 +91,8 @@ def test_answer_reading():
 
 
 # AffectGPT toolkit/utils/qwen.py, re-typed as written there (f-strings whose backslash line
-# continuations keep the next line's indentation); {reason} is the text put in.
+# continuations keep the next line's indentation; long lines kept as there); {reason} is the
+# text put in.
 def _official_openset_prompt(reason):
   prompt = f"""Please assume the role of an expert in the field of emotions. \
 We provide clues that may be related to the emotions of the characters. Based on the provided clues, please identify the emotional states of the main character. \
