@@ -1,11 +1,12 @@
 """The MER-UniBench evaluation's section of a config: what `python -m launch.evaluate` reads.
 
 Other configs attach it: `c.unibench = unibench.get_unibench_config()`; a config without it
-gets these defaults. Generation answers the official zero-shot question (data.prompt.question)
-in the R1 format; labels come from the <answer> span, from the rule extractor (emotion-wheel
-surface forms in the text) or from a local LLM with the official extraction settings
-(PAPER_NOTES.md section 5: Qwen2.5-Instruct, temperature 0.7, top-p 0.8, repetition penalty
-1.05, at most 512 new tokens).
+gets these defaults. Under protocol 'r1' (the default) generation answers the official
+zero-shot question (data.prompt.question) in the R1 format; labels come from the <answer>
+span, from the rule extractor (emotion-wheel surface forms in the text) or from a local LLM
+with the official extraction settings (PAPER_NOTES.md section 5: Qwen2.5-Instruct, temperature
+0.7, top-p 0.8, repetition penalty 1.05, at most 512 new tokens). `protocols.affectgpt` holds
+the official AffectGPT evaluation's settings, applied over these fields by --protocol=affectgpt.
 """
 import ml_collections
 
@@ -15,19 +16,28 @@ from configs import overrides as overrides_lib
 SETS = ("mer2023", "mer2024", "meld", "iemocapfour", "cmumosi", "cmumosei", "sims", "simsv2",
         "ovmerdplus")
 
-# The official emotion-extraction prompts (AffectGPT / MER-UniBench, PAPER_NOTES.md section 5);
-# '{text}' is the model's output (labels prompt) or the extracted labels (sentiment prompt).
+# The official extraction prompts, word for word (AffectGPT toolkit/utils/qwen.py
+# reason_to_openset_qwen and openset_to_sentiment_qwen; in the sentiment prompt each line
+# continuation keeps the space before it and the next line's 12-space indentation, 13 spaces);
+# '{text}' is the model's output (labels prompt) or the labels answer (sentiment prompt).
 LABEL_PROMPT = (
     "Please assume the role of an expert in the field of emotions. We provide clues that may "
     "be related to the emotions of the characters. Based on the provided clues, please "
-    "identify the emotional states of the main character. Please separate different emotional "
-    "categories with commas and output only the clearly identifiable emotional categories in "
-    "a list format. If none are identified, please output an empty list. Input: {text}; "
-    "Output: ")
+    "identify the emotional states of the main character. The main character is the one with "
+    "the most detailed clues. Please separate different emotional categories with commas and "
+    "output only the clearly identifiable emotional categories in a list format. If none are "
+    "identified, please output an empty list. Input: We cannot recognize his emotional state; "
+    "Output: [] Input: His emotional state is happy, sad, and angry; Output: [happy, sad, "
+    "angry] Input: {text}; Output: ")
+_GAP = " " * 13     # the sentiment prompt's line breaks in the official source
 SENTIMENT_PROMPT = (
-    "Please act as an expert in the field of emotions. We provide a few words to describe the "
-    "emotions of a character. Please choose the most likely sentiment from the given "
-    "candidates: [positive, negative, neutral]. Input: {text}; Output: ")
+    "Please act as an expert in the field of emotions." + _GAP + "We provide a few words to "
+    "describe the emotions of a character." + _GAP + "Please choose the most likely sentiment "
+    "from the given candidates: [positive, negative, neutral]" + _GAP + "Please direct output "
+    "answer without analyzing process." + _GAP + "Input: [joyful]; Output: positive" + _GAP +
+    "Input: []; Output: neutral" + _GAP + "Input: {text}; Output: ")
+# The official zero-shot question (datasets func_get_qa_ovlabel, question_only=True).
+OFFICIAL_QUESTION = "Please recognize all possible emotional states of the character."
 
 
 def llm_config(**overrides) -> ml_collections.ConfigDict:
@@ -47,6 +57,15 @@ def llm_config(**overrides) -> ml_collections.ConfigDict:
   c.label_prompt = LABEL_PROMPT
   c.sentiment_prompt = SENTIMENT_PROMPT
   c.sentiments = ("positive", "negative", "neutral")
+  # The chat: an optional system message, then the prompt as the user message. '' = none,
+  # so the chat template adds its own default (Qwen2.5: "You are Qwen, created by Alibaba
+  # Cloud. You are a helpful assistant."), as evaluation.py's vLLM batch calls do; the
+  # official one-prompt helper (get_completion_qwen) sends "You are a helpful assistant.".
+  c.system_message = ""
+  # Reading the answers: 'lenient' (the first [...] span; the first candidate word found) or
+  # 'official' (evaluation.py: func_postprocess_qwen, the whole answer is the label cell, a
+  # sentiment answer counts only when it equals a candidate, else it scores as neutral).
+  c.parsing = "lenient"
   return overrides_lib.apply(c, overrides, "llm_config")
 
 
@@ -72,7 +91,15 @@ def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
   c.greedy = True
   c.temperature = 1.0           # used when greedy is False
   c.top_p = 1.0
+  c.top_k = 0                   # 0 = off
+  c.repetition_penalty = 0.0    # 0 = config.sampling's (1.0 = off)
   c.seed = 0
+  c.question = ""               # '' = data.prompt.question
+  # Generation also stops after the token sequences of `stop_text` (as the official Chat's
+  # stopping criteria for "###"); the text is then cut before its last `stop_text` and kept
+  # after the last `response_after` (answer_sample's post-processing). '' = off.
+  c.stop_text = ""
+  c.response_after = ""
   # Labels: 'answer' (<answer> span, official list rule), 'rule' (surface forms in the text),
   # 'llm' (the LLM extractor below). Sentiment: 'wheel' (metrics.label_polarity) or 'llm'.
   c.extractor = "answer"
@@ -84,6 +111,19 @@ def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
                  "doesn’t", "didn’t")
   c.negation_window = 2
   c.llm = llm_config()
+  # --protocol (default `protocol`): 'r1' keeps the fields above; 'affectgpt' overrides them
+  # with the official AffectGPT evaluation (inference_hybird.py answer_sample: sampling,
+  # temperature 1, top-p 0.9, 1,200 new tokens, stop at "###"; top-k 20 is the default of
+  # Qwen2.5-Instruct's generation_config.json, which transformers' generate applies because
+  # answer_sample passes none; then evaluation.py: labels and sentiment by the LLM with the
+  # official prompts and answer reading).
+  c.protocol = "r1"
+  c.protocols = dict(
+      r1=dict(),
+      affectgpt=dict(greedy=False, temperature=1.0, top_p=0.9, top_k=20, max_new_tokens=1200,
+                     repetition_penalty=1.0, question=OFFICIAL_QUESTION, stop_text="###",
+                     response_after="Assistant:", extractor="llm", sentiment="llm",
+                     llm=dict(parsing="official")))
   return overrides_lib.apply(c, overrides, "get_unibench_config")
 
 

@@ -6,6 +6,15 @@ r"""MER-UniBench evaluation: the 9-set table (and its mean) of a checkpoint.
       --config.init_from=/ckpt/base --sets=ovmerdplus,mer2023 --json_out=unibench.json \
       --predictions_out=runs/r1/unibench [--ew_dir=DIR] [--extractor=answer|rule|llm] \
       [--extractor_checkpoint=/ckpt/Qwen2.5-7B-Instruct] [--sentiment=wheel|llm]
+  python -m launch.evaluate --protocol=affectgpt --checkpoint=runs/r1 --data_dir=... \
+      --extractor_checkpoint=/ckpt/Qwen2.5-7B-Instruct
+
+--protocol: 'r1' (default, config.unibench.protocol): the fields of config.unibench as they
+are (labels from the <answer> span unless --extractor says otherwise); 'affectgpt': the
+official AffectGPT evaluation (config.unibench.protocols.affectgpt: sampling at temperature 1,
+top-p 0.9, 1,200 new tokens, stop at "###", labels and sentiment by the LLM extractor with the
+official prompts and answer reading; it needs --extractor_checkpoint). --extractor and
+--sentiment still override the protocol's choice.
 
 --checkpoint: a launch.convert checkpoint, a run's workdir or a folder of numbered steps
 (affect_jax/train/eval_model.py). --data_dir: one sub-folder per set (mer2023, mer2024, meld,
@@ -36,6 +45,8 @@ def define_flags():
   config_flags.DEFINE_config_file("config", "configs/demo.py", "Config of the checkpoint.")
   flags.DEFINE_string("checkpoint", None, "launch.convert checkpoint, run workdir or steps.")
   flags.DEFINE_string("data_dir", None, "MER-UniBench folder (one sub-folder per set).")
+  flags.DEFINE_enum("protocol", None, ["r1", "affectgpt"],
+                    "Evaluation protocol (default config.unibench.protocol, 'r1').")
   flags.DEFINE_string("sets", None, "Comma-separated sets (default config.unibench.sets).")
   flags.DEFINE_string("ew_dir", None, "Emotion-wheel folder (default config.ew_dir, else the "
                       "demo wheel).")
@@ -67,6 +78,7 @@ def run(config, f) -> dict:
   from affect_jax.emotion import wheel
   from affect_jax.train import eval_model, unibench
   ucfg = unibench.unibench_config(config)
+  ucfg = unibench.with_protocol(ucfg, f.protocol or ucfg.get("protocol", "r1"))
   sets = unibench.parse_sets(f.sets or ucfg.sets)
   extractor = f.extractor or ucfg.extractor
   sentiment = f.sentiment or ucfg.sentiment
@@ -82,7 +94,7 @@ def run(config, f) -> dict:
   labeler = unibench.Labeler(extractor, sentiment, tables, ucfg, llm)
   root = cache_root(config, f.checkpoint, f.cache_dir)
   em = eval_model.load(config, f.checkpoint, root)
-  return unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out)
+  return unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out, ucfg)
 
 
 def main(argv):

@@ -8,17 +8,24 @@
 checkpoint holding an `llm` component; the tokenizer comes from settings.tokenizer_dir, else
 the folder itself, else (converted checkpoints) the folder it was converted from.
 Each text is put into the official prompt (settings.label_prompt / sentiment_prompt, the
-MER-UniBench extraction prompts) as the one user message of the tokenizer's chat template (the
-template adds its default system message, as the official code's single user message does;
-a tokenizer without a template gets the prompt as plain text), and answered with the official
-settings: temperature 0.7, top-p 0.8, repetition penalty 1.05, at most 512 new tokens
-(affect_jax/rl/sampler.py; settings.greedy for argmax decoding).
-Reading the answers:
-- labels: a leading "Output" / "Input" word and ":" are stripped (as the official
-  post-processing does); the first "[...]" span (to the end when "]" is missing), else the
-  whole answer, is read with the official list rule; the labels are written as "a, b".
-- sentiment: the candidate (positive / negative / neutral) that occurs first in the lowercased
-  answer; neutral when none does.
+MER-UniBench extraction prompts word for word) as the user message of the tokenizer's chat
+template, after settings.system_message when it is set (with none the template adds its
+default system message, as the official evaluation's vLLM calls do; a tokenizer without a
+template gets the prompt as plain text), and answered with the official settings: temperature
+0.7, top-p 0.8, repetition penalty 1.05, at most 512 new tokens (affect_jax/rl/sampler.py;
+settings.greedy for argmax decoding).
+Reading the answers (settings.parsing):
+- 'official' (AffectGPT evaluation.py): each answer goes through `official_postprocess`
+  (func_postprocess_qwen: strip; each of OFFICIAL_PREFIXES, in its order, removed once when
+  the text starts with it; strip; one leading ":" or "："; strip; line breaks removed). The
+  labels answer is the label cell as it is (the metric reads it with the official list rule)
+  and is what the sentiment prompt gets; a sentiment answer counts only when it equals a
+  candidate exactly ("positive"; not "Positive." nor "positive, negative"), anything else
+  scores as neutral (0), as evaluation.py maps it.
+- 'lenient': labels: a leading "Output" / "Input" word and ":" are stripped; the first "[...]"
+  span (to the end when "]" is missing), else the whole answer, is read with the official
+  list rule; the labels are written as "a, b". Sentiment: the candidate that occurs first in
+  the lowercased answer; neutral when none does.
 """
 from __future__ import annotations
 
@@ -41,6 +48,10 @@ from affect_jax.models.lora import LoraConfig
 from affect_jax.rl import sampler
 
 POLARITY = {"positive": 1, "negative": -1, "neutral": 0}
+PARSINGS = ("lenient", "official")
+# func_postprocess_qwen's leading words, removed in this order (each at most once).
+OFFICIAL_PREFIXES = ("输入", "输出", "翻译", "让我们来翻译一下：", "output", "Output", "input",
+                     "Input")
 
 
 def _tokenizer(path: pathlib.Path, settings, source: str = ""):
@@ -100,6 +111,25 @@ def response_cell(response: str) -> str:
   return extract.to_cell(labels_lib.parse_labels(text.replace("\n", " ")))
 
 
+def official_postprocess(response: str) -> str:
+  """An answer as the official evaluation stores it (module doc, 'official')."""
+  text = response.strip()
+  for prefix in OFFICIAL_PREFIXES:
+    if text.startswith(prefix):
+      text = text[len(prefix):]
+  text = text.strip()
+  for colon in (":", "："):
+    if text.startswith(colon):
+      text = text[len(colon):]
+  return text.strip().replace("\n", "").strip()
+
+
+def official_polarity(response: str, candidates: Sequence[str]) -> int:
+  """+1 / -1 / 0 when the post-processed answer is exactly a candidate; 0 otherwise."""
+  text = official_postprocess(response)
+  return POLARITY[text] if text in candidates else 0
+
+
 def response_polarity(response: str, candidates: Sequence[str]) -> int:
   """+1 / -1 / 0 of the candidate that occurs first in the answer (0 when none does)."""
   text = response.lower()
@@ -115,6 +145,8 @@ class LlmExtractor:
     unknown = [c for c in settings.sentiments if c not in POLARITY]
     if unknown:
       raise ValueError(f"unibench.llm.sentiments: {unknown} are not among {sorted(POLARITY)}.")
+    if settings.parsing not in PARSINGS:
+      raise ValueError(f"unibench.llm.parsing='{settings.parsing}': expected one of {PARSINGS}.")
     self.config, self.params, self.tokenizer, self.settings = config, params, tokenizer, settings
     vocab = tokenizer.get_vocab()
     eos = {int(vocab[t]) for t in settings.stop_tokens if t in vocab}
@@ -137,9 +169,15 @@ class LlmExtractor:
   def load(cls, path: str, settings: ml_collections.ConfigDict) -> "LlmExtractor":
     return cls(*load_llm(path, settings), settings)
 
+  def messages(self, text: str) -> list[dict]:
+    """The chat of one prompt: the system message when set, then the prompt."""
+    system = self.settings.system_message
+    return ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}]
+
   def prompt_ids(self, text: str) -> list[int]:
     if getattr(self.tokenizer, "chat_template", None):
-      text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+      text = self.tokenizer.apply_chat_template(self.messages(text),
                                                 add_generation_prompt=True, tokenize=False)
     return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -160,10 +198,11 @@ class LlmExtractor:
     return out
 
   def label_cells(self, texts: Sequence[str]) -> list[str]:
-    return [response_cell(a) for a in self.answers(
+    read = official_postprocess if self.settings.parsing == "official" else response_cell
+    return [read(a) for a in self.answers(
         [self.settings.label_prompt.format(text=t) for t in texts])]
 
   def polarities(self, cells: Sequence[str]) -> np.ndarray:
+    read = official_polarity if self.settings.parsing == "official" else response_polarity
     answers = self.answers([self.settings.sentiment_prompt.format(text=c) for c in cells])
-    return np.asarray([response_polarity(a, self.settings.sentiments) for a in answers],
-                      np.int32)
+    return np.asarray([read(a, self.settings.sentiments) for a in answers], np.int32)

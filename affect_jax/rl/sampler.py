@@ -6,8 +6,11 @@
 Prompts are LEFT-padded to a common length P (`pad_prompts` pads to a bucket so a new prompt
 length reuses a compiled program); rows with a False mask prefix are padding. Each prompt is
 prefilled once, its cache rows are repeated G times (rows p0 g0..gG-1, p1 ...), and G samples
-are decoded token by token until every row has emitted an EOS or N tokens exist. Finished rows
-emit `pad_id` with log-prob 0.
+are decoded token by token until every row has emitted an EOS (or ended with one of the
+`stop_sequences`, token-id sequences checked against the row's last generated tokens, as
+transformers' stopping criteria on the generated ids) or N tokens exist. Finished rows emit
+`pad_id` with log-prob 0; a row's length counts its tokens up to and including the EOS or the
+stop sequence's last token.
 
 Returned log-probs are log-softmax(logits / temperature) of the chosen token (log-softmax of the
 raw logits when greedy): the behaviour policy's log-probs before top-k / top-p truncation, which
@@ -45,6 +48,7 @@ class SamplingConfig:
   greedy: bool = False
   repetition_penalty: float = 1.0   # 1.0 = off
   eos_ids: tuple[int, ...] = ()
+  stop_sequences: tuple[tuple[int, ...], ...] = ()   # a row also ends after any of these
   pad_id: int = 0
   buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
 
@@ -60,6 +64,9 @@ class SamplingConfig:
     if self.repetition_penalty <= 0:
       raise ValueError(f"sampling.repetition_penalty={self.repetition_penalty}: must be > 0 "
                        "(1.0 = off).")
+    if any(not len(s) for s in self.stop_sequences):
+      raise ValueError(f"sampling.stop_sequences={self.stop_sequences}: a stop sequence is "
+                       "empty; give at least one token id each.")
     if list(self.buckets) != sorted(set(self.buckets)):
       raise ValueError(f"sampling.buckets={self.buckets}: must be strictly increasing.")
 
@@ -73,14 +80,16 @@ class SamplingConfig:
     for k in ("eos_ids", "buckets"):
       if k in d:
         d[k] = tuple(int(x) for x in d[k])
+    if "stop_sequences" in d:
+      d["stop_sequences"] = tuple(tuple(int(x) for x in s) for s in d["stop_sequences"])
     return cls(**d)
 
 
 class SampleOutput(NamedTuple):
   tokens: jax.Array      # int32[B*G, N], pad_id after the end
   logps: jax.Array       # float32[B*G, N], 0 after the end
-  lengths: jax.Array     # int32[B*G], tokens up to and including the EOS
-  done: jax.Array        # bool[B*G], True if the row emitted an EOS
+  lengths: jax.Array     # int32[B*G], tokens up to and including the EOS / stop sequence
+  done: jax.Array        # bool[B*G], True if the row emitted an EOS or a stop sequence
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
@@ -277,13 +286,24 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
   if penalise and tokens is not None:
     seen = seen.at[jnp.arange(b)[:, None], tokens].max(prompt_mask)
   seen = rep(seen, 0)
+  stops = [jnp.asarray(s, jnp.int32) for s in sampling.stop_sequences]
+  window = max((len(s) for s in sampling.stop_sequences), default=0)
+
+  def ends(token, recent):
+    """(bool[R]: the row ends with `token`, its last `window` tokens after it)."""
+    hit = jnp.any(token[:, None] == eos[None, :], axis=-1)
+    if window:
+      recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
+      for s in stops:
+        hit |= jnp.all(recent[:, window - len(s):] == s[None, :], axis=-1)
+    return hit, recent
 
   def cond(state):
     t, done = state[0], state[5]
     return (t < n) & ~jnp.all(done)
 
   def body(state):
-    t, caches, logits, out_tok, out_logp, done, pos, kv_mask, rng, seen = state
+    t, caches, logits, out_tok, out_logp, done, pos, kv_mask, rng, seen, recent, length = state
     rng, step_rng = jax.random.split(rng)
     if penalise:
       logits = apply_repetition_penalty(logits.astype(jnp.float32), seen,
@@ -293,7 +313,9 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
     logp = jnp.where(done, 0.0, logp)
     out_tok = out_tok.at[:, t].set(token)
     out_logp = out_logp.at[:, t].set(logp)
-    now_done = done | jnp.any(token[:, None] == eos[None, :], axis=-1)
+    hit, recent = ends(token, recent)
+    length = jnp.where(hit & ~done, t + 1, length)
+    now_done = done | hit
     slot = p + t
     kv_mask = kv_mask.at[:, slot].set(~done)
     new_logits, caches = qwen2.decode_forward(config, params, layer_params, token[:, None],
@@ -303,19 +325,16 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
     if penalise:
       seen = seen.at[jnp.arange(rows), token].set(True)
     return (t + 1, caches, new_logits[:, 0], out_tok, out_logp, now_done, pos + 1, kv_mask, rng,
-            seen)
+            seen, recent, length)
 
   state = (jnp.int32(0), caches, logits, jnp.full((rows, n), sampling.pad_id, jnp.int32),
            jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), bool), next_pos, kv_mask, rng,
-           seen)
+           seen, jnp.full((rows, window), -1, jnp.int32), jnp.full((rows,), n, jnp.int32))
   state = jax.lax.while_loop(cond, body, state)
-  _, caches, _, out_tok, out_logp, done, _, _, _, _ = state
+  _, caches, _, out_tok, out_logp, done, _, _, _, _, _, lengths = state
   cache = jax.tree.map(lambda x: sharding.constrain(x, qwen2.CACHE_AXES),
                        qwen2.stack_cache(caches, layout))
-  is_eos = jnp.any(out_tok[..., None] == eos, axis=-1)
-  first_eos = jnp.where(jnp.any(is_eos, -1), jnp.argmax(is_eos, -1) + 1, n)
-  out = SampleOutput(tokens=out_tok, logps=out_logp, lengths=first_eos.astype(jnp.int32),
-                     done=done)
+  out = SampleOutput(tokens=out_tok, logps=out_logp, lengths=lengths, done=done)
   return out, cache
 
 

@@ -8,7 +8,11 @@ For each set (configs/unibench.py SETS; folders under data_dir matched by config
    reads every label format) into <cache>/built, split config.unibench.splits[NAME], and cache
    the frozen encoders' features beside it.
 2. Generate one completion per clip for the official zero-shot question
-   (config.data.prompt.question) in the R1 format; greedy unless config.unibench.greedy is off.
+   (config.unibench.question, else config.data.prompt.question) with the prompt builder of
+   training (affect_jax/data/prompts.py); greedy unless config.unibench.greedy is off. With
+   config.unibench.stop_text a row also stops after that text's token sequences
+   (`stop_sequences`) and the completion is cut as the official answer_sample cuts it
+   (`cut_response`).
 3. Labels: `Labeler` (the <answer> span, the rule extractor or the LLM extractor).
 4. Score with the host metrics (affect_jax/emotion/metrics.py), in percent:
    OV-MERD+ EW-F (ov_scores), MER2023 / MER2024 / MELD / IEMOCAP HIT (hit_scores against the
@@ -16,6 +20,10 @@ For each set (configs/unibench.py SETS; folders under data_dir matched by config
    of a prediction: metrics.label_polarity of its labels (each label votes with the polarity of
    its level-1 clusters over the 5 wheels; a clip is positive when the sign of the sum of its
    labels' votes is +1), or the LLM's answer to the official sentiment prompt.
+Protocols (`with_protocol`, config.unibench.protocols): 'r1' uses the fields as they are;
+'affectgpt' overrides them with the official AffectGPT evaluation (sampling at temperature 1,
+top-p 0.9, top-k 20, 1,200 new tokens, stop at "###", labels and sentiment by the LLM
+extractor read as evaluation.py reads them).
 A set that fails (missing folder, bad label file, no usable clip) is recorded with its error
 and the others still run. With out_dir, each set writes NAME.csv (name, openset: the
 predictions), NAME_gt.csv (ov: name, openset; hit: name, label; sentiment: name, valence),
@@ -24,6 +32,7 @@ NAME_completions.jsonl, so that `python -m launch.score` rescores them.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -64,6 +73,21 @@ def unibench_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return config.unibench
   from configs import unibench  # the numbers live in the config file
   return unibench.get_unibench_config()
+
+
+def with_protocol(ucfg: ml_collections.ConfigDict, protocol: str) -> ml_collections.ConfigDict:
+  """A copy of ucfg with ucfg.protocols[protocol]'s fields set over it (nested ones merged)."""
+  if protocol not in ucfg.protocols:
+    raise ValueError(f"--protocol={protocol}: expected one of {sorted(ucfg.protocols)} "
+                     "(config.unibench.protocols).")
+  out = copy.deepcopy(ucfg)
+  for key, value in ucfg.protocols[protocol].items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out[key].update(value)
+    else:
+      out[key] = value
+  out.protocol = protocol
+  return out
 
 
 def parse_sets(text: str) -> tuple[str, ...]:
@@ -137,13 +161,45 @@ class SetRows:
   valence: list
 
 
+def stop_sequences(tokenizer, stop_text: str, lead: str = "a") -> tuple[tuple[int, ...], ...]:
+  """The official Chat's stop sequences for `stop_text` ("###"): the first id of stop_text
+  alone, and for every split of it in two (x, y) the pair (second id of lead + x, second id
+  of lead + y); for "###" these are ("#", "##") and ("##", "#"), as Chat builds them from the
+  ids of 'a#' and 'a##'. A split whose text tokenizes into `lead` alone is left out."""
+  if not stop_text:
+    return ()
+  encode = lambda t: list(tokenizer(t, add_special_tokens=False)["input_ids"])
+  seqs = [(int(encode(stop_text)[0]),)]
+  for i in range(1, len(stop_text)):
+    x, y = encode(lead + stop_text[:i]), encode(lead + stop_text[i:])
+    if len(x) > 1 and len(y) > 1:
+      seqs.append((int(x[1]), int(y[1])))
+  return tuple(dict.fromkeys(seqs))
+
+
+def cut_response(text: str, ucfg) -> str:
+  """The official answer_sample's cut: before the last stop_text, after the last
+  response_after, stripped (unchanged when both are '')."""
+  if not (ucfg.stop_text or ucfg.response_after):
+    return text
+  if ucfg.stop_text:
+    text = text.rsplit(ucfg.stop_text, 1)[0]
+  if ucfg.response_after:
+    text = text.split(ucfg.response_after)[-1]
+  return text.strip()
+
+
 def sampling_config(em: EvalModel, ucfg) -> sampler.SamplingConfig:
   specials = tokenizer_lib.special_token_ids(em.tokenizer,
                                              dict(em.config.data.tokenizer.special_tokens))
+  extra = {}
+  if float(ucfg.repetition_penalty):
+    extra["repetition_penalty"] = float(ucfg.repetition_penalty)
   return sampler.SamplingConfig.from_dict(dict(
       em.config.sampling, greedy=bool(ucfg.greedy), temperature=float(ucfg.temperature),
-      top_p=float(ucfg.top_p), max_new_tokens=int(ucfg.max_new_tokens),
-      eos_ids=(specials["eos"],), pad_id=specials["pad"]))
+      top_p=float(ucfg.top_p), top_k=int(ucfg.top_k), max_new_tokens=int(ucfg.max_new_tokens),
+      eos_ids=(specials["eos"],), pad_id=specials["pad"],
+      stop_sequences=stop_sequences(em.tokenizer, ucfg.stop_text), **extra))
 
 
 def load_set(em: EvalModel, key: str, folder: str, cache_root: pathlib.Path, ucfg):
@@ -165,12 +221,23 @@ def load_set(em: EvalModel, key: str, folder: str, cache_root: pathlib.Path, ucf
   return features_lib.FeatureSource(base, cache), meta, report
 
 
+def data_config(dc: ml_collections.ConfigDict, ucfg) -> ml_collections.ConfigDict:
+  """The data section the prompts are built with: its question replaced by ucfg.question when
+  that is set."""
+  if not ucfg.question:
+    return dc
+  dc = copy.deepcopy(dc)
+  dc.prompt.question = ucfg.question
+  return dc
+
+
 def generate_set(em: EvalModel, source, meta, generate_fn, ucfg) -> SetRows:
   """Module doc step 2, in record order."""
   pcfg = ml_collections.ConfigDict(em.config.data.pipeline.to_dict())
   pcfg.update(batch_size=int(ucfg.batch_size), shuffle=False, num_epochs=1,
               drop_remainder=False, seed=int(ucfg.seed))
-  loader = pipeline.prompt_loader(source, meta, em.tokenizer, em.config.data, pcfg)
+  loader = pipeline.prompt_loader(source, meta, em.tokenizer, data_config(em.config.data, ucfg),
+                                  pcfg)
   vm, vs, am, as_ = em.feature_stats
   rows = SetRows([], [], [], [], [])
   batches = []
@@ -184,8 +251,8 @@ def generate_set(em: EvalModel, source, meta, generate_fn, ucfg) -> SetRows:
                     "prompt_mask": batch["prompt_mask"][real],
                     "video": ((batch["video"][real] - vm) / vs).astype(np.float32),
                     "audio": ((batch["audio"][real] - am) / as_).astype(np.float32)})
-  rows.completions = evaluate_lib.generate(em.params, generate_fn, batches, em.tokenizer,
-                                           int(ucfg.batch_size), seed=int(ucfg.seed))
+  rows.completions = [cut_response(t, ucfg) for t in evaluate_lib.generate(
+      em.params, generate_fn, batches, em.tokenizer, int(ucfg.batch_size), seed=int(ucfg.seed))]
   return rows
 
 
@@ -235,9 +302,11 @@ def write_set(out_dir: pathlib.Path, key: str, task: str, rows: SetRows, cells, 
 
 
 def evaluate(em: EvalModel, data_dir: str, sets: Sequence[str], labeler: Labeler,
-             cache_root: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict:
-  """Every set of `sets` (module doc); returns {sets: {key: result or {error}}, table, failed}."""
-  ucfg = unibench_config(em.config)
+             cache_root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+             ucfg: ml_collections.ConfigDict | None = None) -> dict:
+  """Every set of `sets` (module doc) under ucfg (default: em.config's unibench section);
+  returns {sets: {key: result or {error}}, table, failed}."""
+  ucfg = ucfg if ucfg is not None else unibench_config(em.config)
   cache_root = pathlib.Path(cache_root)
   generate_fn = evaluate_lib.make_generate(em.model, sampling_config(em, ucfg))
   results = {}
@@ -267,7 +336,8 @@ def evaluate(em: EvalModel, data_dir: str, sets: Sequence[str], labeler: Labeler
   table = metrics.unibench_table(scores)
   failed = [k for k, r in results.items() if "error" in r]
   return {"sets": results, "table": table, "mean": table["mean"], "failed": failed,
-          "extractor": labeler.extractor, "sentiment": labeler.sentiment,
+          "protocol": ucfg.get("protocol", "r1"), "extractor": labeler.extractor,
+          "sentiment": labeler.sentiment,
           "ew_dir": labeler.tables.source, "data_dir": data_dir, "checkpoint": em.checkpoint}
 
 

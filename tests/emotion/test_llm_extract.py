@@ -1,6 +1,8 @@
 """LLM label / sentiment extraction: a tiny Hugging Face Qwen2 folder (and its launch.convert
 checkpoint) answers the official prompts; the answers equal transformers' generate with the
-same greedy settings and repetition penalty, prompt by prompt (no padding)."""
+same greedy settings and repetition penalty, prompt by prompt (no padding). The prompts equal
+the official ones (re-typed below from AffectGPT toolkit/utils/qwen.py), the chat ids equal a
+Qwen2.5-style chat template's, and the official answer reading follows evaluation.py."""
 import json
 import pathlib
 import sys
@@ -25,6 +27,8 @@ def folder(tmp_path_factory):
   root = tmp_path_factory.mktemp("llm")
   cfg = demo.get_config().data.tokenizer      # its bos is the chat template's <|im_start|>
   texts = [unibench.LABEL_PROMPT.format(text=t) for t in ("happy and calm", "sad", "")] * 5
+  texts += [unibench.SENTIMENT_PROMPT.format(text="[sad]"), "system user assistant You are "
+            "Qwen, created by Alibaba Cloud. You are a helpful assistant. He smiles."] * 5
   tok = tokenizer_lib.build_from_config(texts, cfg)
   tok.chat_template = TEMPLATE
   hf = lib.hf_model(seed=4, vocab_size=len(tok), max_position_embeddings=1024)
@@ -83,6 +87,109 @@ def test_answer_reading():
   assert llm_extract.response_polarity("Negative, not positive", candidates) == -1
   assert llm_extract.response_polarity("it is POSITIVE", candidates) == 1
   assert llm_extract.response_polarity("unclear", candidates) == 0
+
+
+# AffectGPT toolkit/utils/qwen.py, re-typed as written there (f-strings whose backslash line
+# continuations keep the next line's indentation; long lines kept as there); {reason} is the
+# text put in.
+def _official_openset_prompt(reason):
+  prompt = f"""Please assume the role of an expert in the field of emotions. \
+We provide clues that may be related to the emotions of the characters. Based on the provided clues, please identify the emotional states of the main character. \
+The main character is the one with the most detailed clues. \
+Please separate different emotional categories with commas and output only the clearly identifiable emotional categories in a list format. \
+If none are identified, please output an empty list. \
+Input: We cannot recognize his emotional state; Output: [] \
+Input: His emotional state is happy, sad, and angry; Output: [happy, sad, angry] \
+Input: {reason}; Output: """
+  return prompt
+
+
+def _official_sentiment_prompt(reason):
+  prompt = f"""Please act as an expert in the field of emotions. \
+            We provide a few words to describe the emotions of a character. \
+            Please choose the most likely sentiment from the given candidates: [positive, negative, neutral] \
+            Please direct output answer without analyzing process. \
+            Input: [joyful]; Output: positive \
+            Input: []; Output: neutral \
+            Input: {reason}; Output: """
+  return prompt
+
+
+# Qwen2.5-Instruct's chat template without its tool branches: the default system message when
+# the chat has none.
+QWEN_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def test_prompts_are_the_official_ones_word_for_word():
+  for text in ("The man frowns and sighs.", "[happy, sad]", ""):
+    assert unibench.LABEL_PROMPT.format(text=text) == _official_openset_prompt(text)
+    assert unibench.SENTIMENT_PROMPT.format(text=text) == _official_sentiment_prompt(text)
+  settings = unibench.llm_config()
+  assert settings.label_prompt == _official_openset_prompt("{text}")
+  assert settings.sentiment_prompt == _official_sentiment_prompt("{text}")
+  assert "The main character is the one with the most detailed clues." in settings.label_prompt
+
+
+def test_chat_ids_equal_the_chat_template(folder):
+  root, _, tok = folder
+  qwen_tok = tokenizer_lib.load_tokenizer(str(root / "hf"))
+  qwen_tok.chat_template = QWEN_TEMPLATE
+  config, params = hf_qwen2.load(root / "hf")
+  prompt = unibench.LABEL_PROMPT.format(text="He smiles.")
+  for system, head in (("", "You are Qwen, created by Alibaba Cloud. You are a helpful "
+                        "assistant."), ("You are a helpful assistant.",) * 2):
+    llm = llm_extract.LlmExtractor(config, params, qwen_tok, _settings(system_message=system))
+    chat = [{"role": "user", "content": prompt}]
+    if system:
+      chat.insert(0, {"role": "system", "content": system})
+    expect = qwen_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+    expect = list(getattr(expect, "input_ids", expect))
+    assert llm.prompt_ids(prompt) == expect
+    assert qwen_tok.decode(expect) == (f"<|im_start|>system\n{head}<|im_end|>\n<|im_start|>user"
+                                       f"\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_official_answer_reading():
+  """evaluation.py: func_postprocess_qwen, then the label answer is kept whole and a sentiment
+  answer counts only when it equals a candidate (anything else scores as neutral, 0)."""
+  post = llm_extract.official_postprocess
+  assert post("  Output: [happy,\nsad]\n") == "[happy,sad]"
+  assert post("输出：[angry]") == "[angry]"
+  assert post("Input: Output: [x]") == "Output: [x]"     # each word once, in the official order
+  assert post("output:\n[]") == "[]"
+  assert post("OUTPUT: [calm]") == "OUTPUT: [calm]"       # the official words are case-exact
+  candidates = ("positive", "negative", "neutral")
+  cases = {"positive": 1, " Output: negative\n": -1, "neutral": 0, "Positive.": 0,
+           "Positive": 0, "positive.": 0, "positive, negative": 0, "it is positive": 0,
+           "输出：positive": 1, "posi\ntive": 1}
+  assert {a: llm_extract.official_polarity(a, candidates) for a in cases} == cases
+
+
+def test_official_parsing_end_to_end(folder):
+  root, hf, tok = folder
+  settings = _settings(parsing="official")
+  llm = llm_extract.LlmExtractor.load(str(root / "hf"), settings)
+  texts = ["She looks sad.", "x"]
+  answers = [_hf_answer(hf, tok, settings.label_prompt.format(text=t), 1.05) for t in texts]
+  cells = llm.label_cells(texts)
+  assert cells == [a.strip().replace("\n", "").strip() for a in answers]
+  sentiment = [_hf_answer(hf, tok, settings.sentiment_prompt.format(text=c), 1.05)
+               for c in cells]
+  words = {"positive": 1, "negative": -1, "neutral": 0}
+  assert list(llm.polarities(cells)) == [words.get(a.strip(), 0) for a in sentiment]
+  with pytest.raises(ValueError, match="parsing='loose'"):
+    llm_extract.LlmExtractor.load(str(root / "hf"), _settings(parsing="loose"))
 
 
 def test_bad_extractor_folders(tmp_path):

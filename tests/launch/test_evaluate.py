@@ -299,3 +299,82 @@ def test_several_processes_are_refused(tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2, err[-2000:]
     assert "started as 2 processes" in err and "single process" in err
+
+
+def _official_stops(tok):
+  """inference_hybird.py's Chat: the first id of '###', and the ids of 'a##' / 'a#' after 'a'
+  in both orders."""
+  ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]
+  two, one = ids("a##")[1], ids("a#")[1]
+  return {(ids("###")[0],), (one, two), (two, one)}
+
+
+def test_protocols_set_the_official_generation(bench):
+  config = _config(bench / "tok", **{"data.prompt.question": "What now?"})
+  tok = tokenizer_lib.load_tokenizer(str(bench / "tok"))
+  em = type("Em", (), {"config": config, "tokenizer": tok})
+  base = unibench.unibench_config(config)
+  assert base.protocol == "r1"
+  r1 = unibench.with_protocol(base, "r1")
+  assert r1 == unibench.with_protocol(base, "r1") and r1.extractor == "answer"
+  s = unibench.sampling_config(em, r1)
+  assert (s.greedy, s.max_new_tokens, s.stop_sequences, s.top_k) == (False, 24, (), 0)
+  assert unibench.cut_response("  a ### b ", r1) == "  a ### b "
+  dc = unibench.data_config(config.data, r1)
+  assert dc.prompt.question == "What now?"
+  # affectgpt: inference_hybird.py answer_sample (sampling, temperature 1, top-p 0.9, 1,200
+  # new tokens, stop at '###'; top-k 20 from Qwen2.5-Instruct's generation_config.json).
+  ag = unibench.with_protocol(base, "affectgpt")
+  s = unibench.sampling_config(em, ag)
+  assert (s.greedy, s.temperature, s.top_p, s.top_k, s.max_new_tokens,
+          s.repetition_penalty) == (False, 1.0, 0.9, 20, 1200, 1.0)
+  assert set(s.stop_sequences) == _official_stops(tok)
+  assert (ag.extractor, ag.sentiment, ag.llm.parsing) == ("llm", "llm", "official")
+  assert base.extractor == "answer" and base.llm.parsing == "lenient"     # base unchanged
+  # answer_sample: text before the last '###', after the last 'Assistant:', stripped.
+  assert unibench.cut_response(" x ### Assistant: happy ### y", ag) == "happy"
+  assert unibench.cut_response(" He is sad.\n", ag) == "He is sad."
+  dc = unibench.data_config(config.data, ag)
+  specials = dict(dc.tokenizer.special_tokens)
+  text = prompts_lib.prompt_text("I am fine.", dc.prompt, specials)
+  assert text.endswith("Please recognize all possible emotional states of the character."
+                       + dc.prompt.assistant)
+  assert config.data.prompt.question == "What now?"                      # config unchanged
+  with pytest.raises(ValueError, match="--protocol=r2"):
+    unibench.with_protocol(base, "r2")
+
+
+def test_official_sentiment_reading_counts_other_answers_as_wrong():
+  """evaluation.py maps an answer that is not exactly a candidate to 0 and scores
+  y_hat = pred > 0 on every sample with a non-zero valence (none dropped)."""
+  from affect_jax.emotion import llm_extract
+  answers = ["positive", "Positive.", "positive, negative", "negative", "Negative"]
+  valence = [1.0, 2.0, 0.5, -1.0, 0.0]
+  polarity = [llm_extract.official_polarity(a, ("positive", "negative", "neutral"))
+              for a in answers]
+  rows = unibench.SetRows(["a", "b", "c", "d", "e"], answers, [""] * 5, [""] * 5, valence)
+  out = unibench.score_set("sentiment", rows, [""] * 5, np.asarray(polarity), None)
+  # y = [1, 1, 1, 0], y_hat = [1, 0, 0, 0]: class 1 F1 = 2*1*(1/3)/(4/3) = 0.5 (support 3),
+  # class 0 F1 = 2*(1/3)*1/(4/3) = 0.5 (support 1) -> weighted 0.5; accuracy 2 / 4.
+  assert out["n_scored"] == 4
+  assert out["waf"] == pytest.approx(50.0) and out["acc"] == pytest.approx(50.0)
+
+
+def test_protocol_flag(bench, full_run):
+  assert full_run[1]["protocol"] == "r1"
+  proc = _evaluate(bench, f"--data_dir={bench / 'data'}", "--protocol=affectgpt", "--sets=meld")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "launch.evaluate: error:" in proc.stderr and "--extractor_checkpoint" in proc.stderr
+  out = bench / "affectgpt"
+  proc = _evaluate(bench, f"--data_dir={bench / 'data'}", "--protocol=affectgpt",
+                   "--extractor=rule", "--sentiment=wheel", "--sets=ovmerdplus",
+                   "--config.unibench.protocols.affectgpt.max_new_tokens=24",
+                   f"--json_out={out / 'r.json'}", f"--predictions_out={out / 'preds'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((out / "r.json").read_text())
+  assert result["protocol"] == "affectgpt" and result["extractor"] == "rule"
+  value, _ = _rescore(out / "preds", "ovmerdplus", "ov")
+  assert result["sets"]["ovmerdplus"]["score"] == pytest.approx(value, abs=1e-3)
+  with open(out / "preds" / "ovmerdplus_completions.jsonl", encoding="utf-8") as f:
+    texts = [json.loads(line)["completion"] for line in f]
+  assert len(texts) == 3 and all(t == t.strip() and "###" not in t for t in texts)

@@ -79,6 +79,33 @@ def test_eos_stops_rows_and_pads(model):
   del greedy
 
 
+def test_stop_sequences_end_rows_as_stopping_criteria_do(model):
+  """A row ends after the first generated window equal to a stop sequence (as the official
+  Chat's StoppingCriteriaSub checks the last generated ids), or at an EOS; the reference is the
+  first such position in transformers' free-running greedy tokens."""
+  hf, config, params = model
+  prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+  free = _hf_greedy(hf, prompts, NEW)
+  pair = (int(free[1, 4]), int(free[1, 5]))        # a two-token stop, ends row 1 by step 5
+  single = (int(free[0, 2]),)                      # a one-token stop, ends row 0 by step 2
+  cfg = sampler.SamplingConfig.from_dict(dict(max_new_tokens=NEW, greedy=True, buckets=(8,),
+                                              pad_id=0, stop_sequences=[list(pair), single]))
+  tokens, mask = sampler.pad_prompts(prompts, cfg)
+  out, _ = jax.jit(lambda p, t, m: sampler.sample(
+      p, config, cfg, prompt_mask=m, rng=jax.random.key(0), tokens=t))(params, tokens, mask)
+  got, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  for r in range(3):
+    ends = [i + 1 for i in range(NEW) if free[r, i] == single[0]
+            or (i >= 1 and (free[r, i - 1], free[r, i]) == pair)]
+    end = ends[0] if ends else NEW
+    assert lengths[r] == end, r
+    np.testing.assert_array_equal(got[r, :end], free[r, :end])
+    assert np.all(got[r, end:] == 0) and bool(out.done[r]) == bool(ends)
+  assert lengths[0] <= 3 and lengths[1] <= 6
+  with pytest.raises(ValueError, match="stop sequence is empty"):
+    sampler.SamplingConfig(stop_sequences=((),))
+
+
 def _expected_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
   z = logits / temperature
   p = np.exp(z - z.max())
