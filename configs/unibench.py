@@ -95,6 +95,8 @@ def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
   c.repetition_penalty = 0.0    # 0 = config.sampling's (1.0 = off)
   c.seed = 0
   c.question = ""               # '' = data.prompt.question
+  # data.prompt fields set for evaluation only (e.g. generation_bos); empty = the data config's.
+  c.prompt = ml_collections.ConfigDict()
   # Generation also stops after the token sequences of `stop_text` (as the official Chat's
   # stopping criteria for "###"); the text is then cut before its last `stop_text` and kept
   # after the last `response_after` (answer_sample's post-processing). '' = off.
@@ -123,7 +125,8 @@ def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
       affectgpt=dict(greedy=False, temperature=1.0, top_p=0.9, top_k=20, max_new_tokens=1200,
                      repetition_penalty=1.0, question=OFFICIAL_QUESTION, stop_text="###",
                      response_after="Assistant:", extractor="llm", sentiment="llm",
-                     llm=dict(parsing="official")))
+                     # answer_sample sends the prompt without <bos> (conversation_video.py).
+                     prompt=dict(generation_bos=False), llm=dict(parsing="official")))
   return overrides_lib.apply(c, overrides, "get_unibench_config")
 
 

@@ -223,11 +223,18 @@ def load_set(em: EvalModel, key: str, folder: str, cache_root: pathlib.Path, ucf
 
 def data_config(dc: ml_collections.ConfigDict, ucfg) -> ml_collections.ConfigDict:
   """The data section the prompts are built with: its question replaced by ucfg.question when
-  that is set."""
-  if not ucfg.question:
+  that is set, and ucfg.prompt's fields set over data.prompt."""
+  prompt = dict(ucfg.get("prompt", {}))
+  if not ucfg.question and not prompt:
     return dc
+  unknown = sorted(set(prompt) - set(dc.prompt))
+  if unknown:
+    raise ValueError(f"config.unibench.prompt: unknown data.prompt field(s) {unknown}; known: "
+                     f"{sorted(dc.prompt)}.")
   dc = copy.deepcopy(dc)
-  dc.prompt.question = ucfg.question
+  dc.prompt.update(prompt)
+  if ucfg.question:
+    dc.prompt.question = ucfg.question
   return dc
 
 

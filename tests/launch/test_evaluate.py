@@ -340,6 +340,17 @@ def test_protocols_set_the_official_generation(bench):
   assert text.endswith("Please recognize all possible emotional states of the character."
                        + dc.prompt.assistant)
   assert config.data.prompt.question == "What now?"                      # config unchanged
+  # answer_sample sends "###Human: ..." with no <bos>; r1 keeps the data config's <bos>.
+  bos = tok.convert_tokens_to_ids(specials["bos"])
+  body = tok(text, add_special_tokens=False)["input_ids"]
+  assert prompts_lib.encode_prompt(tok, "I am fine.", dc.prompt, specials) == body
+  r1_prompt = unibench.data_config(config.data, r1).prompt
+  assert r1_prompt.generation_bos and config.data.prompt.generation_bos
+  assert prompts_lib.encode_prompt(tok, "I am fine.", r1_prompt, specials)[0] == bos
+  misspelt = unibench.with_protocol(base, "r1")
+  misspelt.prompt.bso = False
+  with pytest.raises(ValueError, match=r"unknown data.prompt field\(s\) \['bso'\]"):
+    unibench.data_config(config.data, misspelt)
   with pytest.raises(ValueError, match="--protocol=r2"):
     unibench.with_protocol(base, "r2")
 
