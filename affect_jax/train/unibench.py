@@ -81,12 +81,13 @@ def with_protocol(ucfg: ml_collections.ConfigDict, protocol: str) -> ml_collecti
     raise ValueError(f"--protocol={protocol}: expected one of {sorted(ucfg.protocols)} "
                      "(config.unibench.protocols).")
   out = copy.deepcopy(ucfg)
-  for key, value in ucfg.protocols[protocol].items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out[key].update(value)
-    else:
-      out[key] = value
-  out.protocol = protocol
+  with out.unlocked():     # a protocol may add fields to open sections (unibench.prompt)
+    for key, value in ucfg.protocols[protocol].items():
+      if isinstance(value, ml_collections.ConfigDict):
+        out[key].update(value)
+      else:
+        out[key] = value
+    out.protocol = protocol
   return out
 
 
