@@ -48,7 +48,7 @@ def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None,
   import jax
 
   from affect_jax import sharding
-  from affect_jax.checkpoints import hf, params_io
+  from affect_jax.checkpoints import hf, hf_hubert, params_io
   from affect_jax.models.lora import LoraConfig
 
   mesh_shape = sharding.parse_mesh_flag(mesh_flag) if mesh_flag else dict(config.mesh)
@@ -66,6 +66,9 @@ def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None,
     entry = {"hf_config": cfg.to_hf(), "source": str(folder)}
     if name == "llm":
       entry["lora"] = dataclasses.asdict(cfg.lora)
+    if name == "audio":
+      # HuBERT's input normalisation (configs/data.py media.audio_normalize='checkpoint').
+      entry["do_normalize"] = hf_hubert.read_do_normalize(folder)
     meta["components"][name] = entry
   params_io.save(out, params, meta, overwrite=overwrite)
   counts = {k: int(sum(x.size for x in jax.tree.leaves(v))) for k, v in params.items()}

@@ -390,6 +390,7 @@ def media_settings(cfg: ml_collections.ConfigDict, bcfg: ml_collections.ConfigDi
   return records.MediaSettings(
       mode=bcfg.media, visual_source=bcfg.visual_source, num_frames=int(m.num_frames),
       image_size=int(m.image_size), frame_sampling=m.frame_sampling,
+      frame_resize=m.frame_resize, face_resize=m.face_resize,
       face_channel_order=m.face_channel_order, sample_rate=int(m.sample_rate),
       validate=bcfg.validate)
 
