@@ -40,6 +40,9 @@ def get_config():
   # Data (PAPER_NOTES.md sections 3 and 6): SFT on MER-Caption+, GRPO on MER2025-OV, evaluation
   # on OV-MERD+; set the folders with --config.data.sources.<phase>.data_dir=...
   c.data.media.image_size = 224
+  # The official headline setting (multiface_audio_face_text): OpenFace face crops, not raw
+  # frames; a dataset without openface_face/ falls back to its videos (builder.faces_fallback).
+  c.data.builder.visual_source = "faces"
   c.data.prompt.end_marker = ""
   c.data.prompt.max_target_tokens = 1024
   c.data.sources = dict(

@@ -197,6 +197,9 @@ def builder_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.media = "raw"               # 'raw' (decoded arrays) | 'paths' (decoded by the pipeline)
   c.visual_source = "frames"    # 'frames' from video/ | 'faces' from openface_face/
+  # visual_source 'faces' on a dataset folder without openface_face/: 'frames' builds it from
+  # its videos (logged, recorded in its metadata) | 'error' refuses.
+  c.faces_fallback = "frames"
   c.validate = "decode"         # paths mode: 'decode' every file once | 'exists' only
   c.compression = "zlib"        # array encoding in the records: 'zlib' | 'none'
   c.num_workers = 0             # processes decoding media while building (0: in-process)
