@@ -162,12 +162,12 @@ def test_read_video_frames_resizes_a_non_square_video_without_cropping(tmp_path)
   assert decoded.shape[0] == 11
   picked = decoded[_official_indices(11, 4)]
   ref = _stretch_reference(picked, 32)
-  raw = media.sample_video_frames(path, num_frames=4, image_size=32)
-  assert raw.shape == (4, 32, 32, 3) and raw.dtype == np.uint8
-  assert np.abs(raw.astype(np.float64) - ref).max() <= 1.0 + 1e-9
   got = media.read_video_frames(path, num_frames=4, image_size=32)
   mean, std = np.asarray(OPENAI_CLIP_MEAN), np.asarray(OPENAI_CLIP_STD)
   np.testing.assert_allclose(got, (ref / 255 - mean) / std, rtol=0, atol=1.0 / 255 / 0.26 + 1e-5)
+  raw = media.sample_video_frames(path, num_frames=4, image_size=32)
+  assert raw.shape == (4, 32, 32, 3) and raw.dtype == np.uint8
+  assert np.abs(raw.astype(np.float64) - ref).max() <= 1.0 + 1e-9
 
 
 @pytest.mark.parametrize("rule", ["official", "floor", "linspace"])
@@ -217,11 +217,11 @@ def test_read_face_crops_resized_with_cv2_as_official(tmp_path):
   # load_face: cv2.resize(face, (width, height)) on every crop, then the uniform indices;
   # the crops keep their stored channel order.
   ref = np.stack([cv2.resize(face, (32, 32)) for face in crops])[_official_indices(5, 8)]
-  raw = media.sample_face_crops(path, num_frames=8, image_size=32)
-  np.testing.assert_array_equal(raw, ref)
   got = media.read_face_crops(path, num_frames=8, image_size=32)
   mean, std = np.asarray(OPENAI_CLIP_MEAN), np.asarray(OPENAI_CLIP_STD)
   np.testing.assert_allclose(got, (ref / 255.0 - mean) / std, rtol=0, atol=1e-5)
+  raw = media.sample_face_crops(path, num_frames=8, image_size=32)
+  np.testing.assert_array_equal(raw, ref)
   bgr = media.read_face_crops(path, num_frames=8, image_size=32, channel_order="bgr")
   np.testing.assert_allclose(bgr, (ref[..., ::-1] / 255.0 - mean) / std, rtol=0, atol=1e-5)
 
