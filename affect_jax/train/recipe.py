@@ -198,16 +198,17 @@ def _model_config(config: ml_collections.ConfigDict, tok) -> affectgpt.AffectGPT
   return affectgpt.AffectGPTConfig.from_config(mc)
 
 
-def hubert_do_normalize(init_from: str) -> bool:
+def hubert_do_normalize(init_from: str, warn: bool = True) -> bool:
   """Whether the HuBERT checkpoint's preprocessor normalises its input: the do_normalize that
   launch.convert recorded in init_from's meta.json (from preprocessor_config.json). False
-  without init_from, for a training directory, or when the conversion recorded none."""
+  without init_from, for a training directory, or when the conversion recorded none (logged
+  when `warn`)."""
   path = pathlib.Path(init_from) if init_from else None
   if path is None or not (path / "meta.json").is_file():
     return False
   audio = params_io.read_meta(path).get("components", {}).get("audio", {})
   if audio.get("do_normalize") is None:
-    if audio:
+    if audio and warn:
       logging.warning("%s: records no HuBERT preprocessor (do_normalize); its input is not "
                       "normalised. Re-run launch.convert on a folder with "
                       "preprocessor_config.json, or set --config.data.media.audio_normalize="
@@ -218,7 +219,9 @@ def hubert_do_normalize(init_from: str) -> bool:
 
 def resolve_media(config: ml_collections.ConfigDict) -> None:
   """Fills config.data.media.hubert_do_normalize from config.init_from (in place)."""
-  config.data.media.hubert_do_normalize = hubert_do_normalize(config.get("init_from", ""))
+  m = config.data.media
+  m.hubert_do_normalize = hubert_do_normalize(config.get("init_from", ""),
+                                              warn=m.audio_normalize == "checkpoint")
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
