@@ -41,8 +41,11 @@ def get_config():
   # on OV-MERD+; set the folders with --config.data.sources.<phase>.data_dir=...
   c.data.media.image_size = 224
   c.data.prompt.end_marker = ""
-  # The headline setting (multiface_audio_face_text): face crops, the faces prompt with its
-  # <FaceHere> placeholder; prompt and target each cut at 1,024 tokens, longer samples skipped.
+  # The official headline setting (multiface_audio_face_text): OpenFace face crops, not raw
+  # frames, and the faces prompt with its <FaceHere> placeholder. A dataset without
+  # openface_face/ falls back to its videos (builder.faces_fallback), and the loader then asks
+  # for prompt.video_prompt='frames'. Prompt and target each cut at 1,024 tokens, longer samples
+  # skipped.
   c.data.builder.visual_source = "faces"
   c.data.prompt.video_prompt = "faces"
   c.data.tokenizer.special_tokens.video = "<FaceHere>"

@@ -2,8 +2,8 @@
 
 Other configs attach it: `c.data = data.get_data_config()`. Every number and string the data
 code uses lives here (affect_jax/data/*.py read these fields and hold no magic numbers).
-Defaults follow AffectGPT (PAPER_NOTES.md section 2): 8 frames at 224x224 with CLIP's
-normalisation, 16 kHz mono audio cut into 8 evenly spread 2 s windows, the
+Defaults follow AffectGPT (PAPER_NOTES.md sections 2 and 7): 8 frames resized to 224x224 with
+CLIP's normalisation, 16 kHz mono audio cut into 8 evenly spread 2 s windows, the
 "###Human: ... ###Assistant: " prompt.
 """
 import ml_collections
@@ -22,17 +22,34 @@ def media_config() -> ml_collections.ConfigDict:
   """Frames, face crops and audio windows (affect_jax/data/media.py)."""
   c = ml_collections.ConfigDict()
   c.num_frames = 8              # F frames (or face crops) per clip
-  c.image_size = 224            # S: shortest side resized to S (bicubic), then S x S centre crop
+  c.image_size = 224            # S: frames and face crops resized to S x S (no crop)
   c.image_mean = CLIP_MEAN
   c.image_std = CLIP_STD
-  # 'floor': index i = floor(i * n / F) (AffectGPT / Video-LLaMA uniform sampler);
+  # Resize filter of video frames: 'pil_bilinear' (Pillow's antialiased bilinear, the closest
+  # to decord's FFmpeg scale filter, libswscale's default bilinear) | 'cv2_linear'.
+  c.frame_resize = "pil_bilinear"
+  c.face_resize = "cv2_linear"  # face crops: cv2.resize's default, as AffectGPT's load_face
+  # 'official': np.arange(0, n, n / min(F, n)).astype(int), its last index repeated up to F
+  # (AffectGPT's load_video / load_face); 'floor': index i = floor(i * n / F);
   # 'linspace': round(linspace(0, n - 1, F)) (first and last frame always included).
-  c.frame_sampling = "floor"
-  # Channel order of the uint8 face crops in openface_face/<name>/<name>.npy.
+  c.frame_sampling = "official"
+  # Channel order of the uint8 face crops in openface_face/<name>/<name>.npy: 'rgb' uses them
+  # as stored (AffectGPT hands them to CLIP unchanged); 'bgr' reverses them.
   c.face_channel_order = "rgb"
   c.sample_rate = 16000         # HuBERT input rate (Hz); audio is resampled to it
   c.num_windows = 8             # K windows per clip
   c.window_seconds = 2.0        # window length; shorter clips are zero-padded to it
+  # HuBERT input: each window minus its mean (AffectGPT's audio path does this), then the
+  # Wav2Vec2FeatureExtractor normalisation (x - mean) / sqrt(var + epsilon):
+  # audio_normalize 'checkpoint' (iff the HuBERT checkpoint's preprocessor_config.json sets
+  # do_normalize; the recipe fills hubert_do_normalize from config.init_from) | 'on' | 'off'.
+  c.window_zero_mean = True
+  c.audio_normalize = "checkpoint"
+  c.hubert_do_normalize = False   # set by recipe.resolve_media from init_from's meta.json
+  # 'clip': mean and variance over all K windows of a clip (AffectGPT gives the feature
+  # extractor the [K, W] array as one input, one clip per call at inference); 'window': each.
+  c.audio_normalize_span = "clip"
+  c.audio_normalize_epsilon = 1e-7   # Wav2Vec2FeatureExtractor's
   return c
 
 
@@ -202,6 +219,9 @@ def builder_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.media = "raw"               # 'raw' (decoded arrays) | 'paths' (decoded by the pipeline)
   c.visual_source = "frames"    # 'frames' from video/ | 'faces' from openface_face/
+  # visual_source 'faces' on a dataset folder without openface_face/: 'frames' builds it from
+  # its videos (logged, recorded in its metadata) | 'error' refuses.
+  c.faces_fallback = "frames"
   c.validate = "decode"         # paths mode: 'decode' every file once | 'exists' only
   c.compression = "zlib"        # array encoding in the records: 'zlib' | 'none'
   c.num_workers = 0             # processes decoding media while building (0: in-process)

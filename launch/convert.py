@@ -79,7 +79,7 @@ def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None,
   import jax
 
   from affect_jax import sharding
-  from affect_jax.checkpoints import affectgpt_official, hf, params_io
+  from affect_jax.checkpoints import affectgpt_official, hf, hf_hubert, params_io
   from affect_jax.models import qwen2
   from affect_jax.models.lora import LoraConfig
 
@@ -106,6 +106,9 @@ def to_project(hf_dir: str, out: str, config, mesh_flag: str, dtype: str | None,
     if name == "llm":
       entry["lora"] = dataclasses.asdict(cfg.lora)
       llm_cfg = cfg
+    if name == "audio":
+      # HuBERT's input normalisation (configs/data.py media.audio_normalize='checkpoint').
+      entry["do_normalize"] = hf_hubert.read_do_normalize(folder)
     meta["components"][name] = entry
   extra = {}
   if official is not None:

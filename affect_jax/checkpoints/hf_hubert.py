@@ -10,11 +10,14 @@ folder that transformers loads as is.
     config, params = hf_hubert.load("chinese-hubert-large", mesh=mesh)
     hidden = Hubert(config).apply({"params": params}, windows)   # float[L + 1, B*K, T, 1024]
     feats = audio_features(hidden)                                # float[B*K, 1024]
+    hf_hubert.read_do_normalize("chinese-hubert-large")   # preprocessor_config.json's flag
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import pathlib
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -29,11 +32,14 @@ from affect_jax.checkpoints.safetensors_io import (CheckpointError, SafetensorsR
                                                    write_checkpoint)
 from affect_jax.models.hubert import HubertConfig, abstract_params, param_count
 
-__all__ = ["rules", "load", "save", "param_count", "TASK_PREFIX"]
+__all__ = ["rules", "load", "save", "read_do_normalize", "param_count", "TASK_PREFIX"]
 
 # Where task models (HubertForCTC, HubertForSequenceClassification) keep the encoder.
 TASK_PREFIX = "hubert."
 _POS_CONV = "encoder.pos_conv_embed.conv."
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# Wav2Vec2FeatureExtractor's do_normalize when preprocessor_config.json does not set it.
+DEFAULT_DO_NORMALIZE = True
 _WEIGHT_NORM_NAMES = {False: ("parametrizations.weight.original0",
                               "parametrizations.weight.original1"),
                       True: ("weight_g", "weight_v")}
@@ -148,3 +154,19 @@ def save(params: Mapping, config: HubertConfig, out_dir: str | os.PathLike, *,
     hf_config = config.to_hf()
     hf_config["dtype"] = np.dtype(tensors["feature_projection.projection.weight"].dtype).name
     write_checkpoint(tmp, tensors, hf_config)
+
+
+def read_do_normalize(hf_dir: str | os.PathLike) -> bool | None:
+  """do_normalize of the folder's preprocessor_config.json (Wav2Vec2FeatureExtractor: the
+  input is normalised to zero mean and unit variance); its default when the file does not
+  set it; None when the folder has no such file."""
+  path = pathlib.Path(hf_dir) / PREPROCESSOR_FILE
+  if not path.is_file():
+    return None
+  try:
+    config = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e}).") from e
+  if not isinstance(config, dict):
+    raise CheckpointError(f"{path}: holds a {type(config).__name__}, expected a JSON object.")
+  return bool(config.get("do_normalize", DEFAULT_DO_NORMALIZE))

@@ -9,14 +9,15 @@ computed once per clip and reused every epoch (and by every GRPO rollout):
   source = FeatureSource(base, path)      # examples with video_features / audio_features
   loader = pipeline.sft_loader(source, meta, tokenizer, cfg)   # batches: video, audio
 
-Layout: <dataset_path>/features/<key>/<split>/ with
+Layout: <dataset_path>/features/<hash of key and cfg.media>/<split>/ with
   video.npy  float32[N, F, Dv]   (video_fn of the CLIP-normalised frames)
   audio.npy  float32[N, K, Da]   (audio_fn of the K windows)
   names.json [N] clip names, row i = record i of the split (checked on every read)
   meta.json  key, split, shapes, the media settings used.
 The folder is written under a temporary name and renamed when complete; an existing cache
-with the same key is reused. The key should change whenever the encoder weights or the media
-settings change (checkpoint_key hashes whatever it is given).
+with the same key and media settings is reused. The key should change whenever the encoder
+weights change (checkpoint_key hashes whatever it is given); the media settings (resize,
+sampling, HuBERT input normalisation, ...) are added to it here.
 """
 from __future__ import annotations
 
@@ -86,13 +87,15 @@ def build_feature_cache(source, meta: Mapping[str, Any], dataset_path: str, spli
     meta: its metadata.
     dataset_path: the built dataset folder (the cache goes under it).
     split: the split's name.
-    key: names the encoders (checkpoint_key).
+    key: names the encoders (checkpoint_key); the folder's name also hashes cfg.media.
     video_fn: frames float32[B, F, S, S, 3] -> features [B, F, Dv] (e.g. a jitted
       affectgpt.encode_video with its params bound).
     audio_fn: windows float32[B, K, W] -> features [B, K, Da].
     cfg: configs/data.py (its `media` section prepares the encoder inputs).
     batch_size: clips per encoder call; the last batch is padded to it (one compiled shape).
   """
+  # The folder is named by the encoders and every media setting that shapes their inputs.
+  key = checkpoint_key(key, json.dumps(cfg.media.to_dict(), sort_keys=True, default=list))
   out = cache_dir(dataset_path, split, key)
   # Every process must decide alike: the encoders run across all of them.
   if distributed.all_processes(os.path.isfile(os.path.join(out, "meta.json"))):

@@ -1,29 +1,44 @@
-"""Media decoding: video frames and face crops with CLIP preprocessing, 16 kHz audio windows.
+"""Media decoding: video frames and face crops for CLIP, 16 kHz audio windows for HuBERT.
 
 Real decoders only: OpenCV (FFmpeg) for video, soundfile (libsndfile) for wav/flac/ogg,
-Pillow for the bicubic resize, scipy for polyphase resampling. Any file that is missing,
+Pillow / OpenCV for the resize, scipy for polyphase resampling. Any file that is missing,
 unreadable, corrupt or empty raises `MediaError` naming the file, so a data pipeline can skip
 the row, count it and report it.
 
-Rules (PAPER_NOTES.md section 2, numbers in configs/data.py `media`):
+Rules (PAPER_NOTES.md sections 2 and 7, numbers in configs/data.py `media`):
 - Frame sampling (`uniform_indices`): for a clip of n frames and F wanted,
-  'floor': index_i = floor(i * n / F), i = 0..F-1 (AffectGPT's uniform sampler, inherited
-  from Video-LLaMA: np.arange(0, n, n / F).astype(int), here in exact integer arithmetic);
+  'official': np.arange(0, n, n / min(F, n)).astype(int) (AffectGPT's load_video / load_face,
+  float arithmetic as there), padded to F by repeating its last index when n < F (n = 3:
+  0, 1, 2, 2, 2, 2, 2, 2), cut to F when float rounding yields one index more (only for F
+  that are not powers of two);
+  'floor': index_i = floor(i * n / F), i = 0..F-1 (exact integers; equals 'official' for
+  n >= F when F is a power of two, spreads repeats when n < F);
   'linspace': index_i = round_half_even(i * (n - 1) / (F - 1)) (first and last frame kept).
-  Both repeat frames when n < F.
-- CLIP preprocessing (`clip_preprocess`), as CLIPImageProcessor does it: resize so the shortest
-  side is S (the other side int(S * long / short)) with Pillow's bicubic filter on uint8 RGB
-  (antialiased when shrinking), centre crop S x S at top = (h - S) // 2, left = (w - S) // 2,
-  x / 255, then (x - mean) / std per channel.
+- Frames and face crops are resized to S x S, the aspect ratio not kept and nothing cropped
+  (`resize_images`), as AffectGPT does: its video frames come out of decord at 224 x 224
+  (FFmpeg's scale filter, libswscale with its default bilinear flag, antialiased when
+  shrinking); 'pil_bilinear' (Pillow's bilinear, whose support widens with the shrink factor)
+  is the closest filter available here. Face crops go through cv2.resize with its default
+  INTER_LINEAR ('cv2_linear'), as the official load_face does, in the order they are stored
+  (the official code hands them to CLIP as RGB). Then x / 255 and (x - mean) / std per
+  channel (`normalize_images`): on an S x S image CLIP's processor (resize shortest side to
+  S, centre crop S) changes nothing else.
 - Audio: decoded to float32, channels averaged to mono, resampled to `sample_rate` with
   scipy.signal.resample_poly (polyphase FIR, Kaiser-windowed sinc, up/down = rates / gcd).
-  The clip is zero-padded at the end to at least one window; with n samples and window W,
-  window k of K starts at floor(k * (n - W) / (K - 1)) (K = 1: at 0), i.e. evenly spread from
-  the start to the end of the clip (the ConstantClipsPerVideoSampler rule of ImageBind,
-  which AffectGPT uses). Windows overlap when the clip is shorter than K * W.
+  The clip is zero-padded at the end to at least one window. Window k of K starts at
+  floor(Fraction(max(n / rate - seconds, 0)) * k / max(K - 1, 1) * rate) with n / rate a
+  float (`window_starts`: ImageBind's ConstantClipsPerVideoSampler and load_audio, which
+  AffectGPT uses), i.e. evenly spread from the start to the end of the clip; windows overlap
+  when the clip is shorter than K * W.
+- HuBERT input (`hubert_input`): each window minus its own mean (AffectGPT's transform_audio
+  subtracts it in place from the windows it then gives HuBERT), then, when enabled,
+  Wav2Vec2FeatureExtractor's normalisation (x - mean) / sqrt(var + epsilon) over the whole
+  clip's K windows at once ('clip': AffectGPT passes the [K, W] array as one input, one clip
+  per call at inference) or over each window ('window').
 """
 from __future__ import annotations
 
+import fractions
 import math
 import os
 import struct
@@ -35,7 +50,10 @@ import PIL.Image
 import scipy.signal
 import soundfile
 
-FRAME_RULES = ("floor", "linspace")
+FRAME_RULES = ("official", "floor", "linspace")
+RESIZE_METHODS = ("pil_bilinear", "cv2_linear")
+AUDIO_NORMALIZE = ("checkpoint", "on", "off")
+NORMALIZE_SPANS = ("clip", "window")
 # CLIP's image normalisation (the defaults; configs/data.py media.image_mean / image_std).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,7 +68,7 @@ class MediaError(ValueError):
     super().__init__(f"{self.path}: {message}")
 
 
-def uniform_indices(num_available: int, num_wanted: int, rule: str = "floor") -> np.ndarray:
+def uniform_indices(num_available: int, num_wanted: int, rule: str = "official") -> np.ndarray:
   """Indices of `num_wanted` frames spread uniformly over `num_available` (module doc).
 
   Returns:
@@ -60,6 +78,10 @@ def uniform_indices(num_available: int, num_wanted: int, rule: str = "floor") ->
     raise ValueError(f"uniform_indices: num_available={num_available}; need at least 1 frame.")
   if num_wanted < 1:
     raise ValueError(f"uniform_indices: num_wanted={num_wanted}; must be >= 1.")
+  if rule == "official":
+    step = num_available / min(num_wanted, num_available)
+    picked = np.arange(0, num_available, step).astype(np.int64)[:num_wanted]
+    return np.concatenate([picked, np.full(num_wanted - len(picked), picked[-1], np.int64)])
   i = np.arange(num_wanted, dtype=np.int64)
   if rule == "floor":
     return (i * num_available) // num_wanted
@@ -68,40 +90,37 @@ def uniform_indices(num_available: int, num_wanted: int, rule: str = "floor") ->
   raise ValueError(f"frame_sampling='{rule}': expected one of {FRAME_RULES}.")
 
 
-def _resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-  """(height, width) with the shortest side = size, the other int(size * long / short)."""
-  if width <= height:
-    return int(size * height / width), size
-  return size, int(size * width / height)
-
-
-def clip_preprocess(frames: np.ndarray, image_size: int, mean: Sequence[float],
-                    std: Sequence[float]) -> np.ndarray:
-  """CLIP preprocessing of RGB frames (module doc).
+def resize_images(images: np.ndarray, image_size: int, method: str) -> np.ndarray:
+  """Each image resized to image_size x image_size, aspect ratio not kept (module doc).
 
   Args:
-    frames: uint8[F, H, W, 3], RGB.
-    image_size: S, the output side.
-    mean, std: per-channel normalisation (3 floats each).
+    images: uint8[N, H, W, 3].
+    method: 'pil_bilinear' (Pillow's antialiased bilinear) or 'cv2_linear' (cv2.resize's
+      default INTER_LINEAR).
   Returns:
-    float32[F, S, S, 3].
+    uint8[N, S, S, 3].
   """
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-    raise ValueError(f"clip_preprocess: frames {frames.dtype}{list(frames.shape)}; expected "
-                     f"uint8[F, H, W, 3] RGB.")
-  out = np.empty((frames.shape[0], image_size, image_size, 3), np.float32)
-  for f, frame in enumerate(frames):
-    h, w = frame.shape[:2]
-    new_h, new_w = _resized_size(h, w, image_size)
-    img = PIL.Image.fromarray(frame).resize((new_w, new_h), PIL.Image.Resampling.BICUBIC)
-    resized = np.asarray(img)
-    top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-    out[f] = resized[top:top + image_size, left:left + image_size]
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+    raise ValueError(f"resize_images: images {images.dtype}{list(images.shape)}; expected "
+                     f"uint8[N, H, W, 3].")
+  if method == "pil_bilinear":
+    resize = lambda im: np.asarray(PIL.Image.fromarray(im).resize(
+        (image_size, image_size), PIL.Image.Resampling.BILINEAR))
+  elif method == "cv2_linear":
+    resize = lambda im: cv2.resize(im, (image_size, image_size))
+  else:
+    raise ValueError(f"resize method '{method}': expected one of {RESIZE_METHODS}.")
+  return np.stack([resize(np.ascontiguousarray(im)) for im in images])
+
+
+def normalize_images(images: np.ndarray, mean: Sequence[float], std: Sequence[float]
+                     ) -> np.ndarray:
+  """uint8[..., 3] -> float32 (x / 255 - mean) / std per channel, as CLIP's processor."""
   scale = np.float32(1.0 / 255.0)
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
-  return (out * scale - mean) / std
+  return (np.asarray(images).astype(np.float32) * scale - mean) / std
 
 
 def _open_video(path) -> cv2.VideoCapture:
@@ -139,7 +158,7 @@ def _decode_pass(path, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
   return kept, n
 
 
-def decode_video_frames(path, num_frames: int, rule: str = "floor") -> np.ndarray:
+def decode_video_frames(path, num_frames: int, rule: str = "official") -> np.ndarray:
   """Decodes `num_frames` uniformly sampled frames of a video (module doc).
 
   The stream is decoded once to its end (the container's frame count is only an estimate); a
@@ -164,36 +183,49 @@ def decode_video_frames(path, num_frames: int, rule: str = "floor") -> np.ndarra
   return np.stack([kept[int(i)] for i in wanted])
 
 
+def sample_video_frames(path, num_frames: int = 8, image_size: int = 224,
+                        rule: str = "official", resize: str = "pil_bilinear") -> np.ndarray:
+  """Frames of a video file, uniformly sampled and resized to S x S (module doc).
+
+  Returns:
+    uint8[num_frames, S, S, 3], RGB.
+  """
+  return resize_images(decode_video_frames(path, num_frames, rule), image_size, resize)
+
+
 def read_video_frames(path, num_frames: int = 8, image_size: int = 224,
                       mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                      rule: str = "floor") -> np.ndarray:
-  """Frames of a video file, uniformly sampled and CLIP-preprocessed (module doc).
+                      rule: str = "official", resize: str = "pil_bilinear") -> np.ndarray:
+  """Frames of a video file, uniformly sampled, resized and normalised (module doc).
 
   Args:
     path: a video file OpenCV/FFmpeg can decode (mp4, avi, ...).
     num_frames: F.
     image_size: S.
     mean, std: CLIP normalisation (configs/data.py media.image_mean / image_std).
-    rule: 'floor' or 'linspace' (uniform_indices).
+    rule: a FRAME_RULES value (uniform_indices).
+    resize: a RESIZE_METHODS value (resize_images).
   Returns:
     frames: float32[F, S, S, 3].
   Raises:
     MediaError: missing, empty, corrupt or frameless file.
   """
-  return clip_preprocess(decode_video_frames(path, num_frames, rule), image_size, mean, std)
+  return normalize_images(sample_video_frames(path, num_frames, image_size, rule, resize),
+                          mean, std)
 
 
-def read_face_crops(npy_path, num_frames: int = 8, image_size: int = 224,
-                    mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                    rule: str = "floor", channel_order: str = "rgb") -> np.ndarray:
-  """OpenFace-style face crops (openface_face/<name>/<name>.npy), sampled and preprocessed.
+def sample_face_crops(npy_path, num_frames: int = 8, image_size: int = 224,
+                      rule: str = "official", channel_order: str = "rgb",
+                      resize: str = "cv2_linear") -> np.ndarray:
+  """OpenFace-style face crops (openface_face/<name>/<name>.npy), sampled and resized.
 
   Args:
     npy_path: a .npy file holding uint8[N, H, W, 3] crops (N >= 1).
-    num_frames, image_size, mean, std, rule: as for read_video_frames.
-    channel_order: 'rgb' or 'bgr', the order the crops were stored in.
+    num_frames, image_size, rule, resize: as for sample_video_frames.
+    channel_order: 'rgb' (the crops are used in their stored order, as the official code
+      does) or 'bgr' (reversed to RGB).
   Returns:
-    faces: float32[F, S, S, 3].
+    uint8[F, S, S, 3].
   Raises:
     MediaError: missing, unreadable or mis-shaped file, or no crop in it.
   """
@@ -215,7 +247,16 @@ def read_face_crops(npy_path, num_frames: int = 8, image_size: int = 224,
   picked = crops[uniform_indices(crops.shape[0], num_frames, rule)]
   if channel_order == "bgr":
     picked = picked[..., ::-1]
-  return clip_preprocess(np.ascontiguousarray(picked), image_size, mean, std)
+  return resize_images(np.ascontiguousarray(picked), image_size, resize)
+
+
+def read_face_crops(npy_path, num_frames: int = 8, image_size: int = 224,
+                    mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                    rule: str = "official", channel_order: str = "rgb",
+                    resize: str = "cv2_linear") -> np.ndarray:
+  """Face crops sampled, resized (sample_face_crops) and normalised: float32[F, S, S, 3]."""
+  return normalize_images(sample_face_crops(npy_path, num_frames, image_size, rule,
+                                            channel_order, resize), mean, std)
 
 
 def _check_wav_complete(path) -> None:
@@ -279,17 +320,21 @@ def read_audio(path, sample_rate: int = 16000) -> np.ndarray:
   return resample(data.mean(axis=1), int(rate), int(sample_rate))
 
 
-def window_starts(num_samples: int, window: int, num_windows: int) -> np.ndarray:
+def window_starts(num_samples: int, sample_rate: int, num_windows: int,
+                  window_seconds: float) -> np.ndarray:
   """Start sample of each window over a clip of max(num_samples, window) samples (module doc).
 
   Returns:
     int64[num_windows].
   """
+  window = int(round(window_seconds * sample_rate))
   if num_windows < 1 or window < 1:
-    raise ValueError(f"window_starts: num_windows={num_windows}, window={window}; both >= 1.")
-  span = max(num_samples, window) - window
-  k = np.arange(num_windows, dtype=np.int64)
-  return (k * span) // max(num_windows - 1, 1)
+    raise ValueError(f"window_starts: num_windows={num_windows}, window={window} samples; "
+                     f"both >= 1.")
+  duration = max(num_samples, window) / sample_rate
+  latest = fractions.Fraction(max(duration - window_seconds, 0))
+  spacing = latest / max(num_windows - 1, 1)
+  return np.array([int(spacing * k * sample_rate) for k in range(num_windows)], np.int64)
 
 
 def audio_windows(wave: np.ndarray, sample_rate: int, num_windows: int,
@@ -305,7 +350,7 @@ def audio_windows(wave: np.ndarray, sample_rate: int, num_windows: int,
   wave = np.asarray(wave, np.float32)
   if wave.shape[0] < window:
     wave = np.pad(wave, (0, window - wave.shape[0]))
-  starts = window_starts(wave.shape[0], window, num_windows)
+  starts = window_starts(wave.shape[0], sample_rate, num_windows, window_seconds)
   return np.stack([wave[s:s + window] for s in starts])
 
 
@@ -324,3 +369,36 @@ def read_audio_windows(path, sample_rate: int = 16000, num_windows: int = 8,
     MediaError: missing, empty, corrupt, truncated or unsupported file.
   """
   return audio_windows(read_audio(path, sample_rate), sample_rate, num_windows, window_seconds)
+
+
+def normalize_enabled(setting: str, checkpoint_do_normalize: bool) -> bool:
+  """Whether HuBERT's input is normalised: setting 'on' / 'off', or 'checkpoint' (the
+  checkpoint's preprocessor_config.json do_normalize, configs/data.py media)."""
+  if setting not in AUDIO_NORMALIZE:
+    raise ValueError(f"audio_normalize='{setting}': expected one of {AUDIO_NORMALIZE}.")
+  return setting == "on" or (setting == "checkpoint" and bool(checkpoint_do_normalize))
+
+
+def hubert_input(windows: np.ndarray, zero_mean: bool, normalize: bool, span: str,
+                 epsilon: float) -> np.ndarray:
+  """The K windows of one clip as HuBERT takes them (module doc).
+
+  Args:
+    windows: float[K, W].
+    zero_mean: subtract each window's mean first.
+    normalize: then (x - mean) / sqrt(var + epsilon) over `span`: 'clip' (all K windows
+      together) or 'window' (each row), as Wav2Vec2FeatureExtractor with do_normalize.
+  Returns:
+    float32[K, W].
+  """
+  if span not in NORMALIZE_SPANS:
+    raise ValueError(f"audio_normalize_span='{span}': expected one of {NORMALIZE_SPANS}.")
+  x = np.asarray(windows, np.float32)
+  if zero_mean:
+    x = x - x.mean(axis=1, keepdims=True)
+  if normalize:
+    axis = None if span == "clip" else 1
+    mean = x.mean(axis=axis, keepdims=True)
+    var = x.var(axis=axis, keepdims=True)
+    x = (x - mean) / np.sqrt(var + np.float32(epsilon))
+  return x.astype(np.float32)

@@ -73,6 +73,14 @@ def decode_example(example: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _hubert_input(windows: np.ndarray, m: ml_collections.ConfigDict) -> np.ndarray:
+  """media.hubert_input with the config's settings (normalised as the HuBERT checkpoint's
+  preprocessor says when media.audio_normalize is 'checkpoint')."""
+  normalize = media.normalize_enabled(m.audio_normalize, m.hubert_do_normalize)
+  return media.hubert_input(windows, m.window_zero_mean, normalize, m.audio_normalize_span,
+                            m.audio_normalize_epsilon)
+
+
 def load_media(example: Mapping[str, Any], media_cfg: ml_collections.ConfigDict,
                meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """The model's media inputs of one decoded example.
@@ -83,7 +91,7 @@ def load_media(example: Mapping[str, Any], media_cfg: ml_collections.ConfigDict,
     media_cfg: configs/data.py `media` (normalisation, windows; frame settings in paths mode).
     meta: the dataset's metadata (builders.load_source), for visual_source.
   Returns:
-    {'frames': float32[F, S, S, 3], 'windows': float32[K, W]} or
+    {'frames': float32[F, S, S, 3], 'windows': float32[K, W] (HuBERT's input)} or
     {'video': float32[F, Dv], 'audio': float32[K, Da]}.
   """
   m = media_cfg
@@ -91,24 +99,22 @@ def load_media(example: Mapping[str, Any], media_cfg: ml_collections.ConfigDict,
     return {"video": np.asarray(example["video_features"], np.float32),
             "audio": np.asarray(example["audio_features"], np.float32)}
   if "frames" in example:
-    scale = np.float32(1.0 / 255.0)
-    mean = np.asarray(m.image_mean, np.float32)
-    std = np.asarray(m.image_std, np.float32)
-    frames = (np.asarray(example["frames"]).astype(np.float32) * scale - mean) / std
+    frames = media.normalize_images(example["frames"], m.image_mean, m.image_std)
     windows = media.audio_windows(example["audio"], m.sample_rate, m.num_windows,
                                   m.window_seconds)
-    return {"frames": frames, "windows": windows}
+    return {"frames": frames, "windows": _hubert_input(windows, m)}
   if "visual_path" in example:
     if meta.get("visual_source", "frames") == "faces":
       frames = media.read_face_crops(example["visual_path"], m.num_frames, m.image_size,
                                      m.image_mean, m.image_std, m.frame_sampling,
-                                     m.face_channel_order)
+                                     m.face_channel_order, m.face_resize)
     else:
       frames = media.read_video_frames(example["visual_path"], m.num_frames, m.image_size,
-                                       m.image_mean, m.image_std, m.frame_sampling)
+                                       m.image_mean, m.image_std, m.frame_sampling,
+                                       m.frame_resize)
     windows = media.read_audio_windows(example["audio_path"], m.sample_rate, m.num_windows,
                                        m.window_seconds)
-    return {"frames": frames, "windows": windows}
+    return {"frames": frames, "windows": _hubert_input(windows, m)}
   raise ValueError(f"example {example.get('name', '?')!r} has no media (keys {sorted(example)});"
                    f" expected frames + audio, visual_path + audio_path or *_features.")
 

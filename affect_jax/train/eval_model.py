@@ -111,6 +111,7 @@ def load(config: ml_collections.ConfigDict, checkpoint: str, cache_root: str | o
   """The model of `checkpoint` under `config` (module doc); caches under cache_root."""
   root = pathlib.Path(cache_root)
   folder = resolve_checkpoint(checkpoint)
+  recipe.resolve_media(config)
   tok = recipe._tokenizer(config, root)
   model = recipe._model_config(config, tok)
   init = lambda k: sharding.unbox(affectgpt.init(model, k))

@@ -39,7 +39,7 @@ import optax
 from absl import logging
 
 from affect_jax import distributed, sharding
-from affect_jax.checkpoints import manager
+from affect_jax.checkpoints import manager, params_io
 from affect_jax.data import features as features_lib
 from affect_jax.data import overlap, pipeline, synthetic
 from affect_jax.data import prompts as prompts_lib
@@ -199,14 +199,42 @@ def _model_config(config: ml_collections.ConfigDict, tok) -> affectgpt.AffectGPT
   return affectgpt.AffectGPTConfig.from_config(mc)
 
 
+def hubert_do_normalize(init_from: str, warn: bool = True) -> bool:
+  """Whether the HuBERT checkpoint's preprocessor normalises its input: the do_normalize that
+  launch.convert recorded in init_from's meta.json (from preprocessor_config.json). False
+  without init_from, for a training directory, or when the conversion recorded none (logged
+  when `warn`)."""
+  path = pathlib.Path(init_from) if init_from else None
+  if path is None or not (path / "meta.json").is_file():
+    return False
+  audio = params_io.read_meta(path).get("components", {}).get("audio", {})
+  if audio.get("do_normalize") is None:
+    if audio and warn:
+      logging.warning("%s: records no HuBERT preprocessor (do_normalize); its input is not "
+                      "normalised. Re-run launch.convert on a folder with "
+                      "preprocessor_config.json, or set --config.data.media.audio_normalize="
+                      "on|off.", init_from)
+    return False
+  return bool(audio["do_normalize"])
+
+
+def resolve_media(config: ml_collections.ConfigDict) -> None:
+  """Fills config.data.media.hubert_do_normalize from config.init_from (in place)."""
+  m = config.data.media
+  m.hubert_do_normalize = hubert_do_normalize(config.get("init_from", ""),
+                                              warn=m.audio_normalize == "checkpoint")
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             mesh: jax.sharding.Mesh | None = None) -> Prepared:
   """Datasets built, tokenizer, model config and parameters on the mesh (random init, then
   config.init_from when set, restored onto the params' shardings), and the frozen encoders'
   features cached per split; the SFT and GRPO sources without the evaluation source's clips
-  (data/overlap.py). mesh: default `make_mesh(config)`."""
+  (data/overlap.py). Fills config.data.media.hubert_do_normalize (resolve_media).
+  mesh: default `make_mesh(config)`."""
   mesh = make_mesh(config) if mesh is None else mesh
   rules = sharding.rules_from_config(config.sharding_rules)
+  resolve_media(config)
   dc = config.data
   root = pathlib.Path(dc.cache_dir or workdir / "data")
   with distributed.main_process_first("datasets and tokenizer"):

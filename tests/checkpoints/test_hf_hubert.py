@@ -214,3 +214,20 @@ def test_failed_save_leaves_nothing(dirs, tmp_path, monkeypatch):
   with pytest.raises(OSError, match="disk full"):
     hf_hubert.save(params, config, out)
   assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("written", [{"do_normalize": True}, {"do_normalize": False}, {}])
+def test_read_do_normalize_agrees_with_wav2vec2_feature_extractor(tmp_path, written):
+  config = transformers.Wav2Vec2FeatureExtractor().to_dict()
+  config.pop("do_normalize")
+  config.update(written)
+  (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+  want = transformers.Wav2Vec2FeatureExtractor.from_pretrained(tmp_path).do_normalize
+  assert hf_hubert.read_do_normalize(tmp_path) is want
+
+
+def test_read_do_normalize_without_a_preprocessor_file(tmp_path):
+  assert hf_hubert.read_do_normalize(tmp_path) is None
+  (tmp_path / "preprocessor_config.json").write_text("{not json")
+  with pytest.raises(hf_hubert.CheckpointError, match="preprocessor_config.json"):
+    hf_hubert.read_do_normalize(tmp_path)

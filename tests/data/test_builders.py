@@ -179,8 +179,11 @@ def test_mercaptionplus_raw_keeps_good_rows_and_names_bad_ones(mercaption, cfg, 
   np.testing.assert_allclose(got["frames"], want, rtol=0, atol=1e-6)
   wave = media.read_audio(mercaption / "audio" / "clip_a.wav", m.sample_rate)
   np.testing.assert_array_equal(recs["clip_a"]["audio"], wave)
-  np.testing.assert_array_equal(got["windows"], media.read_audio_windows(
-      mercaption / "audio" / "clip_a.wav", m.sample_rate, m.num_windows, m.window_seconds))
+  windows = media.read_audio_windows(mercaption / "audio" / "clip_a.wav", m.sample_rate,
+                                     m.num_windows, m.window_seconds)
+  # HuBERT's input: each window minus its mean (no checkpoint asks for normalisation here).
+  np.testing.assert_allclose(got["windows"], windows - windows.mean(1, keepdims=True),
+                             rtol=0, atol=1e-6)
 
 
 def test_rebuild_is_reused_and_label_edits_rebuild(mercaption, cfg, tmp_path):
@@ -352,3 +355,50 @@ def test_nothing_usable_and_wrong_layouts_are_clear(tmp_path, cfg):
     _build("ovmerd", tmp_path / "nowhere", tmp_path / "out", cfg)
   with pytest.raises(ValueError, match="unknown MER-UniBench set"):
     _build("unibench:nope", cols, tmp_path / "out", cfg)
+
+
+def test_faces_stored_raw_as_the_official_load_face(tmp_path, cfg):
+  d = tmp_path / "ovmerdplus"
+  d.mkdir()
+  _media(d, ["p1"], faces=True)
+  _csv(d / "ovlabel.csv", ("name", "openset"), [("p1", "[sad]")])
+  _csv(d / "subtitle_eng.csv", ("name", "sentence"), [("p1", "one")])
+  report = _build("ovmerdplus", d, tmp_path / "out", cfg, ("test",), visual_source="faces")
+  recs, meta = _records(report, "test")
+  assert meta["visual_source"] == "faces"
+  crops = np.load(d / "openface_face" / "p1" / "p1.npy")      # 4 crops, 3 wanted
+  picked = np.arange(0, 4, 4 / 3).astype(int)                  # load_face's indices
+  want = np.stack([cv2.resize(f, (16, 16)) for f in crops])[picked]
+  np.testing.assert_array_equal(recs["p1"]["frames"], want)
+
+
+def test_faces_without_an_openface_folder_fall_back_to_frames(tmp_path, cfg, caplog):
+  d = tmp_path / "mer2025"
+  d.mkdir()
+  _media(d, ["m1", "m2"])                                      # videos only, no faces
+  _csv(d / "track2_test.csv", ("name", "openset"), [("m1", "[happy]"), ("m2", "")])
+  _csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"), [("m1", "a", ""),
+                                                                   ("m2", "b", "")])
+  with caplog.at_level(logging.WARNING):
+    report = _build("mer2025ov", d, tmp_path / "out", cfg, visual_source="faces")
+  assert report["splits"]["train"]["kept"] == 2
+  assert any("openface_face" in r.getMessage() for r in caplog.records)
+  recs, meta = _records(report, "train")
+  assert meta["visual_source"] == "frames"
+  want = media.sample_video_frames(d / "video" / "m1.mp4", 3, 16)
+  np.testing.assert_array_equal(recs["m1"]["frames"], want)
+  with pytest.raises(FileNotFoundError, match="openface_face"):
+    _build("mer2025ov", d, tmp_path / "out2", cfg, visual_source="faces",
+           faces_fallback="error")
+
+
+def test_7b_config_uses_the_official_media_setting():
+  from configs import affectgpt_r1_7b
+  c = affectgpt_r1_7b.get_config().data
+  assert c.builder.visual_source == "faces" and c.builder.faces_fallback == "frames"
+  m = c.media
+  assert (m.num_frames, m.image_size, m.frame_sampling) == (8, 224, "official")
+  assert (m.frame_resize, m.face_resize, m.face_channel_order) == ("pil_bilinear",
+                                                                   "cv2_linear", "rgb")
+  assert (m.sample_rate, m.num_windows, m.window_seconds) == (16000, 8, 2.0)
+  assert m.window_zero_mean and m.audio_normalize == "checkpoint"

@@ -4,9 +4,13 @@ iterator state, worker processes, paths vs raw media, and the feature cache.
 References: prompts.py encodes each example on its own (the batches must hold exactly those
 ids, left-padded); media.py decodes the original files; numpy "encoders" for the cache.
 """
+import os
+
 from absl import flags
 import numpy as np
 import pytest
+import torch
+from transformers import Wav2Vec2FeatureExtractor
 
 from affect_jax.data import builders
 from affect_jax.data import features
@@ -226,7 +230,9 @@ def test_paths_mode_decodes_the_same_media_as_raw(demo, cfg, tokenizer):
   name = str(raw["names"][0])
   want = media.read_audio_windows(f"{src}/train/audio/{name}.wav", m.sample_rate,
                                   m.num_windows, m.window_seconds)
-  np.testing.assert_array_equal(raw["windows"][0], want)
+  # HuBERT's input: each window minus its mean (no checkpoint asks for normalisation here).
+  np.testing.assert_allclose(raw["windows"][0], want - want.mean(1, keepdims=True), rtol=0,
+                             atol=1e-6)
 
 
 def _video_fn(frames):        # [B, F, S, S, 3] -> [B, F, 3]
@@ -245,7 +251,8 @@ def test_feature_cache_replaces_media_with_encoder_outputs(demo, cfg, tokenizer)
   assert key != features.checkpoint_key({"w": np.zeros(3, np.float32)}, "clip@step0")
   cache = features.build_feature_cache(source, meta, path, "train", key, _video_fn, _audio_fn,
                                        cfg, batch_size=4)
-  assert cache == features.cache_dir(path, "train", key)
+  assert os.path.dirname(os.path.dirname(cache)) == os.path.join(path, "features")
+  assert os.path.basename(cache) == "train"
 
   def never(_):
     raise AssertionError("the cache should be reused")
@@ -303,3 +310,45 @@ def test_video_prompt_must_match_the_dataset(demo, cfg, tokenizer):
     with pytest.raises(ValueError, match="prompt.video_prompt='faces' but the dataset holds "
                                          "frames"):
       make(source, meta, tokenizer, faces, _pcfg())
+
+
+@pytest.mark.parametrize("setting,checkpoint,normalised", [
+    ("checkpoint", True, True), ("checkpoint", False, False), ("on", False, True),
+    ("off", True, False)])
+def test_hubert_windows_normalised_iff_the_checkpoint_says_so(demo, cfg, setting, checkpoint,
+                                                              normalised):
+  source, meta = _source(demo[1])
+  ex = pipeline.decode_example(source[0])
+  m = cfg.media.copy_and_resolve_references()
+  m.audio_normalize = setting
+  m.hubert_do_normalize = checkpoint
+  got = pipeline.load_media(ex, m, meta)["windows"]
+  windows = torch.from_numpy(media.audio_windows(ex["audio"], m.sample_rate, m.num_windows,
+                                                 m.window_seconds))
+  windows -= windows.mean(dim=1, keepdim=True)      # AffectGPT's in-place mean removal
+  extractor = Wav2Vec2FeatureExtractor(do_normalize=normalised)
+  ref = extractor(windows, sampling_rate=m.sample_rate, return_tensors="np").input_values[0]
+  np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5)
+
+
+def test_feature_cache_is_not_reused_across_media_settings(demo, cfg):
+  raw_report = demo[1]
+  path = raw_report["path"]
+  source, meta = _source(raw_report)
+  key = features.checkpoint_key("encoders@media-test")
+  first = features.build_feature_cache(source, meta, path, "train", key, _video_fn, _audio_fn,
+                                       cfg, batch_size=4)
+  calls = []
+
+  def audio_fn(windows):
+    calls.append(windows.shape)
+    return _audio_fn(windows)
+
+  other = cfg.copy_and_resolve_references()
+  other.media.audio_normalize = "on"
+  second = features.build_feature_cache(source, meta, path, "train", key, _video_fn, audio_fn,
+                                        other, batch_size=4)
+  assert second != first and calls, "features of other HuBERT inputs must not be reused"
+  third = features.build_feature_cache(source, meta, path, "train", key, _video_fn, audio_fn,
+                                       other, batch_size=4)
+  assert third == second and len(calls) == 3   # reused: no further encoder call

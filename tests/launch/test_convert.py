@@ -1,6 +1,7 @@
 """launch.convert: HF folders -> Orbax checkpoint -> HF folders, transformers loads the result."""
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 import transformers
 
 from affect_jax.checkpoints.safetensors_io import SafetensorsReader
-from configs import tiny
+from configs import demo, tiny
 from launch import convert
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -105,3 +106,24 @@ def test_mismatched_weights_name_the_tensor(hf_dirs, tmp_path):
   r = _cli(f"--hf_dir={broken}", f"--out={tmp_path / 'out'}", "--config=configs/tiny.py")
   assert r.returncode == 2 and "mlp" in r.stderr, r.stderr[-2000:]
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("do_normalize", [True, False, None])
+def test_hubert_preprocessor_flag_is_recorded_and_followed(hf_dirs, tmp_path, do_normalize):
+  from affect_jax.train import recipe
+  folder = tmp_path / "hubert"
+  shutil.copytree(hf_dirs / "hubert", folder)
+  if do_normalize is not None:
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=do_normalize).save_pretrained(folder)
+  out = tmp_path / "ckpt"
+  convert.to_project(str(folder), str(out), tiny.get_config(), "", None, 0, False)
+  meta = json.loads((out / "meta.json").read_text())
+  assert meta["components"]["audio"]["do_normalize"] is do_normalize
+  config = demo.get_config()
+  config.init_from = str(out)
+  recipe.resolve_media(config)
+  # Normalised iff the checkpoint's preprocessor_config.json says so (no file: not).
+  assert config.data.media.hubert_do_normalize is bool(do_normalize)
+  config.init_from = ""
+  recipe.resolve_media(config)
+  assert config.data.media.hubert_do_normalize is False

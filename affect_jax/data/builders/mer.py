@@ -14,12 +14,13 @@ Input: a folder in one of the official layouts (PAPER_NOTES.md section 6), chose
 plus subtitles (subtitle_chieng.csv `english`, subtitle_eng.csv `sentence`, or the
 transcription-*.csv files of MER-UniBench: `english`, but `chinese` for MER2024, as the
 official readers; Layout.subtitle_columns, builder.subtitle_column overrides), media in video/
-(or subvideo*, video_new), audio/ (or subaudio/), openface_face/<name>/<name>.npy. A folder
-that holds the label file is one split (named by --split, default 'train'); otherwise each
-sub-folder holding it is a split (the demo's train / rl / test). For .npz labels the splits
-are the corpora (train_corpus -> 'train', test1_corpus -> 'test1', ...; 'test' also finds
-test1_corpus), except IEMOCAP: its whole_corpus splits by the session in each name
-(label_ids.SESSION_SPLITS: 'test' = session 5, 'train' = sessions 1-4).
+(or subvideo*, video_new), audio/ (or subaudio/), openface_face/<name>/<name>.npy
+(visual_source 'faces'; a dataset without that folder is built from its videos,
+`faces_or_frames`). A folder that holds the label file is one split (named by --split, default
+'train'); otherwise each sub-folder holding it is a split (the demo's train / rl / test). For
+.npz labels the splits are the corpora (train_corpus -> 'train', test1_corpus -> 'test1', ...;
+'test' also finds test1_corpus), except IEMOCAP: its whole_corpus splits by the session in each
+name (label_ids.SESSION_SPLITS: 'test' = session 5, 'train' = sessions 1-4).
 
 Output: OUT/<builder>/<config>/1.0.0/ (TFDS layout: dataset_info.json, features.json,
 metadata.json, <builder>-<split>.array_record-*), plus report.json (rows kept / skipped with
@@ -72,6 +73,7 @@ UNIBENCH_SUBTITLES = ("transcription-engchi-polish.csv",
 VIDEO_DIRS = ("video", "subvideo", "subvideo-tgt", "subvideo_new", "video_new")
 AUDIO_DIRS = ("audio", "subaudio")
 FACE_DIRS = ("openface_face",)
+FACES_FALLBACKS = ("frames", "error")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 CORPUS_ALIASES = {"test": ("test_corpus", "test1_corpus")}
@@ -438,8 +440,33 @@ def media_settings(cfg: ml_collections.ConfigDict, bcfg: ml_collections.ConfigDi
   return records.MediaSettings(
       mode=bcfg.media, visual_source=bcfg.visual_source, num_frames=int(m.num_frames),
       image_size=int(m.image_size), frame_sampling=m.frame_sampling,
+      frame_resize=m.frame_resize, face_resize=m.face_resize,
       face_channel_order=m.face_channel_order, sample_rate=int(m.sample_rate),
       validate=bcfg.validate)
+
+
+def faces_or_frames(settings: records.MediaSettings, found: Mapping[str, tuple[str, str]],
+                    fallback: str) -> records.MediaSettings:
+  """The settings to build with: visual_source 'faces' stays when a split folder has an
+  openface_face/ folder (a clip without its crops is then skipped, missing_media). When none
+  has one, fallback 'frames' builds from the videos (logged; the dataset's metadata says
+  visual_source 'frames', which the pipeline and prompts follow) and 'error' refuses."""
+  if settings.visual_source != "faces":
+    return settings
+  folders = sorted({os.path.dirname(label_path) for label_path, _ in found.values()})
+  if any(os.path.isdir(os.path.join(f, d)) for f in folders for d in FACE_DIRS):
+    return settings
+  if fallback == "frames":
+    logging.warning("%s: no %s/ folder of face crops; building from the videos instead "
+                    "(visual_source 'frames'; builder.faces_fallback='error' refuses).",
+                    ", ".join(folders), FACE_DIRS[0])
+    return dataclasses.replace(settings, visual_source="frames")
+  if fallback == "error":
+    raise FileNotFoundError(
+        f"{', '.join(folders)}: no {FACE_DIRS[0]}/<name>/<name>.npy face crops but "
+        f"visual_source is 'faces'; extract the faces (OpenFace), set "
+        f"builder.visual_source='frames', or builder.faces_fallback='frames'.")
+  raise ValueError(f"builder.faces_fallback='{fallback}': expected one of {FACES_FALLBACKS}.")
 
 
 def make_builder(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.ConfigDict,
@@ -459,7 +486,7 @@ def make_builder(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.
     bcfg = cfg.builder if "builder" in cfg else builder_config()
   layout = layout_for(dataset, cfg)
   found = find_splits(data_dir, layout, tuple(splits), bcfg.labels_file)
-  settings = media_settings(cfg, bcfg)
+  settings = faces_or_frames(media_settings(cfg, bcfg), found, bcfg.faces_fallback)
   tables = []
   for label_path, _ in found.values():
     folder = os.path.dirname(label_path)

@@ -31,9 +31,10 @@ Labels: openset cells are parsed by the official rule (affect_jax/emotion/labels
 lowercase); an empty cell gives [] = neutral.
 
 Stored media (`load_media`, the builder's 'raw' mode), chosen to keep files small and exact:
-  frames: uint8[F, S, S, 3]: the F sampled frames (or face crops) resized and centre-cropped
-          as CLIP does, BEFORE normalisation (1 byte a value instead of 4). The pipeline's
-          `(x * (1/255) - mean) / std` in float32 gives exactly media.read_video_frames.
+  frames: uint8[F, S, S, 3]: the F sampled frames (or face crops) resized to S x S
+          (media.sample_video_frames / sample_face_crops), BEFORE normalisation (1 byte a
+          value instead of 4). The pipeline's media.normalize_images gives exactly
+          media.read_video_frames / read_face_crops.
   audio:  float32[T]: the whole clip, mono, resampled to media.sample_rate; the K windows
           are cut at load time (media.audio_windows), so T = duration * rate values instead
           of K * W (16 s of windows by default), and the window settings can change later.
@@ -366,7 +367,9 @@ class MediaSettings:
   visual_source: str = "frames"   # 'frames' (video/) | 'faces' (openface_face/)
   num_frames: int = 8
   image_size: int = 224
-  frame_sampling: str = "floor"
+  frame_sampling: str = "official"
+  frame_resize: str = "pil_bilinear"
+  face_resize: str = "cv2_linear"
   face_channel_order: str = "rgb"
   sample_rate: int = 16000
   validate: str = "decode"        # paths mode: 'decode' each file once, or only check 'exists'
@@ -377,24 +380,21 @@ class MediaSettings:
     if self.visual_source not in VISUAL_SOURCES:
       raise ValueError(f"visual_source '{self.visual_source}': expected one of "
                        f"{VISUAL_SOURCES}.")
+    for field in ("frame_resize", "face_resize"):
+      if getattr(self, field) not in media.RESIZE_METHODS:
+        raise ValueError(f"{field} '{getattr(self, field)}': expected one of "
+                         f"{media.RESIZE_METHODS}.")
     if self.validate not in ("decode", "exists"):
       raise ValueError(f"validate '{self.validate}': expected 'decode' or 'exists'.")
 
 
-# Identity normalisation: clip_preprocess then returns the resized uint8 values as floats.
-_NO_MEAN = (0.0, 0.0, 0.0)
-_NO_STD = (1.0 / 255.0,) * 3
-
-
 def decode_visual(path: str, s: MediaSettings) -> np.ndarray:
-  """Sampled, resized, centre-cropped frames or face crops, not normalised: uint8[F, S, S, 3]."""
+  """Sampled frames or face crops resized to S x S, not normalised: uint8[F, S, S, 3]."""
   if s.visual_source == "faces":
-    x = media.read_face_crops(path, s.num_frames, s.image_size, _NO_MEAN, _NO_STD,
-                              s.frame_sampling, s.face_channel_order)
-  else:
-    x = media.read_video_frames(path, s.num_frames, s.image_size, _NO_MEAN, _NO_STD,
-                                s.frame_sampling)
-  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return media.sample_face_crops(path, s.num_frames, s.image_size, s.frame_sampling,
+                                   s.face_channel_order, s.face_resize)
+  return media.sample_video_frames(path, s.num_frames, s.image_size, s.frame_sampling,
+                                   s.frame_resize)
 
 
 def load_media(visual_path: str, audio_path: str, s: MediaSettings) -> dict[str, Any]:
