@@ -335,13 +335,19 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """(row, (visual, audio, settings)) for rows whose media exist; the others skipped."""
     s = self.builder_config.settings
     for row in rows:
-      if s.visual_source == "faces":
-        visual = records.find_media(folder, row.name, FACE_DIRS, (".npy",), nested=True)
-        visual_what = f"face crops {FACE_DIRS[0]}/NAME/NAME.npy"
-      else:
-        visual = records.find_media(folder, row.name, VIDEO_DIRS, VIDEO_EXTENSIONS)
-        visual_what = f"video in {list(VIDEO_DIRS)} with an extension in {list(VIDEO_EXTENSIONS)}"
-      audio = records.find_media(folder, row.name, AUDIO_DIRS, AUDIO_EXTENSIONS)
+      try:
+        if s.visual_source == "faces":
+          visual = records.find_media(folder, row.name, FACE_DIRS, (".npy",), nested=True)
+          visual_what = f"face crops {FACE_DIRS[0]}/NAME/NAME.npy"
+        else:
+          visual = records.find_media(folder, row.name, VIDEO_DIRS, VIDEO_EXTENSIONS)
+          visual_what = (f"video in {list(VIDEO_DIRS)} with an extension in "
+                         f"{list(VIDEO_EXTENSIONS)}")
+        audio = records.find_media(folder, row.name, AUDIO_DIRS, AUDIO_EXTENSIONS)
+      except records.OutsideDataDir as e:
+        self.skipped[split].append(records.log_skip(records.Skip(
+            row.file, row.row, row.name, "outside_data_dir", str(e))))
+        continue
       if visual is None or audio is None:
         what = visual_what if visual is None else (
             f"audio in {list(AUDIO_DIRS)} with an extension in {list(AUDIO_EXTENSIONS)}")

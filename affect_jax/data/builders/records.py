@@ -21,6 +21,8 @@ Skip reasons (REASONS):
   missing_subtitle the name has no (readable) row in the subtitle table
   missing_media   no video / face / audio file for the name
   corrupt_media   the file exists but cannot be decoded (media.MediaError)
+  outside_data_dir the name is a path (holds a separator, is '.' / '..' or absolute), or its
+                  media file resolves (symlinks followed) outside the dataset folder: never read
   too_long        prompt + target exceed prompt.max_length tokens (found by the SFT input
                   pipeline, pipeline.drop_too_long, not by the builder)
 A table without a needed column is a whole-file error naming the columns it has; unknown
@@ -75,7 +77,7 @@ except ImportError:
 
 REASONS = ("empty_name", "duplicate_name", "non_utf8", "extra_cells", "missing_cells",
            "bad_label", "bad_name", "missing_subtitle", "missing_media", "corrupt_media",
-           "too_long")
+           "too_long", "outside_data_dir")
 TASKS = ("ov", "hit", "sentiment")
 MEDIA_MODES = ("raw", "paths")
 VISUAL_SOURCES = ("frames", "faces")
@@ -346,9 +348,29 @@ def npz_rows(path: str, corpus: str, task: str, subtitles: Table | None,
   return rows, skipped
 
 
+class OutsideDataDir(ValueError):
+  """A clip name that would make a media path leave the dataset folder (module doc)."""
+
+
+def _is_plain_name(name: str) -> bool:
+  seps = {os.sep, "/", "\\"} | ({os.altsep} if os.altsep else set())
+  return (bool(name) and name not in (".", "..") and not any(c in name for c in seps)
+          and "\0" not in name and not os.path.isabs(name))
+
+
 def find_media(folder: str, name: str, dirs: Sequence[str], extensions: Sequence[str],
                nested: bool = False) -> str | None:
-  """The first `folder/dir/name.ext` (or `folder/dir/name/name.ext` when nested) that exists."""
+  """The first `folder/dir/name.ext` (or `folder/dir/name/name.ext` when nested) that exists,
+  as its resolved path (symlinks followed).
+
+  Raises OutsideDataDir when `name` is not a plain file name, or when the file it finds
+  resolves outside `folder` (a symlink that points out of the dataset): such a file is never
+  returned, so it is never read.
+  """
+  if not _is_plain_name(name):
+    raise OutsideDataDir(f"the name {name!r} is a path, not a clip name; media are looked up "
+                         f"only inside {folder}")
+  root = os.path.realpath(folder)
   for d in dirs:
     for ext in extensions:
       candidates = [os.path.join(folder, d, name + ext)]
@@ -356,7 +378,11 @@ def find_media(folder: str, name: str, dirs: Sequence[str], extensions: Sequence
         candidates.insert(0, os.path.join(folder, d, name, name + ext))
       for c in candidates:
         if os.path.isfile(c):
-          return os.path.abspath(c)
+          real = os.path.realpath(c)
+          if os.path.commonpath([root, real]) != root:
+            raise OutsideDataDir(f"{c} resolves to {real}, outside the dataset folder {root}; "
+                                 "place the media inside the folder instead of linking out")
+          return real
   return None
 
 
