@@ -229,6 +229,9 @@ def builder_config() -> ml_collections.ConfigDict:
   c.labels_file = ""            # overrides the layout's label file name ('' = the official)
   c.subtitle_column = ""        # overrides the layout's subtitle column ('' = the official
                                 # reader's: english; chinese for MER2024; sentence for OV-MERD+)
+  # A table row with a longer cell (a runaway subtitle, a broken quote swallowing the file) is
+  # skipped as oversize_cell; the other rows are read.
+  c.max_cell_chars = 131_072
   return c
 
 

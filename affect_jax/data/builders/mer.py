@@ -210,11 +210,12 @@ def find_splits(data_dir: str, layout: Layout, splits: Sequence[str],
 
 
 def read_rows(layout: Layout, label_path: str, corpus: str, split: str = "",
-              subtitle_column: str = ""
+              subtitle_column: str = "", max_cell_chars: int = records.MAX_CELL_CHARS
               ) -> tuple[list[records.Row], list[records.Skip], list[records.Skip]]:
   """One split's rows from its tables (no media yet).
 
   subtitle_column: read this column instead of the layout's (builder.subtitle_column).
+  max_cell_chars: rows with a longer cell are skipped (builder.max_cell_chars).
 
   Returns:
     (rows, skipped label rows, skipped rows of the subtitle / reason tables; a clip whose
@@ -230,18 +231,19 @@ def read_rows(layout: Layout, label_path: str, corpus: str, split: str = "",
                     list(layout.subtitles))
   else:
     columns = (subtitle_column,) if subtitle_column else layout.subtitle_columns
-    subtitles = records.read_subtitles(sub_path, columns, unused=TEXT_COLUMNS)
+    subtitles = records.read_subtitles(sub_path, columns, unused=TEXT_COLUMNS,
+                                       max_cell_chars=max_cell_chars)
     column = records.text_column(subtitles, columns)
     other += subtitles.skipped
   if layout.npz:
     rows, skipped = records.npz_rows(label_path, corpus, layout.task, subtitles, column,
                                      dataset=layout.key, split=split)
     return rows, skipped, other
-  labels = records.read_csv_table(label_path, ("openset",))
+  labels = records.read_csv_table(label_path, ("openset",), max_cell_chars=max_cell_chars)
   reasons = None
   reason_path = records.first_existing(folder, layout.reasons) if layout.reasons else None
   if reason_path is not None:
-    reasons = records.read_csv_table(reason_path, ("reason",))
+    reasons = records.read_csv_table(reason_path, ("reason",), max_cell_chars=max_cell_chars)
     other += reasons.skipped
   rows, skipped = records.openset_rows(labels, subtitles, column, reasons, "reason")
   return rows, list(labels.skipped) + skipped, other
@@ -270,6 +272,7 @@ class ClipConfig(tfds.core.BuilderConfig):
   num_workers: int = 0
   jobs_per_worker: int = 4
   subtitle_column: str = ""
+  max_cell_chars: int = records.MAX_CELL_CHARS
 
 
 class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -323,7 +326,7 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     out = {}
     for split, (label_path, corpus) in c.splits.items():
       rows, skipped, other = read_rows(c.layout, label_path, corpus, split,
-                                       c.subtitle_column)
+                                       c.subtitle_column, c.max_cell_chars)
       self.skipped[split] = list(skipped)
       self.other_skipped[split] = list(other)
       if not rows:
@@ -502,12 +505,15 @@ def make_builder(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.
       if p:
         tables.append(p)
   subtitle_column = str(bcfg.get("subtitle_column", ""))
+  max_cell_chars = int(bcfg.get("max_cell_chars", records.MAX_CELL_CHARS))
+  if max_cell_chars < 1:
+    raise ValueError(f"builder.max_cell_chars={max_cell_chars}: must be >= 1.")
   # The layout (subtitle columns), the label-id table and the session rule are part of the
   # build: a change of any rebuilds.
   key = json.dumps(dict(dataset=dataset, splits=found, settings=dataclasses.asdict(settings),
                         compression=bcfg.compression, tables=_fingerprint(tables),
                         version=FORMAT_VERSION, layout=dataclasses.asdict(layout),
-                        subtitle_column=subtitle_column,
+                        subtitle_column=subtitle_column, max_cell_chars=max_cell_chars,
                         ids=_asdict(label_ids.NPZ_LABELS.get(layout.key)),
                         sessions=_asdict(label_ids.SESSION_SPLITS.get(layout.key))),
                    sort_keys=True)
@@ -516,7 +522,8 @@ def make_builder(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.
   config = ClipConfig(name=f"{short}_{settings.mode}_{digest}", dataset=dataset, layout=layout,
                       splits=found, settings=settings, compression=bcfg.compression,
                       num_workers=int(bcfg.num_workers),
-                      jobs_per_worker=int(bcfg.jobs_per_worker), subtitle_column=subtitle_column)
+                      jobs_per_worker=int(bcfg.jobs_per_worker), subtitle_column=subtitle_column,
+                      max_cell_chars=max_cell_chars)
   cls = BUILDERS["unibench" if dataset.startswith("unibench:") else dataset]
   return cls(config=config, data_dir=out_dir)
 

@@ -21,6 +21,8 @@ Skip reasons (REASONS):
   missing_subtitle the name has no (readable) row in the subtitle table
   missing_media   no video / face / audio file for the name
   corrupt_media   the file exists but cannot be decoded (media.MediaError)
+  oversize_cell   a cell longer than builder.max_cell_chars characters (the rest of the table
+                  is still read)
   outside_data_dir the name is a path (holds a separator, is '.' / '..' or absolute), or its
                   media file resolves (symlinks followed) outside the dataset folder: never read
   too_long        prompt + target exceed prompt.max_length tokens (found by the SFT input
@@ -44,6 +46,7 @@ Stored media (`load_media`, the builder's 'raw' mode), chosen to keep files smal
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -77,8 +80,11 @@ except ImportError:
 
 REASONS = ("empty_name", "duplicate_name", "non_utf8", "extra_cells", "missing_cells",
            "bad_label", "bad_name", "missing_subtitle", "missing_media", "corrupt_media",
-           "too_long", "outside_data_dir")
+           "too_long", "outside_data_dir", "oversize_cell")
 TASKS = ("ov", "hit", "sentiment")
+MAX_CELL_CHARS = 131_072   # longest cell by default (csv's own limit); builder.max_cell_chars
+_CSV_NO_LIMIT = 2**31 - 1   # the largest limit csv accepts on every platform (a C long)
+NAME_SHOWN = 80            # characters of an oversize row's name shown in its skip message
 MEDIA_MODES = ("raw", "paths")
 VISUAL_SOURCES = ("frames", "faces")
 
@@ -130,8 +136,22 @@ def _has_bad_bytes(text: str) -> bool:
   return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
+@contextlib.contextmanager
+def _csv_cells_unlimited():
+  """csv's per-cell limit lifted while reading (csv.Error otherwise aborts the whole table at
+  its default of 131,072 characters; the table is in memory already, so a long cell costs
+  nothing more); restored afterwards. Long cells are then skipped row by row."""
+  old = csv.field_size_limit()
+  csv.field_size_limit(_CSV_NO_LIMIT)
+  try:
+    yield
+  finally:
+    csv.field_size_limit(old)
+
+
 def read_csv_table(path: str, required: Sequence[str], optional: Sequence[str] = (),
-                   key: str = "name", unused: Sequence[str] = ()) -> Table:
+                   key: str = "name", unused: Sequence[str] = (),
+                   max_cell_chars: int = MAX_CELL_CHARS) -> Table:
   """Reads a CSV keyed by `key`, row by row (module doc for what is skipped).
 
   Args:
@@ -139,6 +159,7 @@ def read_csv_table(path: str, required: Sequence[str], optional: Sequence[str] =
     required: columns the builder needs (besides `key`); missing -> ValueError naming them.
     optional: columns read when present.
     unused: known columns that are not read (no unknown-column warning, no UTF-8 check).
+    max_cell_chars: a row with a longer cell is skipped (oversize_cell).
   Returns:
     Table with rows in file order.
   """
@@ -148,7 +169,9 @@ def read_csv_table(path: str, required: Sequence[str], optional: Sequence[str] =
     raw = f.read()
   if raw.startswith(b"\xef\xbb\xbf"):
     raw = raw[3:]
-  reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="surrogateescape"), newline=""))
+  with _csv_cells_unlimited():
+    reader = iter(list(csv.reader(io.StringIO(raw.decode("utf-8", errors="surrogateescape"),
+                                              newline=""))))
   header = next(reader, None)
   if not header:
     raise ValueError(f"{path}: empty file; expected a header row with {key}, "
@@ -170,9 +193,19 @@ def read_csv_table(path: str, required: Sequence[str], optional: Sequence[str] =
     if not cells or all(not c.strip() for c in cells):
       continue
     name = cells[index[key]].strip() if len(cells) > index[key] else ""
+    oversize = [(c, len(cells[i])) for c, i in index.items()
+                if i < len(cells) and len(cells[i]) > max_cell_chars]
+    if oversize:
+      name = name[:NAME_SHOWN] + ("..." if len(name) > NAME_SHOWN else "")
 
     def skip(reason, detail, name=name, number=number):
       skipped.append(log_skip(Skip(path, number, name, reason, detail)))
+
+    if oversize:
+      column, n = oversize[0]
+      skip("oversize_cell", f"column {column!r} has {n:,} characters, over the limit of "
+                            f"{max_cell_chars:,} (builder.max_cell_chars)")
+      continue
 
     if _has_bad_bytes(name):
       skip("non_utf8", f"the {key} cell is not UTF-8")
@@ -217,8 +250,8 @@ def text_column(table: Table, candidates: Sequence[str]) -> str:
                    f"{list(table.columns)}.")
 
 
-def read_subtitles(path: str, columns: Sequence[str], unused: Sequence[str] = ("chinese",)
-                   ) -> Table:
+def read_subtitles(path: str, columns: Sequence[str], unused: Sequence[str] = ("chinese",),
+                   max_cell_chars: int = MAX_CELL_CHARS) -> Table:
   """A subtitle table: name + the first of `columns` present (e.g. english, sentence)."""
   with open(path, "rb") as f:
     head = f.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
@@ -227,7 +260,8 @@ def read_subtitles(path: str, columns: Sequence[str], unused: Sequence[str] = ("
   if column is None:
     raise ValueError(f"{path}: no subtitle column among {list(columns)}; the header is "
                      f"{header}.")
-  return read_csv_table(path, (column,), unused=[c for c in (*columns, *unused) if c != column])
+  return read_csv_table(path, (column,), unused=[c for c in (*columns, *unused) if c != column],
+                        max_cell_chars=max_cell_chars)
 
 
 def openset_rows(labels: Table, subtitles: Table | None, subtitle_column: str,
