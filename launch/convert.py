@@ -162,11 +162,21 @@ def to_hf(checkpoint: str, out: str, overwrite: bool) -> dict:
   return {"out": out, "written": written}
 
 
+def _inputs() -> list[str]:
+  """The input folders and files of this conversion (never to be written)."""
+  if FLAGS.to_hf:
+    return [FLAGS.checkpoint] if FLAGS.checkpoint else []
+  parts = [p.strip() for p in (FLAGS.hf_dir or "").split(",") if p.strip()]
+  return parts + ([FLAGS.affectgpt_ckpt] if FLAGS.affectgpt_ckpt else [])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.out:
     raise app.UsageError("--out is required.")
+  from affect_jax.checkpoints.safetensors_io import check_output_apart
+  check_output_apart(FLAGS.out, _inputs())
   if FLAGS.to_hf:
     if FLAGS.affectgpt_ckpt:
       raise app.UsageError("--affectgpt_ckpt imports (HF -> affect_jax); drop it with --to_hf.")

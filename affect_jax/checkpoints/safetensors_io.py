@@ -213,7 +213,8 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
       raise CheckpointError(f"{out} already exists and is not empty; choose a new --out "
                             "(or pass --overwrite).")
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  _remove_leftovers(out)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(out)}", dir=out.parent))
   try:
     yield tmp
   except BaseException:
@@ -222,3 +223,29 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
   if out.exists():
     shutil.rmtree(out) if out.is_dir() else out.unlink()
   os.replace(tmp, out)
+
+
+def _tmp_prefix(out: pathlib.Path) -> str:
+  return f".{out.name}.tmp-"
+
+
+def _remove_leftovers(out: pathlib.Path) -> None:
+  """Removes the temporary folders of earlier writes of `out` that were killed before their
+  rename (only folders named by _tmp_prefix beside `out`, which hold no finished output)."""
+  for stale in out.parent.glob(f"{_tmp_prefix(out)}*"):
+    if stale.is_dir() and not stale.is_symlink():
+      shutil.rmtree(stale, ignore_errors=True)
+
+
+def check_output_apart(out: str | os.PathLike, sources) -> None:
+  """Raises CheckpointError when the output folder `out` is one of `sources` (input folders or
+  files), lies inside one, or holds one: writing it, or replacing it with --overwrite, would
+  change or delete the inputs."""
+  out_real = pathlib.Path(os.path.realpath(out))
+  for source in sources:
+    src = pathlib.Path(os.path.realpath(source))
+    if out_real == src or src in out_real.parents or out_real in src.parents:
+      raise CheckpointError(
+          f"--out={out} and the input {source} overlap (the same folder, or one inside the "
+          "other); writing or --overwrite there would change or delete the input. Choose an "
+          "--out outside the inputs.")
