@@ -256,7 +256,16 @@ class Checkpointer:
             f"processes (one state each) but this run has {jax.process_count()}; resume with "
             f"{saved_by} processes, or pass restore_data=False to start the input afresh.")
       args["data_iterator"] = grain_checkpoint.CheckpointRestore(data_iterator)
-    restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
+    try:
+      restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
+    except ValueError as e:
+      if "data_iterator" in args and "does not match" in str(e):
+        raise _UsageError(
+            f"{self.directory}/{step}: the step is readable, but its saved input position "
+            f"belongs to another input pipeline ({_first_line(e)}). Resume with the data "
+            "settings that saved it (dataset, split, batch size, seed, workers), or start the "
+            "input afresh (restore_data=False).") from e
+      raise
     state = {}
     for name in _ARRAY_ITEMS:
       if name not in args:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import tempfile
 import threading
@@ -195,4 +196,7 @@ class FeatureSource:
     return ex
 
   def __repr__(self) -> str:
-    return f"FeatureSource(base={self._base!r}, path={self._path!r})"
+    # Where the cache lies is left out (a saved input position must restore in a moved or
+    # copied workdir); its folder names (the encoder / media key and the split) identify it.
+    key = os.path.join(*pathlib.PurePath(os.path.abspath(self._path)).parts[-2:])
+    return f"FeatureSource(base={self._base!r}, cache={key!r}, records={len(self._names)})"

@@ -253,11 +253,16 @@ def _asdict(x) -> dict | None:
   return None if x is None else dataclasses.asdict(x)
 
 
-def _fingerprint(paths: Sequence[str]) -> list:
+def _fingerprint(paths: Sequence[str], root: str) -> list:
+  """[path relative to root, size, sha256] of each table: the build's identity follows the
+  tables' content, not where the folder lies, so a moved or copied folder reuses its build."""
   out = []
   for p in sorted(set(paths)):
-    st = os.stat(p)
-    out.append([p, st.st_size, st.st_mtime_ns])
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    out.append([os.path.relpath(p, root), os.path.getsize(p), h.hexdigest()])
   return out
 
 
@@ -509,9 +514,14 @@ def make_builder(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.
   if max_cell_chars < 1:
     raise ValueError(f"builder.max_cell_chars={max_cell_chars}: must be >= 1.")
   # The layout (subtitle columns), the label-id table and the session rule are part of the
-  # build: a change of any rebuilds.
-  key = json.dumps(dict(dataset=dataset, splits=found, settings=dataclasses.asdict(settings),
-                        compression=bcfg.compression, tables=_fingerprint(tables),
+  # build: a change of any rebuilds. Paths enter relative to data_dir (a moved folder keeps its
+  # build), except in 'paths' mode, whose records hold the media's absolute paths.
+  where = os.path.abspath(data_dir) if settings.mode == "paths" else ""
+  key = json.dumps(dict(dataset=dataset, settings=dataclasses.asdict(settings),
+                        splits={s: [os.path.relpath(p, data_dir), c]
+                                for s, (p, c) in found.items()},
+                        data_dir=where,
+                        compression=bcfg.compression, tables=_fingerprint(tables, data_dir),
                         version=FORMAT_VERSION, layout=dataclasses.asdict(layout),
                         subtitle_column=subtitle_column, max_cell_chars=max_cell_chars,
                         ids=_asdict(label_ids.NPZ_LABELS.get(layout.key)),
@@ -545,8 +555,8 @@ def build(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.ConfigD
   if overwrite and os.path.isdir(builder.data_dir):
     shutil.rmtree(builder.data_dir)
   if os.path.isfile(report_path):
-    with open(report_path, encoding="utf-8") as f:
-      return dict(json.load(f), reused=True)
+    with open(report_path, encoding="utf-8") as f:   # path: where the build lies now
+      return dict(json.load(f), path=builder.data_dir, reused=True)
   os.makedirs(out_dir, exist_ok=True)
   download_dir = tempfile.mkdtemp(prefix=".tfds_downloads_", dir=out_dir)
   try:
