@@ -50,8 +50,7 @@ LEAVES = (
 def tiny_config(mesh: tuple[int, int, int]):
   """The demo at toy sizes: 2 SFT and 2 GRPO steps, one length bucket each (one compile).
 
-  LoRA as in the paper's recipe: after SFT the policy differs from its reference (LoRA off),
-  so the first GRPO step has a real KL gradient even though a random model earns no reward.
+  LoRA as in the paper's recipe (adapters, fusion and projectors trained in both phases).
   """
   c = demo.get_config()
   c.data.synthetic.splits = dict(train=8, rl=8, test=8)
