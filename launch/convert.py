@@ -110,7 +110,8 @@ def main(argv):
     raise app.UsageError("--out is required.")
   if FLAGS.to_hf:
     if not FLAGS.checkpoint:
-      raise app.UsageError("--to_hf needs --checkpoint=DIR (an affect_jax parameter checkpoint).")
+      raise app.UsageError("--to_hf needs --checkpoint=DIR (an affect_jax parameter checkpoint "
+                           "or a training run).")
     result = to_hf(FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite)
   else:
     if not FLAGS.hf_dir:
