@@ -94,12 +94,13 @@ def test_reference_stays_fixed_while_the_policy_moves():
   assert max(moved) > 1e-3                                   # the policy moved ...
   print(f"kl over 4 steps: {kls}")
   assert abs(kls[0]) <= KL_ZERO and kls[-1] > 10 * KL_ZERO    # ... away from its reference
+  reference = _numpy(state["reference"])      # (before the next step donates the state)
   # Put the policy back at its start: it equals the reference again.
   back = dict(state, trainable=jax.tree.map(jnp.asarray, start),
               opt_state=opt.init(jax.tree.map(jnp.asarray, start)))
   _, m = step(back, batch)
   assert abs(float(m["kl"])) <= KL_ZERO
-  reference = _numpy(state["reference"])                     # the reference never moved
+  # The reference never moved.
   assert jax.tree.structure(reference) == jax.tree.structure(start)
   for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(reference)):
     np.testing.assert_array_equal(a, b)
