@@ -21,7 +21,6 @@ import ml_collections
 from affect_jax.checkpoints import manager, params_io
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 
-RUN_PHASES = ("grpo", "sft")     # a workdir's checkpoint folders, the first present is used
 MAX_CHAIN = 8                    # runs followed through init_from before giving up (a cycle)
 _READ = ml_collections.ConfigDict(dict(save_every_steps=1, keep=0, keep_period=0,
                                        async_save=False, verify_checksums=True))
@@ -29,19 +28,7 @@ _READ = ml_collections.ConfigDict(dict(save_every_steps=1, keep=0, keep_period=0
 
 def is_training_checkpoint(path: str | os.PathLike) -> bool:
   """True for a folder of numbered steps or a run's workdir holding checkpoints/<phase>."""
-  return steps_folder(path) is not None
-
-
-def steps_folder(path: str | os.PathLike) -> pathlib.Path | None:
-  """The folder of numbered steps of a run's workdir (checkpoints/grpo, else /sft) or of
-  `path` itself; None when it is neither."""
-  p = pathlib.Path(path)
-  if manager._is_training_dir(p):
-    return p
-  for phase in RUN_PHASES:
-    if manager._is_training_dir(p / "checkpoints" / phase):
-      return p / "checkpoints" / phase
-  return None
+  return manager.run_steps_folder(path) is not None
 
 
 def _run_config(folder: pathlib.Path) -> dict:
@@ -66,7 +53,7 @@ def _base_checkpoint(folder: pathlib.Path, config: dict) -> pathlib.Path:
     base = pathlib.Path(init_from)
     if (base / "meta.json").is_file():
       return base
-    steps = steps_folder(base)
+    steps = manager.run_steps_folder(base)
     if steps is None:
       raise CheckpointError(
           f"{seen[-1]}: its config.init_from={base} is neither a launch.convert checkpoint nor "
@@ -79,7 +66,7 @@ def _base_checkpoint(folder: pathlib.Path, config: dict) -> pathlib.Path:
 
 def load_trained(path: str | os.PathLike) -> tuple[dict, dict]:
   """(params, meta) of a run's newest checkpoint over its base (module doc)."""
-  folder = steps_folder(path)
+  folder = manager.run_steps_folder(path)
   if folder is None:
     raise CheckpointError(f"{path}: not a training run (checkpoints/{{grpo,sft}}/<step>) nor a "
                           "folder of numbered steps.")
