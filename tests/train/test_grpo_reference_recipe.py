@@ -9,6 +9,7 @@ import pytest
 
 from affect_jax import sharding
 from affect_jax.train import recipe
+from configs import demo
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -28,6 +29,8 @@ def _first_grpo_kl(workdir: pathlib.Path) -> float:
 @pytest.mark.slow
 def test_first_grpo_step_kl_is_zero_after_sft_and_from_init_from(tmp_path):
   c = worker.tiny_config((1, 1, 1))
+  c.grpo_loss.beta = demo.get_config().grpo_loss.beta      # the KL term on, as in the demo
+  assert c.grpo_loss.beta > 0
   c.data.cache_dir = str(tmp_path / "data")
   c.grpo.steps = 1
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
