@@ -23,8 +23,9 @@ def get_checkpoint_config(**overrides) -> ml_collections.ConfigDict:
   # Write in a background thread (orbax async); the loop waits only for the device->host copy.
   # (Named async_save because `async` is a Python keyword: `c.async` would not parse.)
   c.async_save = True
-  # Save the frozen weights ('frozen', and 'reference' under full fine-tuning) too. Off: they
-  # come back from the converted base checkpoint, so each save holds only what training changes.
+  # Save the frozen weights ('frozen', and GRPO's 'reference': the trainable leaves it started
+  # from) too. Off: they come back from the converted base checkpoint and the run's starting
+  # parameters, so each save holds only what training changes.
   c.save_frozen = False
   # Store a position-weighted 32-bit checksum of every array and compare it on restore, so a
   # damaged file makes restore fall back to an earlier step instead of returning wrong numbers.

@@ -5,7 +5,9 @@ r"""Hugging Face checkpoints <-> affect_jax parameter checkpoints (Orbax).
       --out=/ckpt/affectgpt_base [--config=configs/affectgpt_r1_7b.py] [--mesh=fsdp=8]
 
   # project -> HF (LoRA merged into the decoder; one folder per component, or OUT itself when
-  # the checkpoint holds a single component)
+  # the checkpoint holds a single component). --checkpoint may also be a training run (its
+  # workdir: checkpoints/grpo, else /sft; or a folder of numbered steps): its trained leaves
+  # over the launch.convert checkpoint its config.init_from leads to.
   python -m launch.convert --to_hf --checkpoint=/ckpt/affectgpt_base --out=/export
 
   # HF + the released AffectGPT checkpoint (its fusion, projectors and LoRA) -> one checkpoint
@@ -39,7 +41,8 @@ def define_flags():
   flags.DEFINE_string("hf_dir", None, "HF folder(s), comma-separated, or a parent folder.")
   flags.DEFINE_string("out", None, "Output folder (must not exist or be empty).")
   flags.DEFINE_bool("to_hf", False, "Convert an affect_jax checkpoint to HF safetensors.")
-  flags.DEFINE_string("checkpoint", None, "affect_jax parameter checkpoint (--to_hf).")
+  flags.DEFINE_string("checkpoint", None, "affect_jax parameter checkpoint, or a training run "
+                      "(its workdir or checkpoints/<phase>) started from one (--to_hf).")
   flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. 'data=1,fsdp=8,tensor=1' (default: "
                       "config.mesh).")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
@@ -139,11 +142,14 @@ def _deep_merge(base, extra):
 
 
 def to_hf(checkpoint: str, out: str, overwrite: bool) -> dict:
-  from affect_jax.checkpoints import hf, params_io
+  from affect_jax.checkpoints import hf, params_io, trained
   from affect_jax.checkpoints.safetensors_io import atomic_output_dir
   from affect_jax.models.lora import LoraConfig
 
-  params, meta = params_io.load(checkpoint)
+  if trained.is_training_checkpoint(checkpoint):     # a run: its trained leaves over its base
+    params, meta = trained.load_trained(checkpoint)
+  else:
+    params, meta = params_io.load(checkpoint)
   names = [n for n in ("llm", "vision", "audio") if n in meta["components"]]
   if not names:
     raise ValueError(f"{checkpoint}: holds no Hugging Face component (llm, vision, audio).")
@@ -181,7 +187,8 @@ def main(argv):
     if FLAGS.affectgpt_ckpt:
       raise app.UsageError("--affectgpt_ckpt imports (HF -> affect_jax); drop it with --to_hf.")
     if not FLAGS.checkpoint:
-      raise app.UsageError("--to_hf needs --checkpoint=DIR (an affect_jax parameter checkpoint).")
+      raise app.UsageError("--to_hf needs --checkpoint=DIR (an affect_jax parameter checkpoint "
+                           "or a training run).")
     result = to_hf(FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite)
   else:
     if not FLAGS.hf_dir:

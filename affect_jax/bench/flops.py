@@ -266,8 +266,8 @@ def grpo_step(config: Qwen2Config, prompts: int, generations: int, prompt_len: i
               num_iterations: int = 1, beta: float = 0.04, extra_forward: float = 0.0) -> dict:
   """FLOPs of a fused GRPO step by phase.
 
-  rollout (the sampler), reference (one log-prob forward, LoRA off or the frozen copy; none when
-  beta = 0), old (num_iterations > 1: one more forward of the policy), update (num_iterations x
+  rollout (the sampler), reference (one log-prob forward with the frozen starting weights;
+  none when beta = 0), old (num_iterations > 1: one more forward of the policy), update (num_iterations x
   forward + backward). lora_rank / remat default to the config's. extra_forward: FLOPs of
   per-prompt work outside the decoder (e.g. the fusion), run once per forward pass and trained.
 
@@ -279,10 +279,9 @@ def grpo_step(config: Qwen2Config, prompts: int, generations: int, prompt_len: i
     config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, rank=rank))
   lora = bool(rank)
   roll = rollout(config, prompts, generations, prompt_len, new_tokens)["total_flops"]
-  ref = completion_forward(config, prompts, generations, prompt_len, new_tokens, use_lora=False)
   fwd = completion_forward(config, prompts, generations, prompt_len, new_tokens)
   train = train_flops(fwd, lora, remat)
-  reference = (ref["total"] + extra_forward) if beta else 0.0
+  reference = (fwd["total"] + extra_forward) if beta else 0.0
   old = (fwd["total"] + extra_forward) if num_iterations > 1 else 0.0
   update = num_iterations * (train["total"] + 3.0 * extra_forward)
   rollout_total = roll + extra_forward

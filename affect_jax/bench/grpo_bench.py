@@ -3,8 +3,8 @@
 Matches the Tunix peer (../shared/bench/peers/tunix_grpo_bench.py): the same prompts every step,
 G samples each at temperature 1 (no top-k / top-p), exactly N new tokens (no EOS), reward = the
 fraction of even ids in a completion, beta 0.04, epsilon 0.2, one iteration, AdamW(1e-6)
-(b1 .9, b2 .999, eps 1e-8, weight decay 1e-4). `lora_rank` 0 = full fine-tuning with a frozen
-reference copy; R > 0 = LoRA (reference = LoRA off).
+(b1 .9, b2 .999, eps 1e-8, weight decay 1e-4). `lora_rank` 0 = full fine-tuning, R > 0 = LoRA;
+the reference is a frozen copy of the starting trainable leaves either way.
 
 step_s is the median of the steady-state steps (compile time reported apart). The phase split
 comes from separately jitted programs for the same shapes (rollout alone, reference log-probs
@@ -79,8 +79,7 @@ def run(*, hf_dir: str, prompts: str, num_generations: int = 4, new_tokens: int 
     # As in the fused step: the B prompts once, their G completions each on top.
     mask = jnp.ones(out.tokens.shape, bool)
     ref = jax.jit(lambda p: policy_lib.completion_logps(
-        policy, p, batch, out.tokens, mask, chunk=logprob_chunk, temperature=1.0,
-        use_lora=False)[0])
+        policy, p, batch, out.tokens, mask, chunk=logprob_chunk, temperature=1.0)[0])
     _timed(ref, params)
     _, phase_s["reference_logps"] = _timed(ref, params)
 

@@ -332,8 +332,9 @@ def load_initial_params(path: str | os.PathLike, target: Mapping, init: Mapping 
 
   Args:
     path: a parameter checkpoint from launch.convert (meta.json + params/), or a training
-      checkpoint directory (numbered step folders, e.g. an SFT run's WORKDIR/checkpoints, or the
-      WORKDIR itself): its newest readable step's trainable (and, if saved, frozen) params.
+      checkpoint directory (numbered step folders, e.g. an SFT run's WORKDIR/checkpoints/sft,
+      or the run's WORKDIR itself: its checkpoints/grpo, else checkpoints/sft): its newest
+      readable step's trainable (and, if saved, frozen) params.
     target: the full parameter tree, abstract (jax.ShapeDtypeStruct with .sharding) or arrays.
     init: optional parameters with the target's structure supplying the leaves the checkpoint
       lacks (freshly initialised LoRA or projectors; the base weights under an SFT checkpoint
@@ -350,8 +351,8 @@ def load_initial_params(path: str | os.PathLike, target: Mapping, init: Mapping 
     params_io.read_meta(path)
     found = _restore_matching(ocp.PyTreeCheckpointer(), path.absolute() / "params", want, path)
   else:
-    train_dir = path / "checkpoints" if _is_training_dir(path / "checkpoints") else path
-    if not _is_training_dir(train_dir):
+    train_dir = run_steps_folder(path)
+    if train_dir is None:
       raise CheckpointError(
           f"{path}: neither a parameter checkpoint (meta.json + params/, written by "
           "`python -m launch.convert`) nor a training checkpoint directory (numbered step "
@@ -378,6 +379,20 @@ def load_initial_params(path: str | os.PathLike, target: Mapping, init: Mapping 
 def _is_training_dir(path: pathlib.Path) -> bool:
   return path.is_dir() and any(p.is_dir() and p.name.isdigit() and (p / "meta").is_dir()
                                for p in path.iterdir())
+
+
+RUN_PHASES = ("grpo", "sft")     # a run's checkpoint folders, newest phase first
+
+
+def run_steps_folder(path: str | os.PathLike) -> pathlib.Path | None:
+  """The folder of numbered steps that `path` names: itself, its checkpoints/, or, for a run's
+  workdir, its checkpoints/grpo, else checkpoints/sft; None when there is none."""
+  path = pathlib.Path(path)
+  for folder in (path, path / "checkpoints",
+                 *(path / "checkpoints" / phase for phase in RUN_PHASES)):
+    if _is_training_dir(folder):
+      return folder
+  return None
 
 
 def _restore_training_params(train_dir: pathlib.Path, want: dict) -> dict:

@@ -12,9 +12,13 @@ batch axis. Each prompt gets G = grpo_loss.num_generations samples (rows p0 g0..
 reward_fn(tokens int32[R, N], lengths int32[R], rows) -> (rewards float32[R], metrics dict), a
 jittable function; `rows` is the batch with every leaf repeated G times.
 
-The reference policy is the same parameters with LoRA switched off (no second copy) when the
-decoder has LoRA, or a frozen copy of the initial parameters (`state['reference']`) under full
-fine-tuning. Metrics (each reward term, KL, clip fractions, lengths, entropy, ...) come back as
+The reference policy is the policy at the start of GRPO, frozen: `state['reference']` is a copy
+of the trainable leaves `init_state` was given (the SFT result, or the checkpoint GRPO starts
+from), and the reference log-probs run the decoder with those leaves over the same frozen ones.
+Under LoRA the trainable leaves are the adapters, fusion MLPs and projectors, so the copy is
+small (never a second decoder); under full fine-tuning it is a full copy. The checkpoints leave
+it out (manager.FROZEN_KEYS): a resumed run rebuilds it from the same starting parameters.
+Metrics (each reward term, KL, clip fractions, lengths, entropy, ...) come back as
 device scalars.
 """
 from __future__ import annotations
@@ -49,13 +53,13 @@ def uses_lora(policy: policy_lib.Policy) -> bool:
 
 def init_state(policy: policy_lib.Policy, params: Mapping, optimizer: optax.GradientTransformation,
                rng: jax.Array) -> dict:
-  """{'step', 'trainable', 'frozen', 'opt_state', 'rng' [, 'reference']} from full params."""
+  """{'step', 'trainable', 'frozen', 'opt_state', 'rng', 'reference'} from full params: the
+  policy starts at `params`, the reference is a frozen copy of its trainable leaves, and the
+  optimizer state starts fresh."""
   trainable, frozen = policy_lib.split(params, policy.trainable_mask(params))
-  state = {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "frozen": frozen,
-           "opt_state": optimizer.init(trainable), "rng": rng}
-  if not uses_lora(policy):
-    state["reference"] = jax.tree.map(jnp.copy, trainable)
-  return state
+  return {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "frozen": frozen,
+          "opt_state": optimizer.init(trainable), "rng": rng,
+          "reference": jax.tree.map(jnp.copy, trainable)}
 
 
 def state_shardings(policy: policy_lib.Policy, abstract_params: Mapping,
@@ -71,11 +75,8 @@ def state_shardings(policy: policy_lib.Policy, abstract_params: Mapping,
   opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abs, train_sh,
                                  transform_non_params=lambda _: rep,
                                  is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-  out = {"step": rep, "trainable": train_sh, "frozen": frozen_sh, "opt_state": opt_sh,
-         "rng": rep}
-  if not uses_lora(policy):
-    out["reference"] = train_sh
-  return out
+  return {"step": rep, "trainable": train_sh, "frozen": frozen_sh, "opt_state": opt_sh,
+          "rng": rep, "reference": train_sh}
 
 
 def batch_shardings(batch: Mapping, mesh, rules) -> dict:
@@ -137,13 +138,10 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
         policy, p, batch, out.tokens, comp_mask, chunk=lcfg.logprob_chunk, temperature=temp,
         **kw)
 
-    # 3. Reference (LoRA off, or the frozen copy) and old-policy log-probs.
+    # 3. Reference (the frozen copy of the starting trainable leaves) and old-policy log-probs.
     ref = None
     if lcfg.beta:
-      if lora:
-        ref, _ = logps_of(params, use_lora=False)
-      else:
-        ref, _ = logps_of(policy_lib.merge(state["reference"], state["frozen"]))
+      ref, _ = logps_of(policy_lib.merge(state["reference"], state["frozen"]))
       ref = jax.lax.stop_gradient(ref)
     old = None
     if lcfg.num_iterations > 1:

@@ -287,6 +287,23 @@ def test_load_initial_params_from_a_training_run(tmp_path, real_state):
     manager.load_initial_params(tmp_path / "nothing", target)
 
 
+def test_load_initial_params_from_a_run_workdir(tmp_path, real_state):
+  """A workdir as the training loop lays it out (checkpoints/<phase>/<step>): SFT alone gives
+  the SFT params (GRPO's init_from = an SFT workdir); once GRPO saved, its params."""
+  host, _, params = real_state
+  sft = dict(host, trainable=jax.tree.map(lambda x: x + 1, host["trainable"]))
+  grpo = dict(host, trainable=jax.tree.map(lambda x: x + 2, host["trainable"]))
+  with manager.Checkpointer(tmp_path / "checkpoints" / "sft", _cfg()) as ckpt:
+    ckpt.save(3, sft)
+  target = manager.abstract(jax.device_put(params, jax.devices()[0]))
+  got = manager.load_initial_params(tmp_path, target, init=params)
+  _assert_same(got, policy_lib.merge(sft["trainable"], params))
+  with manager.Checkpointer(tmp_path / "checkpoints" / "grpo", _cfg()) as ckpt:
+    ckpt.save(1, grpo)
+  got = manager.load_initial_params(tmp_path, target, init=params)
+  _assert_same(got, policy_lib.merge(grpo["trainable"], params))
+
+
 def test_preemption_flag_second_signal_and_handler_restore():
   before = signal.getsignal(signal.SIGINT)
   with preemption.Preemption(signals=("SIGTERM", "SIGINT")) as stop:

@@ -50,8 +50,7 @@ LEAVES = (
 def tiny_config(mesh: tuple[int, int, int]):
   """The demo at toy sizes: 2 SFT and 2 GRPO steps, one length bucket each (one compile).
 
-  LoRA as in the paper's recipe: after SFT the policy differs from its reference (LoRA off),
-  so the first GRPO step has a real KL gradient even though a random model earns no reward.
+  LoRA as in the paper's recipe (adapters, fusion and projectors trained in both phases).
   """
   c = demo.get_config()
   c.data.synthetic.splits = dict(train=8, rl=8, test=8)
@@ -65,6 +64,11 @@ def tiny_config(mesh: tuple[int, int, int]):
   c.grpo.steps, c.grpo.prompts_per_step, c.grpo.log_every = 2, 8, 1
   c.grpo.learning_rate = 1e-3
   c.grpo_loss.num_generations = 2
+  # A random model earns no reward and GRPO starts at its reference, so the true gradient is
+  # 0. Without the KL term it is exactly 0 on every mesh; with it, 8 devices get float noise
+  # from the reference and policy forwards (bitwise equal on 1 device) that AdamW turns into
+  # lr-sized steps. (tests/rl/test_grpo_step.py compares updates with a real gradient.)
+  c.grpo_loss.beta = 0.0
   c.sampling.max_new_tokens = 8
   c.eval.max_new_tokens, c.eval.batch_size = 8, 8
   c.checkpoint.save_every_steps = 100   # the final step only (always saved)
