@@ -3,28 +3,20 @@
 --overwrite (before the fix --overwrite with --out=--hf_dir deleted the source weights); and a
 killed conversion's temporary folder is removed by the next run."""
 import pathlib
-import shutil
 import subprocess
 import sys
 
 import pytest
-import torch
-import transformers
 
+import hf_testlib
 from affect_jax.checkpoints import safetensors_io
-from configs import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def qwen(tmp_path):
-  c = tiny.get_config().model
-  llm = {k: v for k, v in c.llm.items() if k not in ("dtype", "param_dtype", "remat", "lora")}
-  torch.manual_seed(0)
-  transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**llm)).save_pretrained(
-      tmp_path / "models" / "qwen")
-  return tmp_path / "models" / "qwen"
+  return hf_testlib.write_tiny_hf(tmp_path / "models", names=("qwen",))["qwen"]
 
 
 def _cli(*args):

@@ -2,29 +2,22 @@
 names that are paths ('../x/secret', absolute paths) and media files that are symlinks pointing
 out of the folder are skipped as outside_data_dir, counted and named, and nothing of theirs is
 stored (before the fix the outside files were decoded into the dataset)."""
-import csv
 import logging
 import os
 import pathlib
 import sys
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
 import test_builders as tb  # noqa: E402  (the builder tests' media writers)
 from affect_jax.data import builders, pipeline  # noqa: E402
 from affect_jax.data.builders import records  # noqa: E402
-from configs import data as data_config  # noqa: E402
+import data_testlib  # noqa: E402
 
 
 def _cfg():
-  c = data_config.get_data_config()
-  c.media.num_frames = 2
-  c.media.image_size = 16
-  c.media.num_windows = 2
-  c.media.window_seconds = 0.25
-  return c
+  return data_testlib.small_data_config()
 
 
 @pytest.fixture
@@ -75,5 +68,5 @@ def test_find_media_never_returns_a_path_outside(layout):
   for name in ("../secret/s", "..", ".", "/etc/passwd", "a/b", "a\\b", ""):
     with pytest.raises(records.OutsideDataDir, match="is a path"):
       records.find_media(str(data), name, ("video",), (".mp4",))
-  with pytest.raises(records.OutsideDataDir, match=f"outside the dataset folder"):
+  with pytest.raises(records.OutsideDataDir, match="outside the dataset folder"):
     records.find_media(str(data), "linked", ("video",), (".mp4",))

@@ -14,18 +14,12 @@ import pytest
 from affect_jax.checkpoints import manager
 from affect_jax.data import builders, features, pipeline, prompts, synthetic
 from affect_jax.data import tokenizer as tok_lib
-from configs import data as data_config
+import data_testlib
 from configs.checkpoint import get_checkpoint_config
 
 
 def _cfg():
-  c = data_config.get_data_config()
-  c.media.num_frames = 2
-  c.media.image_size = 16
-  c.media.num_windows = 2
-  c.media.window_seconds = 0.25
-  c.synthetic.splits = dict(train=8, rl=2, test=2)
-  return c
+  return data_testlib.small_data_config(train=8, rl=2, test=2)
 
 
 def _open(workdir, cfg):
@@ -95,8 +89,7 @@ def test_another_input_pipeline_is_named_not_called_damaged(tmp_path):
   ckpt_cfg = get_checkpoint_config(save_every_steps=1, async_save=False)
   with manager.Checkpointer(tmp_path / "run" / "checkpoints", ckpt_cfg) as ckpt:
     ckpt.save(1, _state(1), data=it)
-  other = _cfg()
-  other.synthetic.splits = dict(train=6, rl=2, test=2)      # another dataset
+  other = data_testlib.small_data_config(train=6, rl=2, test=2)      # another dataset
   _, loader2 = _open(tmp_path / "run2", other)
   with pytest.raises(ValueError, match="readable, but its saved input position") as e:
     manager.Checkpointer(tmp_path / "run" / "checkpoints", ckpt_cfg).restore_latest(

@@ -2,7 +2,6 @@
 launch.prepare: that row is skipped as oversize_cell, counted and named, and the other rows are
 built; builder.max_cell_chars sets the limit (before the fix: `_csv.Error: field larger than
 field limit` for the whole build)."""
-import os
 import pathlib
 import subprocess
 import sys
@@ -12,18 +11,13 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
 import test_builders as tb  # noqa: E402
 from affect_jax.data import builders  # noqa: E402
-from configs import data as data_config  # noqa: E402
+import data_testlib  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _cfg():
-  c = data_config.get_data_config()
-  c.media.num_frames = 2
-  c.media.image_size = 16
-  c.media.num_windows = 2
-  c.media.window_seconds = 0.25
-  return c
+  return data_testlib.small_data_config()
 
 
 @pytest.fixture

@@ -13,31 +13,15 @@ import transformers
 from affect_jax.checkpoints.safetensors_io import SafetensorsReader
 from configs import demo, tiny
 from launch import convert
+import hf_testlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _seeded(model):
-  torch.manual_seed(0)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(0.1 * torch.randn_like(p))
-  return model.eval()
 
 
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
   root = tmp_path_factory.mktemp("hf")
-  c = tiny.get_config().model
-  llm = {k: v for k, v in c.llm.items() if k not in ("dtype", "param_dtype", "remat", "lora")}
-  _seeded(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**llm))).save_pretrained(
-      root / "qwen")
-  vis = {k: v for k, v in c.vision.items() if k not in ("dtype", "param_dtype")}
-  _seeded(transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**vis))
-          ).save_pretrained(root / "clip")
-  aud = {k: v for k, v in c.audio.items() if k not in ("dtype", "param_dtype")}
-  _seeded(transformers.HubertModel(transformers.HubertConfig(**aud))).save_pretrained(
-      root / "hubert")
+  hf_testlib.write_tiny_hf(root)
   return root
 
 

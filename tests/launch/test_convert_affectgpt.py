@@ -23,6 +23,7 @@ from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.models import affectgpt
 from configs import tiny
 from launch import convert
+import hf_testlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OFFICIAL_ALPHA = 32.0          # affectgpt.py: LoraConfig(r=lora_r, lora_alpha=32, ...)
@@ -38,27 +39,10 @@ def _config(rank=4, alpha=OFFICIAL_ALPHA):
   return c
 
 
-def _seeded(model, seed):
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(0.1 * torch.randn_like(p))
-  return model.eval()
-
-
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
   root = tmp_path_factory.mktemp("hf")
-  c = tiny.get_config().model
-  llm = {k: v for k, v in c.llm.items() if k not in ("dtype", "param_dtype", "remat", "lora")}
-  _seeded(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**llm)), 0).save_pretrained(
-      root / "qwen")
-  vis = {k: v for k, v in c.vision.items() if k not in ("dtype", "param_dtype")}
-  _seeded(transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**vis)), 1
-          ).save_pretrained(root / "clip")
-  aud = {k: v for k, v in c.audio.items() if k not in ("dtype", "param_dtype")}
-  _seeded(transformers.HubertModel(transformers.HubertConfig(**aud)), 2).save_pretrained(
-      root / "hubert")
+  hf_testlib.write_tiny_hf(root, seeds=(0, 1, 2))
   return ",".join(str(root / n) for n in ("qwen", "clip", "hubert"))
 
 
