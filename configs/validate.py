@@ -305,6 +305,14 @@ def _cross_errors(config, root: str, training: bool) -> list[str]:
       if dataset is not None and dataset not in mer.DATASETS:
         out.append(f"config.data.sources.{phase}.dataset={dataset!r}: unknown; use one of "
                    f"{list(mer.DATASETS)}{suggest(str(dataset), mer.DATASETS)}")
+      elif training and dataset != "demo" and not _section(sources, f"{phase}.data_dir"):
+        out.append(f"config.data.sources.{phase}.data_dir is empty; set "
+                   f"--config.data.sources.{phase}.data_dir to the {dataset} folder.")
+    datasets = {_section(sources, f"{p}.dataset") for p in sources.keys()}
+    if training and datasets - {"demo"} and not config.get("tokenizer_dir", ""):
+      out.append("config.tokenizer_dir is empty but the data is not the demo set; set "
+                 "--config.tokenizer_dir to the decoder's tokenizer folder (e.g. "
+                 "Qwen2.5-7B-Instruct).")
   return out
 
 
