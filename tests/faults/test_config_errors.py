@@ -27,7 +27,7 @@ def _run(module, *args, env=None):
          **(env or {})}
   t0 = time.perf_counter()
   proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=REFUSE_WITHIN_S * 4)
   return proc, time.perf_counter() - t0
 
 
