@@ -6,7 +6,8 @@ r"""GRPO training (AffectGPT-R1). With no flags: the embedded demo on one CPU.
 
 The workdir receives checkpoints/, metrics.jsonl, tensorboard/, curves.png and summary.json
 (sft_eval_ew_f and grpo_eval_ew_f, percent). Rerunning with the same workdir resumes; SIGTERM
-saves and stops cleanly.
+saves and stops cleanly. A config or flag error (configs/validate.py, checked before any work)
+ends with exit status 2 and "launch.grpo: error: ...".
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ media, reused, and per split rows_read, kept, skipped, skipped_by_reason and the
 PATH/report.json and in the log. --rows_out=F.csv also writes the kept rows, one per clip
 (name, split, task, labels, valence, subtitle; affect_jax/data/builders/kept_rows.py), atomically.
 Exit status 2 with "prepare: error: ..." when the folder has
-nothing usable or is not in the layout --dataset names.
+nothing usable or is not in the layout --dataset names, or the config or a flag is wrong
+(checked before anything is written: configs/validate.py).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ r"""Cold-start SFT (token loss on the "<think>..</think><answer>..</answer>" tar
   python -m launch.grpo --workdir=runs/sft --phases=grpo        # GRPO from this SFT run
 
 Writes checkpoints/sft/, metrics.jsonl, tensorboard/, curves.png and summary.json
-(sft_eval_ew_f); rerunning with the same workdir resumes.
+(sft_eval_ew_f); rerunning with the same workdir resumes. A config or flag error
+(configs/validate.py, checked before any work) ends with exit status 2 and "launch.sft: error: ...".
 """
 from __future__ import annotations
 
