@@ -19,7 +19,9 @@ import os
 import pathlib
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from configs import validate
+from launch import cli
 
 BENCHES = {
     "reward": "affect_jax.bench.reward_bench:run",
@@ -72,7 +74,7 @@ def define_flags():
   flags.DEFINE_integer("seq_len", 0, "Tokens per sequence (train_step; 0 = 256).")
   flags.DEFINE_integer("logprob_chunk", 0, "Positions per log-prob chunk (train_step; "
                        "0 = the whole sequence).")
-  config_flags.DEFINE_config_file("config", None, "Config file (plan): configs/X.py; override "
+  cli.define_config_file("config", None, "Config file (plan): configs/X.py; override "
                                   "fields with --config.a.b=v.", lock_config=False)
   flags.DEFINE_string("mesh", "", "Mesh (plan): 'data=1,fsdp=16,tensor=1' or '1,16,1'; "
                       "empty = the config's mesh.")
@@ -109,6 +111,8 @@ def main(argv):
     current = os.environ.get("XLA_FLAGS", "")
     if flag.split("=")[0] not in current:
       os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
+  if f.config is not None:
+    validate.check(f.config)
   run = resolve(f.bench)
   kwargs = {name: f[name].value for name in _SHARED}
   for name in ("batch", "seq_len", "logprob_chunk", "runs"):   # 0 = the bench's own default
@@ -126,5 +130,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_main(main, "launch.benchmark", define_flags)

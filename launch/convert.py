@@ -27,10 +27,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from configs import validate
+from launch import cli
 
 FLAGS = flags.FLAGS
 
@@ -54,7 +55,7 @@ def define_flags():
   flags.DEFINE_float("affectgpt_lora_alpha", 32.0, "lora_alpha of the official checkpoint "
                      "(affectgpt.py trains with 32); config.model.llm.lora.alpha must equal it.")
   flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
-  config_flags.DEFINE_config_file(
+  cli.define_config_file(
       "config", "configs/affectgpt_r1_7b.py", "Config file (LoRA settings, mesh, sharding rules).")
 
 
@@ -181,6 +182,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.out:
     raise app.UsageError("--out is required.")
+  validate.check(FLAGS.config)
   from affect_jax.checkpoints.safetensors_io import check_output_apart
   check_output_apart(FLAGS.out, _inputs())
   if FLAGS.to_hf:
@@ -200,17 +202,9 @@ def main(argv):
 
 
 def run():
-  define_flags()
-  try:
-    app.run(main)
-  except SystemExit:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    from affect_jax.checkpoints.safetensors_io import CheckpointError
-    if isinstance(e, (CheckpointError, ValueError, FileNotFoundError)):
-      print(f"convert: error: {e}", file=sys.stderr)
-      sys.exit(2)
-    raise
+  # User errors (CheckpointError and other ValueErrors, missing files) end as
+  # "convert: error: ..." with exit status 2 (launch/cli.py).
+  cli.run_main(main, "convert", define_flags)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ import pathlib
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from configs import validate
+from launch import cli
 
 FLAGS = flags.FLAGS
 DEFAULT_CACHE = "runs/unibench_cache"
@@ -42,7 +44,7 @@ DEFAULT_CACHE = "runs/unibench_cache"
 
 def define_flags():
   """The CLI flags (defined only when run as a program, so imports never clash)."""
-  config_flags.DEFINE_config_file("config", "configs/demo.py", "Config of the checkpoint.")
+  cli.define_config_file("config", "configs/demo.py", "Config of the checkpoint.")
   flags.DEFINE_string("checkpoint", None, "launch.convert checkpoint, run workdir or steps.")
   flags.DEFINE_string("data_dir", None, "MER-UniBench folder (one sub-folder per set).")
   flags.DEFINE_enum("protocol", None, ["r1", "affectgpt"],
@@ -102,6 +104,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.checkpoint or not FLAGS.data_dir:
     raise app.UsageError("--checkpoint and --data_dir are required.")
+  validate.check(FLAGS.config)
   from affect_jax import distributed
   from affect_jax.train import unibench
   distributed.initialize()
@@ -113,11 +116,7 @@ def main(argv):
           f"AFFECT_JAX_* variables, on one host).", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.WARNING)
-  try:
-    result = run(FLAGS.config, FLAGS)
-  except (ValueError, FileNotFoundError) as e:   # CheckpointError, WheelFileError, ...
-    print(f"launch.evaluate: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  result = run(FLAGS.config, FLAGS)   # CheckpointError, WheelFileError, ...: cli.run_main
   result["markdown"] = unibench.markdown(result)
   print(result["markdown"])
   if FLAGS.json_out:
@@ -133,5 +132,4 @@ def main(argv):
 
 if __name__ == "__main__":
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  define_flags()
-  app.run(main)
+  cli.run_main(main, "launch.evaluate", define_flags)

@@ -6,7 +6,8 @@ r"""GRPO training (AffectGPT-R1). With no flags: the embedded demo on one CPU.
 
 The workdir receives checkpoints/, metrics.jsonl, tensorboard/, curves.png and summary.json
 (sft_eval_ew_f and grpo_eval_ew_f, percent). Rerunning with the same workdir resumes; SIGTERM
-saves and stops cleanly.
+saves and stops cleanly. A config or flag error (configs/validate.py, checked before any work)
+ends with exit status 2 and "launch.grpo: error: ...".
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from configs import validate
+from launch import cli
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
   """The CLI flags (defined only when run as a program, so imports never clash)."""
-  config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
+  cli.define_config_file("config", "configs/demo.py", "Experiment config file.")
   flags.DEFINE_string("workdir", "runs/demo", "Output folder (resumed if it exists).")
   flags.DEFINE_list("phases", ["sft", "grpo"],
                     "Phases to run: sft,grpo (the demo) or grpo (from an SFT run in the workdir "
@@ -32,11 +35,14 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  phases = tuple(FLAGS.phases)
+  validate.check(FLAGS.config, training=True)
   from affect_jax import distributed
   from affect_jax.train import recipe
   distributed.initialize()
+  validate.check_mesh(FLAGS.config, phases)
   logging.set_verbosity(logging.WARNING)
-  summary = recipe.run(FLAGS.config, FLAGS.workdir, phases=tuple(FLAGS.phases))
+  summary = recipe.run(FLAGS.config, FLAGS.workdir, phases=phases)
   print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=1))
   if "gain_ew_f" in summary:
     print(f"held-out EW-F: after SFT {summary['sft_eval_ew_f']:.2f}, after GRPO "
@@ -46,5 +52,4 @@ def main(argv):
 
 if __name__ == "__main__":
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  define_flags()
-  app.run(main)
+  cli.run_main(main, "launch.grpo", define_flags)

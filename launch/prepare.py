@@ -14,16 +14,18 @@ media, reused, and per split rows_read, kept, skipped, skipped_by_reason and the
 PATH/report.json and in the log. --rows_out=F.csv also writes the kept rows, one per clip
 (name, split, task, labels, valence, subtitle; affect_jax/data/builders/kept_rows.py), atomically.
 Exit status 2 with "prepare: error: ..." when the folder has
-nothing usable or is not in the layout --dataset names.
+nothing usable or is not in the layout --dataset names, or the config or a flag is wrong
+(checked before anything is written: configs/validate.py).
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from configs import validate
+from launch import cli
 
 _DATASETS = ("demo", "mercaptionplus", "ovmerd", "ovmerdplus", "mer2025ov", "unibench:NAME")
 _DATASET = flags.DEFINE_string("dataset", "demo", f"Layout of --data_dir: one of {_DATASETS}.")
@@ -41,8 +43,13 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the same bui
 _ROWS_OUT = flags.DEFINE_string("rows_out", "", "Also write the kept rows to this CSV: name, "
                                 "split, task, labels, valence, subtitle (one per clip).")
 _SHOW = flags.DEFINE_integer("show_skipped", 20, "Skipped rows listed per split in the JSON.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/data.py", "Data config (media, synthetic; builder when present).")
+
+
+def define_flags():
+  """The --config flag (defined only when run as a program: config_flags applies the
+  --config.<path> overrides while defining it, and cli.run_main reports a bad one)."""
+  cli.define_config_file("config", "configs/data.py",
+                         "Data config (media, synthetic; builder when present).")
 
 
 def prepare(dataset: str, data_dir: str, out_dir: str, cfg, splits=(), media: str | None = None,
@@ -93,22 +100,20 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _OUT_DIR.value:
     raise app.UsageError("--out_dir is required.")
+  config = flags.FLAGS.config
+  validate.check(config, root="data")
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
-  report = prepare(_DATASET.value, _DATA_DIR.value, _OUT_DIR.value, _CONFIG.value,
+  report = prepare(_DATASET.value, _DATA_DIR.value, _OUT_DIR.value, config,
                    tuple(_SPLIT.value), _MEDIA.value, _VISUAL.value, _WORKERS.value,
                    _OVERWRITE.value, _ROWS_OUT.value)
   print(json.dumps(summary(report, _SHOW.value), sort_keys=True))
 
 
 def run():
-  try:
-    app.run(main)
-  except SystemExit:
-    raise
-  except (ValueError, FileNotFoundError) as e:
-    print(f"prepare: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  # User errors (ValueError, missing files) end as "prepare: error: ..." with exit status 2
+  # (launch/cli.py).
+  cli.run_main(main, "prepare", define_flags)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ r"""Cold-start SFT (token loss on the "<think>..</think><answer>..</answer>" tar
   python -m launch.grpo --workdir=runs/sft --phases=grpo        # GRPO from this SFT run
 
 Writes checkpoints/sft/, metrics.jsonl, tensorboard/, curves.png and summary.json
-(sft_eval_ew_f); rerunning with the same workdir resumes.
+(sft_eval_ew_f); rerunning with the same workdir resumes. A config or flag error
+(configs/validate.py, checked before any work) ends with exit status 2 and "launch.sft: error: ...".
 """
 from __future__ import annotations
 
@@ -13,23 +14,27 @@ import json
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from configs import validate
+from launch import cli
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
   """The CLI flags (defined only when run as a program, so imports never clash)."""
-  config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
+  cli.define_config_file("config", "configs/demo.py", "Experiment config file.")
   flags.DEFINE_string("workdir", "runs/sft", "Output folder (resumed if it exists).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  validate.check(FLAGS.config, training=True)
   from affect_jax import distributed
   from affect_jax.train import recipe
   distributed.initialize()
+  validate.check_mesh(FLAGS.config, ("sft",))
   logging.set_verbosity(logging.WARNING)
   summary = recipe.run(FLAGS.config, FLAGS.workdir, phases=("sft",))
   print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=1))
@@ -37,5 +42,4 @@ def main(argv):
 
 if __name__ == "__main__":
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  define_flags()
-  app.run(main)
+  cli.run_main(main, "launch.sft", define_flags)
