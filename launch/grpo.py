@@ -17,6 +17,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from affect_jax import diskspace
+
 FLAGS = flags.FLAGS
 
 
@@ -44,7 +46,20 @@ def main(argv):
           f"{summary['total_s'] / 60:.1f} min; details in {FLAGS.workdir}/summary.json")
 
 
+def run():
+  """main under absl; a full disk ends the run with one line and exit status 1."""
+  define_flags()
+  try:
+    app.run(main)
+  except SystemExit:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
+    if not diskspace.is_disk_full(e):
+      raise
+    print(f"launch.grpo: error: {diskspace.message(e)}", file=sys.stderr)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  define_flags()
-  app.run(main)
+  run()

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from affect_jax import diskspace
 
 FLAGS = flags.FLAGS
 
@@ -35,7 +38,20 @@ def main(argv):
   print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=1))
 
 
+def run():
+  """main under absl; a full disk ends the run with one line and exit status 1."""
+  define_flags()
+  try:
+    app.run(main)
+  except SystemExit:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
+    if not diskspace.is_disk_full(e):
+      raise
+    print(f"launch.sft: error: {diskspace.message(e)}", file=sys.stderr)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  define_flags()
-  app.run(main)
+  run()
