@@ -207,3 +207,50 @@ def test_launcher_says_disk_full_in_one_line(small_disk, tmp_path):
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert lines[-1].startswith(f"launch.grpo: error: {workdir / 'data'}: no space left on device")
   assert "Traceback" not in r.stderr
+
+
+# -- feature cache -----------------------------------------------------------------------------
+
+_FEATURES = """
+import sys
+import numpy as np
+from affect_jax import diskspace
+from affect_jax.data import builders, features
+from configs import data as data_config
+c = data_config.get_data_config()
+source, meta = builders.load_source(sys.argv[1], "train")
+wide = lambda x: np.repeat(x.reshape(x.shape[0], x.shape[1], -1)[..., :1], int(sys.argv[2]), -1)
+try:
+  print(features.build_feature_cache(source, meta, sys.argv[1], "train", "key", wide, wide, c,
+                                     batch_size=4))
+except diskspace.DiskFullError as e:
+  print(e)
+  sys.exit(3)
+"""
+
+
+def test_feature_cache_on_a_full_disk(small_disk, tmp_path):
+  """The cache's memory maps on a full disk: one message naming the cache folder (before the
+  fix the process died of SIGBUS when it first wrote a page), and nothing is left behind."""
+  cfg = data_config.get_data_config()
+  cfg.synthetic.splits = dict(train=4, rl=1, test=1)
+  src = synthetic.ensure_demo_data(str(tmp_path / "src"), cfg.synthetic)
+  from affect_jax.data import builders
+  built = builders.build("demo", src, str(tmp_path / "built"), cfg, builders.builder_config(),
+                         ("train",))["path"]
+  disk = small_disk(64)
+  os.symlink(disk, pathlib.Path(built) / "features")   # the cache goes onto the small disk
+  width = 4096                        # 4 clips x 8 x 4096 float32 = 512 KB per array
+  run = lambda: subprocess.run([sys.executable, "-c", _FEATURES, built, str(width)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+  r = run()
+  assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
+  key_dir = next((disk).iterdir())
+  assert r.stdout.strip().startswith(f"{pathlib.Path(built) / 'features' / key_dir.name}: "
+                                     "no space left on device")
+  assert list(key_dir.iterdir()) == []
+  small_disk.resize(4 * KIB)
+  r = run()
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert np.load(pathlib.Path(r.stdout.strip()) / "video.npy").shape == (4, 8, width)
