@@ -17,6 +17,9 @@ import errno
 import logging
 import os
 import shutil
+import sys
+import traceback
+import warnings
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # How full-disk errors read when they come as text (tensorstore, libraries wrapping OSError).
@@ -84,23 +87,62 @@ def message(exc: BaseException) -> str:
 
 
 class _DropBackgroundDiskFull(logging.Filter):
-  """Drops Orbax's log records about a full disk: its background threads each log the same
-  error with a traceback, and the Checkpointer raises it once, as one CheckpointError."""
+  """Drops the copies of a full-disk error that Orbax's write machinery logs: each background
+  thread logs it with a traceback (absl logger), asyncio logs each failed write's future that
+  nobody retrieved ('Future exception was never retrieved'), and once a Checkpointer has raised
+  the error, a thread still finishing logs 'cannot schedule new futures after shutdown'. The
+  Checkpointer raises the error itself once, as one CheckpointError; other records pass."""
+
+  def __init__(self):
+    super().__init__()
+    self.reported = False     # set when a Checkpointer has raised a full-disk error
 
   def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if record.name == "asyncio":
+      return not is_disk_full(exc)
     if "orbax" not in record.pathname:
       return True
-    exc = record.exc_info[1] if record.exc_info else None
-    if is_disk_full(exc):
+    if is_disk_full(exc) or any(t in record.getMessage().lower() for t in _NO_SPACE_TEXTS):
       return False
-    return not any(t in record.getMessage().lower() for t in _NO_SPACE_TEXTS)
+    return not (self.reported and "cannot schedule new futures after shutdown"
+                in f"{exc} {record.getMessage()}")
 
 
 _FILTER = _DropBackgroundDiskFull()
 
 
+def _closed_loop_callback(unraisable) -> bool:
+  """An 'Event loop is closed' raised in asyncio's call_soon_threadsafe: a write that finished
+  after the save it belonged to had failed and closed its event loop (tensorstore reports each
+  such write as unraisable). The save's own error is raised by the Checkpointer."""
+  exc = unraisable.exc_value
+  if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+    return False
+  return any(f.name == "call_soon_threadsafe"
+             for f in traceback.extract_tb(unraisable.exc_traceback))
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+  if not _closed_loop_callback(unraisable):
+    _drop_closed_loop_callbacks.previous(unraisable)
+
+
 def quiet_background_disk_full_logs() -> None:
-  """Installs the filter on absl's logger (which Orbax logs through); idempotent."""
-  logger = logging.getLogger("absl")
-  if _FILTER not in logger.filters:
-    logger.addFilter(_FILTER)
+  """Installs the filter on the absl logger (Orbax logs through it) and the asyncio one, and
+  leaves the closed-loop callbacks of a failed save out of sys.unraisablehook; idempotent."""
+  for name in ("absl", "asyncio"):
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+      logger.addFilter(_FILTER)
+  if sys.unraisablehook is not _drop_closed_loop_callbacks:
+    _drop_closed_loop_callbacks.previous = sys.unraisablehook
+    sys.unraisablehook = _drop_closed_loop_callbacks
+
+
+def background_disk_full_reported() -> None:
+  """Tells the filter that the full-disk error has been raised in the main thread; the writes
+  the failed save never started are then not warned about at exit either."""
+  _FILTER.reported = True
+  warnings.filterwarnings("ignore", message="coroutine 'async_serialize_from_host",
+                          category=RuntimeWarning)

@@ -14,7 +14,8 @@ media, reused, and per split rows_read, kept, skipped, skipped_by_reason and the
 PATH/report.json and in the log. --rows_out=F.csv also writes the kept rows, one per clip
 (name, split, task, labels, valence, subtitle; affect_jax/data/builders/kept_rows.py), atomically.
 Exit status 2 with "prepare: error: ..." when the folder has
-nothing usable or is not in the layout --dataset names.
+nothing usable or is not in the layout --dataset names; 1 with "prepare: error: <folder>: no
+space left on device ..." when the disk fills (nothing half-written is kept).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from affect_jax import diskspace
 
 _DATASETS = ("demo", "mercaptionplus", "ovmerd", "ovmerdplus", "mer2025ov", "unibench:NAME")
 _DATASET = flags.DEFINE_string("dataset", "demo", f"Layout of --data_dir: one of {_DATASETS}.")
@@ -106,7 +109,12 @@ def run():
     app.run(main)
   except SystemExit:
     raise
-  except (ValueError, FileNotFoundError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless known)
+    if diskspace.is_disk_full(e):
+      print(f"prepare: error: {diskspace.message(e)}", file=sys.stderr)
+      sys.exit(1)
+    if not isinstance(e, (ValueError, FileNotFoundError)):
+      raise
     print(f"prepare: error: {e}", file=sys.stderr)
     sys.exit(2)
 

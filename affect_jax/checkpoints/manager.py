@@ -161,6 +161,7 @@ class Checkpointer:
         raise
       if self._no_space is None:
         self._no_space = self._disk_full(e)
+        diskspace.background_disk_full_reported()
       raise self._no_space from e
     return result
 
