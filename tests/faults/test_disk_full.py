@@ -292,3 +292,22 @@ def test_checkpoint_disk_full_prints_one_line(small_disk):
   assert len(lines) == 1, r.stderr[-3000:]
   assert lines[0].startswith(f"{disk / 'checkpoints'}: no space left on device while saving "
                              "checkpoint step 1")
+
+
+# -- dataset build -----------------------------------------------------------------------------
+
+def test_dataset_build_on_a_full_disk(small_disk, tmp_path):
+  """TFDS fails with a RuntimeError wrapping the write error: one DiskFullError naming the
+  output folder (before: 'a folder of this run' at best), nothing kept, the next run builds."""
+  from affect_jax.data import builders
+  cfg = data_config.get_data_config()
+  cfg.synthetic.splits = dict(train=8, rl=1, test=1)
+  src = synthetic.ensure_demo_data(str(tmp_path / "src"), cfg.synthetic)
+  out = small_disk(200) / "built"
+  with pytest.raises(diskspace.DiskFullError) as info:
+    builders.build("demo", src, str(out), cfg, builders.builder_config(), ("train",))
+  assert str(info.value).startswith(f"{out}: no space left on device while building the demo")
+  assert [p for p in out.rglob("*") if p.is_file()] == []
+  small_disk.resize(64 * KIB)
+  report = builders.build("demo", src, str(out), cfg, builders.builder_config(), ("train",))
+  assert not report["reused"] and report["splits"]["train"]["kept"] == 8
