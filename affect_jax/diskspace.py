@@ -2,9 +2,11 @@
 
 Writers fail on a full disk in different ways: Python raises OSError(ENOSPC); tensorstore (Orbax's
 array writer) raises ValueError("RESOURCE_EXHAUSTED ... No space left on device
-[os_error_code='28']"); libsndfile says only "System error."; OpenCV's video writer fails silently
-(isOpened() False, or a file without its index). `is_disk_full` recognises the first two anywhere
-in an exception's chain; the writers of the others ask `has_room` after a failure.
+[os_error_code='28']"); TFDS raises RuntimeError("... write() failed: No space left on device");
+libsndfile says only "System error." (so the demo's wavs are encoded in memory and written by
+Python); OpenCV's video writer fails silently (isOpened() False, or a file without its index).
+`is_disk_full` recognises the first three anywhere in an exception's chain; the video writer asks
+`has_room` after a failure.
 
   try: write(...)
   except Exception as e:
@@ -16,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -74,16 +77,18 @@ def first_line(exc: BaseException) -> str:
 
 def message(exc: BaseException) -> str:
   """One line for a launcher: a DiskFullError's own message (it names the folder), else
-  '<folder of the file>: no space left on device (<the error>)'."""
-  if isinstance(exc, DiskFullError):
-    return str(exc)
+  '<folder>: no space left on device (<the error>)', the folder being that of the file the error
+  names (its filename, or the first absolute path in its text)."""
   cause = disk_full_cause(exc) or exc
-  if isinstance(cause, DiskFullError):
-    return str(cause)
+  if isinstance(exc, DiskFullError) or isinstance(cause, DiskFullError):
+    return str(exc if isinstance(exc, DiskFullError) else cause)
   name = getattr(cause, "filename", None)
+  if not name:
+    found = re.search(r"(/[^\s\"',;:]+)", str(cause))
+    name = found.group(1) if found else None
   where = os.path.dirname(os.path.abspath(name)) if name else "a folder of this run"
-  return (f"{where}: no space left on device ({first_line(cause)}); free space there and run "
-          "again (finished work is kept and resumed).")
+  return (f"{where}: no space left on device ({first_line(cause)[:300]}); free space there and "
+          "run again (finished work is kept and resumed).")
 
 
 class _DropBackgroundDiskFull(logging.Filter):

@@ -311,3 +311,12 @@ def test_dataset_build_on_a_full_disk(small_disk, tmp_path):
   small_disk.resize(64 * KIB)
   report = builders.build("demo", src, str(out), cfg, builders.builder_config(), ("train",))
   assert not report["reused"] and report["splits"]["train"]["kept"] == 8
+
+
+def test_message_names_the_folder_of_other_writes():
+  """Writes without their own message (logs, TensorBoard, libraries) are named by their file."""
+  e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/demo/metrics.jsonl")
+  assert diskspace.message(e).startswith("/runs/demo: no space left on device")
+  e = RuntimeError("write() failed: No space left on device; writing /out/x/part-0.rec")
+  assert diskspace.message(e).startswith("/out/x: no space left on device")
+  assert not diskspace.is_disk_full(OSError(errno.EACCES, "Permission denied", "/x"))
