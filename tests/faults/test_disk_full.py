@@ -46,17 +46,16 @@ def _mount(folder: pathlib.Path, size_kib: int) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path):
-  """mount(size_kib) -> a folder on a tmpfs of that size; resize(size_kib) grows it."""
-  folder = tmp_path / "disk"
+  """mount(size_kib[, folder]) -> a folder on a tmpfs of that size; resize(size_kib) grows it."""
   mounted = []
 
-  def mount(size_kib):
+  def mount(size_kib, folder=tmp_path / "disk"):
     _mount(folder, size_kib)
     mounted.append(folder)
     return folder
 
   def resize(size_kib):
-    subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(folder)], check=True)
+    subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(mounted[-1])], check=True)
 
   mount.resize = resize
   yield mount
@@ -320,3 +319,31 @@ def test_message_names_the_folder_of_other_writes():
   e = RuntimeError("write() failed: No space left on device; writing /out/x/part-0.rec")
   assert diskspace.message(e).startswith("/out/x: no space left on device")
   assert not diskspace.is_disk_full(OSError(errno.EACCES, "Permission denied", "/x"))
+
+
+def test_training_loop_on_a_full_disk_stops_once_and_resumes(small_disk, tmp_path):
+  """The loop's background save fails: train() raises the one CheckpointError (the loop's own
+  closing of the Checkpointer does not raise it again), and with room the rerun resumes from the
+  last saved step."""
+  import ml_collections
+  from affect_jax.train import loop
+  workdir = tmp_path / "run"
+  small_disk(1536, workdir / "checkpoints" / "sft")     # room for one 1 MB step
+  config = ml_collections.ConfigDict({"checkpoint": get_checkpoint_config(save_every_steps=1)})
+  w = jax.random.normal(jax.random.key(0), (250_000,), jnp.float32)
+  state = {"step": jnp.int32(0), "trainable": {"w": w}, "rng": jax.random.key(1)}
+  step_fn = lambda s, b: ({**s, "step": s["step"] + 1, "trainable": {"w": s["trainable"]["w"] + 1}},
+                          {"loss": jnp.float32(0.5)})
+  run = lambda: loop.train(phase="sft", step_fn=step_fn, state=state, loader=[{}] * 8,
+                           total_steps=4, workdir=workdir, config=config, log_every=1)
+  with pytest.raises(CheckpointError) as info:
+    run()
+  assert str(info.value).startswith(f"{workdir / 'checkpoints' / 'sft'}: no space left on device")
+  assert sorted(p.name for p in (workdir / "checkpoints" / "sft").iterdir()) == ["1"]
+  small_disk.resize(16 * KIB)
+  result = run()
+  assert result.step == 4 and not result.preempted
+  want = np.asarray(w)
+  for _ in range(4):             # step 1 restored, then steps 2..4 redone: four additions
+    want = want + np.float32(1)
+  np.testing.assert_array_equal(np.asarray(result.state["trainable"]["w"]), want)
