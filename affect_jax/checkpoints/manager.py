@@ -184,13 +184,14 @@ class Checkpointer:
         shutil.rmtree(path, ignore_errors=True)
     self._pending = []
     failed = sorted(partial) or lost
-    resume = f"a rerun resumes from step {kept[-1]}" if kept else "no step was saved yet"
+    resume = (f"Nothing was overwritten: the saved steps {kept} are intact and a rerun resumes "
+              f"from step {kept[-1]}." if kept else "No step was saved before it; a rerun starts "
+              "the phase afresh.")
     return CheckpointNoSpace(
         f"{self.directory}: no space left on device while saving checkpoint step"
         f"{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed)) or '?'} "
-        f"({diskspace.first_line(diskspace.disk_full_cause(error))[:200]}). Nothing was "
-        f"overwritten: the saved steps {kept} are intact and {resume}. Free space there (or "
-        "lower checkpoint.keep) and run again.")
+        f"({diskspace.first_line(diskspace.disk_full_cause(error))[:200]}). {resume} Free "
+        "space there (or lower checkpoint.keep) and run again.")
 
   def __enter__(self) -> Checkpointer:
     return self
