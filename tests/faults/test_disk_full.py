@@ -347,3 +347,24 @@ def test_training_loop_on_a_full_disk_stops_once_and_resumes(small_disk, tmp_pat
   for _ in range(4):             # step 1 restored, then steps 2..4 redone: four additions
     want = want + np.float32(1)
   np.testing.assert_array_equal(np.asarray(result.state["trainable"]["w"]), want)
+
+
+@pytest.mark.slow
+def test_sft_launcher_checkpoint_on_a_full_disk(small_disk, tmp_path):
+  """launch.sft end to end (tiny demo, 2 steps) with its checkpoint folder on a full disk: one
+  line naming the folder, exit 1, not one traceback (before: dozens from Orbax's threads)."""
+  workdir = tmp_path / "run"
+  ckpt_dir = small_disk(64, workdir / "checkpoints" / "sft")
+  r = subprocess.run(
+      [sys.executable, "-m", "launch.sft", f"--workdir={workdir}",
+       "--config.data.synthetic.splits.train=8", "--config.data.synthetic.splits.rl=4",
+       "--config.data.synthetic.splits.test=4", "--config.sft.steps=2",
+       "--config.sft.batch_size=4", "--config.checkpoint.save_every_steps=1",
+       "--config.features.batch_size=4", "--config.eval.batch_size=4"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert f"\nlaunch.sft: error: {ckpt_dir}: no space left on device while saving checkpoint " \
+         "step 1" in r.stderr, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr and "Event loop is closed" not in r.stderr
+  assert list(ckpt_dir.iterdir()) == []
