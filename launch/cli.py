@@ -22,12 +22,14 @@ from typing import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
+from affect_jax import diskspace
 from configs import validate
 
 FLAGS = flags.FLAGS
 # Exceptions that mean the user's input (flags, config, files) is wrong, not the code.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 DEBUG_ENV = "AFFECT_JAX_DEBUG"
+DISK_FULL_STATUS = 1    # a full disk is not an input error (2): the same run succeeds with room
 
 
 def debug() -> bool:
@@ -140,7 +142,8 @@ def _last_line(e: Exception) -> str:
 def run_main(main: Callable, name: str, define_flags: Callable | None = None,
              argv: list[str] | None = None) -> None:
   """define_flags(), then app.run(main) with the flag parsing above; user errors end as
-  `<name>: error: ...`, exit 2."""
+  `<name>: error: ...`, exit 2; a full disk as `<name>: error: <folder>: no space left on
+  device ...`, exit 1 (affect_jax/diskspace.py)."""
   if define_flags is not None:
     try:
       define_flags()
@@ -162,7 +165,10 @@ def run_main(main: Callable, name: str, define_flags: Callable | None = None,
     app.run(wrapped, argv=argv, flags_parser=lambda a: parse_flags(name, a))
   except SystemExit:
     raise
-  except USER_ERRORS as e:
-    if debug():
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the user's doing)
+    if diskspace.is_disk_full(e) and not debug():   # the input is fine: exit 1, not 2
+      print(f"{name}: error: {diskspace.message(e)}", file=sys.stderr)
+      sys.exit(DISK_FULL_STATUS)
+    if not isinstance(e, USER_ERRORS) or debug():
       raise
     fail(name, e)

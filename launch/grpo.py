@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 
 from configs import validate
 from launch import cli
+
 
 FLAGS = flags.FLAGS
 
@@ -48,6 +48,7 @@ def main(argv):
     print(f"held-out EW-F: after SFT {summary['sft_eval_ew_f']:.2f}, after GRPO "
           f"{summary['grpo_eval_ew_f']:.2f} ({summary['gain_ew_f']:+.2f} points); "
           f"{summary['total_s'] / 60:.1f} min; details in {FLAGS.workdir}/summary.json")
+
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ PATH/report.json and in the log. --rows_out=F.csv also writes the kept rows, one
 (name, split, task, labels, valence, subtitle; affect_jax/data/builders/kept_rows.py), atomically.
 Exit status 2 with "prepare: error: ..." when the folder has
 nothing usable or is not in the layout --dataset names, or the config or a flag is wrong
-(checked before anything is written: configs/validate.py).
+(checked before anything is written: configs/validate.py); 1 with "prepare: error: <folder>: no
+space left on device ..." when the disk fills (nothing half-written is kept).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from absl import app, flags
 
 from configs import validate
 from launch import cli
+
 
 _DATASETS = ("demo", "mercaptionplus", "ovmerd", "ovmerdplus", "mer2025ov", "unibench:NAME")
 _DATASET = flags.DEFINE_string("dataset", "demo", f"Layout of --data_dir: one of {_DATASETS}.")

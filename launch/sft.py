@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from configs import validate
 from launch import cli
 
+
 FLAGS = flags.FLAGS
 
 
@@ -38,6 +39,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   summary = recipe.run(FLAGS.config, FLAGS.workdir, phases=("sft",))
   print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=1))
+
 
 
 if __name__ == "__main__":

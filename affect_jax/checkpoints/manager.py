@@ -24,12 +24,17 @@ leaves with .sharding), so a checkpoint saved on a (2, 4) mesh restores on (4, 2
 A step that cannot be read (a save cut short, a truncated or deleted file, a checksum mismatch) is
 skipped with a warning for the previous one; when the run reaches that step again, the damaged
 folder is moved to damaged/STEP-TIME (kept, not deleted) and the step is saved afresh.
+A save that fails because the disk is full raises one CheckpointNoSpace naming the folder (from
+save, wait_until_finished or close, whichever first meets it); the step's partial temporary folder
+is removed, earlier steps stay as they were, and Orbax's background threads' copies of the error
+are kept out of the log.
 """
 from __future__ import annotations
 
 import datetime
 import os
 import pathlib
+import shutil
 from typing import Any, Mapping, NamedTuple
 
 import flax
@@ -42,6 +47,7 @@ from absl import logging
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
+from affect_jax import diskspace
 from affect_jax.checkpoints import params_io
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 
@@ -64,6 +70,10 @@ class Restored(NamedTuple):
   state: dict      # the target's keys that were saved, on the target's shardings
   data: Any        # the JSON dict, the grain iterator (its state set), or None
   meta: dict       # the meta/ record (meta['step'] is the step)
+
+
+class CheckpointNoSpace(CheckpointError, diskspace.DiskFullError):
+  """A save failed because the disk is full (a CheckpointError and a DiskFullError)."""
 
 
 class _UsageError(ValueError):
@@ -104,6 +114,10 @@ class Checkpointer:
     self._mgr = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={name: cls() for name, cls in _ITEM_HANDLERS.items()})
+    # Steps handed to Orbax and not yet known to be on disk; the disk-full error already raised.
+    self._pending: list[int] = []
+    self._no_space: CheckpointNoSpace | None = None
+    diskspace.quiet_background_disk_full_logs()
 
   # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -120,11 +134,64 @@ class Checkpointer:
 
   def wait_until_finished(self) -> None:
     """Blocks until background writes are on disk (raises the error of a failed one)."""
-    self._mgr.wait_until_finished()
+    self._orbax(self._mgr.wait_until_finished)
+    self._pending = []
 
   def close(self) -> None:
-    self._mgr.wait_until_finished()
-    self._mgr.close()
+    """Waits for the last write and closes; a full disk already raised is not raised again."""
+    reported = self._no_space is not None
+    try:
+      self.wait_until_finished()
+    except CheckpointNoSpace:
+      if not reported:
+        raise
+    finally:
+      try:
+        self._mgr.close()
+      except Exception as e:  # pylint: disable=broad-except
+        if self._no_space is None or not diskspace.is_disk_full(e):
+          raise
+
+  def _orbax(self, call, *args, **kwargs):
+    """Runs an Orbax call that may meet a failed write; a full disk becomes CheckpointNoSpace."""
+    try:
+      result = call(*args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
+      if not diskspace.is_disk_full(e):
+        raise
+      if self._no_space is None:
+        self._no_space = self._disk_full(e)
+        diskspace.background_disk_full_reported()
+      raise self._no_space from e
+    return result
+
+  def _disk_full(self, error: BaseException) -> CheckpointNoSpace:
+    """The error for a save the full disk stopped: its unfinished steps' temporary folders are
+    removed (process 0; they only hold space), finished steps are left as they are."""
+    self._mgr.reload()
+    kept = self.all_steps()
+    lost = sorted(s for s in self._pending if s not in kept)
+    partial = {}
+    for name in ocp.path.step.tmp_checkpoints(self.directory):
+      try:
+        step = ocp.path.step.step_from_checkpoint_name(name)
+      except ValueError:
+        continue
+      if step in lost:
+        partial[step] = self.directory / name
+    if jax.process_index() == 0:
+      for path in partial.values():
+        shutil.rmtree(path, ignore_errors=True)
+    self._pending = []
+    failed = sorted(partial) or lost
+    resume = (f"Nothing was overwritten: the saved steps {kept} are intact and a rerun resumes "
+              f"from step {kept[-1]}." if kept else "No step was saved before it; a rerun starts "
+              "the phase afresh.")
+    return CheckpointNoSpace(
+        f"{self.directory}: no space left on device while saving checkpoint step"
+        f"{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed)) or '?'} "
+        f"({diskspace.first_line(diskspace.disk_full_cause(error))[:200]}). {resume} Free "
+        "space there (or lower checkpoint.keep) and run again.")
 
   def __enter__(self) -> Checkpointer:
     return self
@@ -159,7 +226,7 @@ class Checkpointer:
       logging.info("checkpoint step %d is already in %s; not saving it again.", step,
                    self.directory)
       if wait:
-        self._mgr.wait_until_finished()
+        self.wait_until_finished()
       return False
     with_frozen = self.cfg.save_frozen if with_frozen is None else with_frozen
     trees = {"state": {k: v for k, v in state.items() if k not in FROZEN_KEYS}}
@@ -189,9 +256,14 @@ class Checkpointer:
         raise TypeError(f"save(data={type(data).__name__}): pass a JSON-able dict or a grain "
                         "iterator (with get_state/set_state).")
     args["meta"] = ocp.args.JsonSave(meta)
-    self._mgr.save(step, args=ocp.args.Composite(**args), force=True)
+    if self._no_space is not None:
+      raise self._no_space
+    self._pending.append(step)
+    # Raises for this step, or for an earlier one still being written (Orbax waits for it).
+    self._orbax(self._mgr.save, step, args=ocp.args.Composite(**args), force=True)
+    self._pending = [step] if self.cfg.async_save else []
     if wait:
-      self._mgr.wait_until_finished()
+      self.wait_until_finished()
     return True
 
   def _quarantine(self, step: int) -> None:

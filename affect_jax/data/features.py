@@ -15,12 +15,15 @@ Layout: <dataset_path>/features/<hash of key and cfg.media>/<split>/ with
   names.json [N] clip names, row i = record i of the split (checked on every read)
   meta.json  key, split, shapes, the media settings used.
 The folder is written under a temporary name and renamed when complete; an existing cache
-with the same key and media settings is reused. The key should change whenever the encoder
+with the same key and media settings is reused. The arrays' disk space is reserved when they are
+created, so a full disk is one diskspace.DiskFullError naming the folder (not SIGBUS when a
+page of the memory map is first written), and the temporary folder is removed. The key should change whenever the encoder
 weights change (checkpoint_key hashes whatever it is given); the media settings (resize,
 sampling, HuBERT input normalisation, ...) are added to it here.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -34,7 +37,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from affect_jax import distributed
+from affect_jax import diskspace, distributed
 from affect_jax.data import pipeline
 
 # Guards the lazy open of the cache: grain's reader threads may ask at once, and CPython 3.11's
@@ -78,6 +81,20 @@ def _media_batch(source, indices, media_cfg, meta) -> tuple[np.ndarray, np.ndarr
   return np.stack(frames), np.stack(windows), names
 
 
+def _allocate(path: str, shape: tuple[int, ...]) -> np.memmap:
+  """A float32 .npy memory map whose blocks are reserved on disk (OSError ENOSPC here when the
+  disk cannot hold it; the sparse file np.lib.format makes would fail later, with SIGBUS)."""
+  array = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+  if hasattr(os, "posix_fallocate"):
+    with open(path, "r+b") as f:
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+      except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):   # file systems without it
+          raise
+  return array
+
+
 def build_feature_cache(source, meta: Mapping[str, Any], dataset_path: str, split: str,
                         key: str, video_fn: EncoderFn, audio_fn: EncoderFn,
                         cfg: ml_collections.ConfigDict, batch_size: int = 8) -> str:
@@ -106,8 +123,9 @@ def build_feature_cache(source, meta: Mapping[str, Any], dataset_path: str, spli
     raise ValueError(f"build_feature_cache: {n} records, batch_size={batch_size}; need >= 1 "
                      f"of each.")
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".tmp_{split}_", dir=os.path.dirname(out))
+  tmp = None
   try:
+    tmp = tempfile.mkdtemp(prefix=f".tmp_{split}_", dir=os.path.dirname(out))
     video = audio = None
     names: list[str] = []
     for start in range(0, n, batch_size):
@@ -117,10 +135,8 @@ def build_feature_cache(source, meta: Mapping[str, Any], dataset_path: str, spli
       v = np.asarray(video_fn(frames), np.float32)[:len(idx)]
       a = np.asarray(audio_fn(windows), np.float32)[:len(idx)]
       if video is None:
-        video = np.lib.format.open_memmap(os.path.join(tmp, "video.npy"), "w+", np.float32,
-                                          (n,) + v.shape[1:])
-        audio = np.lib.format.open_memmap(os.path.join(tmp, "audio.npy"), "w+", np.float32,
-                                          (n,) + a.shape[1:])
+        video = _allocate(os.path.join(tmp, "video.npy"), (n,) + v.shape[1:])
+        audio = _allocate(os.path.join(tmp, "audio.npy"), (n,) + a.shape[1:])
       video[start:start + len(idx)] = v
       audio[start:start + len(idx)] = a
       names += batch_names[:len(idx)]
@@ -139,8 +155,16 @@ def build_feature_cache(source, meta: Mapping[str, Any], dataset_path: str, spli
     except OSError:
       if not os.path.isfile(os.path.join(out, "meta.json")):   # not a concurrent winner
         raise
+  except OSError as e:
+    if not diskspace.is_disk_full(e):
+      raise
+    raise diskspace.DiskFullError(
+        f"{os.path.dirname(out)}: no space left on device while caching the encoders' "
+        f"features of split '{split}' ({n} clips; {diskspace.first_line(e)}); nothing was "
+        "kept. Free space there and run again.") from e
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
   return out
 
 

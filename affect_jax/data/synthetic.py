@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -44,6 +46,8 @@ import cv2
 import ml_collections
 import numpy as np
 import soundfile
+
+from affect_jax import diskspace
 
 # Bump when the generator's output changes for the same config (invalidates the cache).
 GENERATOR_VERSION = 1
@@ -359,15 +363,42 @@ def render_audio(spec: ClipSpec, styles: Styles, cfg: ml_collections.ConfigDict)
   return wave.astype(np.float32)
 
 
+def _no_space(path: str) -> OSError:
+  return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
 def _write_video(path: str, frames_bgr: np.ndarray, cfg: ml_collections.ConfigDict) -> None:
+  """Writes and reads back the clip: OpenCV's writer reports no write errors (on a full disk it
+  does not open, or leaves a file without its index), so a file that does not read back whole
+  is an error: OSError(ENOSPC) when the disk has no room for the raw frames, else RuntimeError."""
   height, width = frames_bgr.shape[1:3]
   writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*cfg.fourcc), cfg.fps, (width, height))
   if not writer.isOpened():
+    if not diskspace.has_room(os.path.dirname(path), frames_bgr.nbytes):
+      raise _no_space(path)
     raise RuntimeError(f"{path}: OpenCV cannot write fourcc '{cfg.fourcc}'; set "
                        f"synthetic.fourcc to one this OpenCV build supports (e.g. mp4v).")
   for frame in frames_bgr:
     writer.write(frame)
   writer.release()
+  reader = cv2.VideoCapture(path)
+  frames = int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) if reader.isOpened() else -1
+  reader.release()
+  if frames != len(frames_bgr):
+    if not diskspace.has_room(os.path.dirname(path), frames_bgr.nbytes):
+      raise _no_space(path)
+    raise RuntimeError(f"{path}: OpenCV wrote a video that reads back with {frames} of "
+                       f"{len(frames_bgr)} frames (fourcc '{cfg.fourcc}'); set synthetic.fourcc "
+                       "to one this OpenCV build writes correctly (e.g. mp4v).")
+
+
+def _write_audio(path: str, wave: np.ndarray, cfg: ml_collections.ConfigDict) -> None:
+  """The wav is encoded in memory and written by Python, whose errors name the file and the
+  cause (libsndfile writing to disk says only 'System error.')."""
+  buffer = io.BytesIO()
+  soundfile.write(buffer, wave, cfg.wav_sample_rate, subtype="PCM_16", format="WAV")
+  with open(path, "wb") as f:
+    f.write(buffer.getvalue())
 
 
 def _write_csv(path: str, header, rows) -> None:
@@ -394,8 +425,8 @@ def write_split(folder: str, specs: list[ClipSpec], styles: Styles,
   for spec in specs:
     _write_video(os.path.join(folder, cfg.video_dir, spec.name + ".mp4"),
                  render_frames(spec, styles, cfg), cfg)
-    soundfile.write(os.path.join(folder, cfg.audio_dir, spec.name + ".wav"),
-                    render_audio(spec, styles, cfg), cfg.wav_sample_rate, subtype="PCM_16")
+    _write_audio(os.path.join(folder, cfg.audio_dir, spec.name + ".wav"),
+                 render_audio(spec, styles, cfg), cfg)
   _write_csv(os.path.join(folder, cfg.labels_file), ("name", "openset"),
              [(s.name, s.openset) for s in specs])
   _write_csv(os.path.join(folder, cfg.reasons_file), ("name", "reason"),
@@ -457,7 +488,8 @@ def ensure_demo_data(root: str, cfg: ml_collections.ConfigDict) -> str:
 
   The folder is `root/demo_<hash>` (hash of the config, the wheel file and the generator
   version), written to a temporary folder beside it and renamed into place, so a crash or a
-  concurrent run never leaves a half-written dataset behind.
+  concurrent run never leaves a half-written dataset behind. A full disk raises one
+  diskspace.DiskFullError naming `root`; the temporary folder is removed.
 
   Returns:
     The dataset folder (holding manifest.json and one folder per split).
@@ -466,16 +498,26 @@ def ensure_demo_data(root: str, cfg: ml_collections.ConfigDict) -> str:
   if os.path.isfile(os.path.join(path, MANIFEST)):
     return path
   os.makedirs(root, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".tmp_demo_{config_hash(cfg)}_", dir=root)
+  tmp = None
   try:
+    tmp = tempfile.mkdtemp(prefix=f".tmp_demo_{config_hash(cfg)}_", dir=root)
     generate(os.path.join(tmp, "data"), cfg)
     try:
       os.rename(os.path.join(tmp, "data"), path)
     except OSError:
       if not os.path.isfile(os.path.join(path, MANIFEST)):   # not a concurrent winner
         raise
+  except OSError as e:
+    if not diskspace.is_disk_full(e):
+      raise
+    raise diskspace.DiskFullError(
+        f"{root}: no space left on device while generating the demo data "
+        f"({diskspace.first_line(diskspace.disk_full_cause(e))}); nothing was kept, and a "
+        "rerun generates it afresh. Free space there, or generate it on another disk "
+        "(config.data.cache_dir).") from e
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
   return path
 
 

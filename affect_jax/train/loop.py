@@ -7,8 +7,9 @@ On entry the newest readable checkpoint in W/checkpoints/<phase> (if any) is res
 state's shardings, together with the data iterator's position, so a restarted run continues
 exactly; a run that already finished returns at once. Every `checkpoint.save_every_steps`
 steps (and at the end) a checkpoint is written in the background. SIGTERM makes the loop save
-and stop cleanly (result.preempted). Metrics go to W/metrics.jsonl, TensorBoard and a progress
-bar every `log_every` steps.
+and stop cleanly (result.preempted). A save on a full disk stops the loop with one
+manager.CheckpointNoSpace; the steps saved before it stay. Metrics go to W/metrics.jsonl,
+TensorBoard and a progress bar every `log_every` steps.
 """
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ def train(*, phase: str, step_fn: Callable, state: dict, loader: Iterable,
           preempted = True
           break
   finally:
-    log.close()
-    ckpt.close()
+    try:
+      log.close()
+    finally:
+      ckpt.close()     # waits for the last save; a full disk it already raised is not raised again
   host = {k: float(jax.device_get(v)) for k, v in metrics.items()} if metrics else {}
   return LoopResult(state=state, step=step, preempted=preempted, last_metrics=host)

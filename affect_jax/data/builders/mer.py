@@ -58,6 +58,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from affect_jax import diskspace
 from affect_jax.data.builders import label_ids
 from affect_jax.data.builders import records
 
@@ -548,7 +549,8 @@ def build(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.ConfigD
     skipped, skipped_by_reason, skipped_rows: [{file, row, name, reason, detail}],
     other_tables_skipped: the same for rows of the subtitle / reason tables}}}.
   Raises:
-    FileNotFoundError / ValueError naming the folder or file when nothing usable is found.
+    FileNotFoundError / ValueError naming the folder or file when nothing usable is found;
+    diskspace.DiskFullError naming out_dir when the disk fills (nothing of the build is kept).
   """
   builder = make_builder(dataset, data_dir, out_dir, cfg, bcfg, splits)
   report_path = os.path.join(builder.data_dir, REPORT)
@@ -561,12 +563,14 @@ def build(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.ConfigD
   download_dir = tempfile.mkdtemp(prefix=".tfds_downloads_", dir=out_dir)
   try:
     builder.download_and_prepare(download_dir=download_dir)
-  except BaseException:
+  except BaseException as e:
     # TFDS removes its incomplete folder; remove the config folders it leaves empty.
     for folder in (os.path.dirname(builder.data_dir),
                    os.path.dirname(os.path.dirname(builder.data_dir))):
       if os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)
+    if diskspace.is_disk_full(e):
+      raise _no_space(out_dir, dataset, e) from e
     raise
   finally:
     shutil.rmtree(download_dir, ignore_errors=True)
@@ -580,10 +584,23 @@ def build(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.ConfigD
         skipped_rows=[dataclasses.asdict(s) for s in skipped],
         other_tables_skipped=[dataclasses.asdict(s) for s in builder.other_skipped[split]])
   tmp = report_path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=1, sort_keys=True)
-  os.replace(tmp, report_path)
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1, sort_keys=True)
+    os.replace(tmp, report_path)
+  except OSError as e:
+    if not diskspace.is_disk_full(e):
+      raise
+    shutil.rmtree(builder.data_dir, ignore_errors=True)   # a build without its report is not reused
+    raise _no_space(out_dir, dataset, e) from e
   return dict(report, reused=False)
+
+
+def _no_space(out_dir: str, dataset: str, error: BaseException) -> diskspace.DiskFullError:
+  return diskspace.DiskFullError(
+      f"{out_dir}: no space left on device while building the {dataset} dataset "
+      f"({diskspace.first_line(diskspace.disk_full_cause(error))[:200]}); nothing was kept, and "
+      "a rerun builds it afresh. Free space there and run again.")
 
 
 def load_source(path: str, split: str, skip_media: bool = False):
