@@ -9,6 +9,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# XLA's persistent compilation cache, shared by the xdist workers and the processes tests start
+# (they inherit the environment): the many tests that compile the same demo programs (recipe,
+# resume, reference, mesh workers) compile each once per suite run. Keyed by the program, so
+# never stale; set JAX_COMPILATION_CACHE_DIR= (empty) to turn it off.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(
+    __import__("pathlib").Path(__file__).resolve().parents[1] / ".cache" / "jax_tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import pathlib
 
