@@ -39,3 +39,10 @@ def official_ew_dir(shared_dir):
   if not d.is_dir():
     pytest.skip("official emotion-wheel files are not present in ../shared")
   return d
+
+
+def pytest_collection_modifyitems(config, items):
+  """Long tests (marked slow) first: pytest-xdist hands out tests in this order, so both
+  workers start on the long ones and the run does not end with one long test on one worker."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -20,6 +20,8 @@ from affect_jax.rl import grpo_step, policy as policy_lib
 from configs import tiny
 from launch import convert
 
+pytestmark = pytest.mark.slow   # minutes: started first (conftest)
+
 CKPT = ml_collections.ConfigDict(dict(save_every_steps=1, keep=0, keep_period=0,
                                       async_save=False, save_frozen=False,
                                       verify_checksums=True))

@@ -9,6 +9,9 @@ import numpy as np
 
 import process_testlib
 from affect_jax import sharding
+import pytest  # noqa: E402
+
+pytestmark = pytest.mark.slow   # minutes: started first (conftest)
 
 HERE = pathlib.Path(__file__).resolve().parent
 

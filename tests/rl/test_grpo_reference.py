@@ -9,10 +9,11 @@ import pytest
 
 from affect_jax import sharding
 from affect_jax.models import affectgpt
-from affect_jax.models.lora import LoraConfig
 from affect_jax.rl import grpo_step, losses, policy as policy_lib, sampler
 from configs import tiny
 from configs.grpo_loss import get_grpo_loss_config
+
+pytestmark = pytest.mark.slow   # minutes: started first (conftest)
 
 TARGET = 7
 PROMPTS, PROMPT_LEN, GENERATIONS, NEW_TOKENS = 2, 8, 4, 8

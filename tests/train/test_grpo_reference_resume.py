@@ -17,6 +17,9 @@ from affect_jax.rl import grpo_step, losses, policy as policy_lib, sampler
 from affect_jax.train import loop
 from configs.checkpoint import get_checkpoint_config
 from configs.grpo_loss import get_grpo_loss_config
+import pytest  # noqa: E402
+
+pytestmark = pytest.mark.slow   # minutes: started first (conftest)
 
 TARGET = 7
 STEPS, STOP = 4, 2
