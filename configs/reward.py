@@ -1,4 +1,4 @@
-"""The reward's section of a config: every number `affect_jax/rl/rewards.py` uses.
+"""The reward's section of a config: every number `affect_jax/rewards/emotion_wheel.py` uses.
 
 Other configs attach it: `c.reward = reward.get_reward_config()`; the step reads it with
 `rewards.RewardConfig.from_config(c.reward)`, which validates every field.

@@ -41,7 +41,7 @@ OFFICIAL_QUESTION = "Please recognize all possible emotional states of the chara
 
 
 def llm_config(**overrides) -> ml_collections.ConfigDict:
-  """The LLM extractor (affect_jax/emotion/llm_extract.py)."""
+  """The LLM extractor (affect_jax/eval/llm_extract.py)."""
   c = ml_collections.ConfigDict()
   c.temperature = 0.7
   c.top_p = 0.8

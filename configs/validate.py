@@ -261,7 +261,9 @@ def _library_errors(config, done: set[str]) -> list[str]:
       except (ValueError, TypeError) as e:
         out.append(f"config.{str(e).removeprefix('config.')}")
 
-  from affect_jax.rl import losses, rewards, sampler
+  from affect_jax.rl import losses
+  from affect_jax.rewards import emotion_wheel as rewards
+  from affect_jax.generation import sampler
   run("grpo_loss", losses.GrpoLossConfig.from_config)
   run("reward", rewards.RewardConfig.from_config)
   run("sampling", lambda s: sampler.SamplingConfig.from_dict(s.to_dict()))

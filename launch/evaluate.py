@@ -17,11 +17,11 @@ official prompts and answer reading; it needs --extractor_checkpoint). --extract
 --sentiment still override the protocol's choice.
 
 --checkpoint: a launch.convert checkpoint, a run's workdir or a folder of numbered steps
-(affect_jax/train/eval_model.py). --data_dir: one sub-folder per set (mer2023, mer2024, meld,
+(affect_jax/eval/model.py). --data_dir: one sub-folder per set (mer2023, mer2024, meld,
 iemocapfour, cmumosi, cmumosei, sims, simsv2, ovmerdplus; config.unibench.folders lists the
 names tried). Prints the markdown table, then one JSON line (the table, the mean, failed sets);
 --json_out writes every set's scores, --predictions_out the per-set CSVs for launch.score
-(affect_jax/train/unibench.py). Built sets and feature caches go to --cache_dir (default
+(affect_jax/eval/unibench.py). Built sets and feature caches go to --cache_dir (default
 config.data.cache_dir, else the run's <workdir>/data, else runs/unibench_cache).
 Exit status: 0 when every requested set was scored, 1 when some failed (each is reported in the
 table and the JSON), 2 when nothing could run (bad flags, checkpoint, tokenizer).
@@ -76,9 +76,9 @@ def cache_root(config, checkpoint: str, flag: str | None) -> pathlib.Path:
 
 
 def run(config, f) -> dict:
-  from affect_jax.emotion import llm_extract
+  from affect_jax.eval import llm_extract
   from affect_jax.emotion import wheel
-  from affect_jax.train import eval_model, unibench
+  from affect_jax.eval import model as eval_model, unibench
   ucfg = unibench.unibench_config(config)
   ucfg = unibench.with_protocol(ucfg, f.protocol or ucfg.get("protocol", "r1"))
   sets = unibench.parse_sets(f.sets or ucfg.sets)
@@ -106,11 +106,11 @@ def main(argv):
     raise app.UsageError("--checkpoint and --data_dir are required.")
   validate.check(FLAGS.config)
   from affect_jax import distributed
-  from affect_jax.train import unibench
+  from affect_jax.eval import unibench
   distributed.initialize()
   import jax
   if jax.process_count() > 1:
-    # EvalModel holds the checkpoint on one device (affect_jax/train/eval_model.py).
+    # EvalModel holds the checkpoint on one device (affect_jax/eval/model.py).
     print(f"launch.evaluate: error: it evaluates on one device of one process but was started "
           f"as {jax.process_count()} processes; run it as a single process (without the "
           f"AFFECT_JAX_* variables, on one host).", file=sys.stderr)

@@ -14,7 +14,7 @@ ignored. Cells are read as the official evaluation reads them ("[a, b]", "a,b", 
 items; an empty cell is no label). --ew_dir: a folder with the official wheel1..5, synonym and
 format files (.csv or .xlsx); default: the project's demo wheel.
 --engine=device computes the level-1 EW scores (ov, hit) and the per-sample rewards with the
-jitted on-device reward (affect_jax/rl/rewards.py) on completions "<answer>CELL</answer>"
+jitted on-device reward (affect_jax/rewards/emotion_wheel.py) on completions "<answer>CELL</answer>"
 tokenized by --tokenizer (a save_pretrained folder; default: a byte-level BPE tokenizer built
 once from the wheel's vocabulary and cached); the 12 variants always come from the host tables.
 --per_sample_out writes name, reward: the per-sample F averaged over the 5 level-1 wheels.
@@ -115,7 +115,7 @@ def device_scores(gt_cells, pred_cells, tables, tokenizer_dir: str | None):
   reward, on completions "<answer>CELL</answer>"."""
   import numpy as np
   from affect_jax.emotion import labels as labels_lib
-  from affect_jax.rl import reward_tables, rewards
+  from affect_jax.rewards import ew_tables as reward_tables, emotion_wheel as rewards
   if tokenizer_dir:
     from transformers import PreTrainedTokenizerFast
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)

@@ -42,7 +42,8 @@ from affect_jax import sharding
 from affect_jax.bench import flops as flops_lib
 from affect_jax.bench.grpo_bench import even_share_reward
 from affect_jax.models import affectgpt
-from affect_jax.rl import grpo_step, losses, policy as policy_lib, sampler
+from affect_jax.rl import grpo_step, losses
+from affect_jax.generation import policy as policy_lib, sampler
 from affect_jax.train import recipe, sft_step
 
 STEPS = ("grpo", "sft")

@@ -74,7 +74,7 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
   config: a reward ConfigDict (configs/reward.py); default get_reward_config().
   """
   import jax
-  from affect_jax.rl import reward_tables, rewards
+  from affect_jax.rewards import ew_tables as reward_tables, emotion_wheel as rewards
   from configs.reward import get_reward_config
   if batch < 1 or host_samples < 1:
     raise ValueError(f"batch={batch}, host_samples={host_samples}: both must be >= 1.")

@@ -22,7 +22,7 @@ import numpy as np
 from affect_jax.bench import flops as flops_lib
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.models import qwen2
-from affect_jax.rl import sampler
+from affect_jax.generation import sampler
 
 
 def load_prompts(path: str) -> np.ndarray:

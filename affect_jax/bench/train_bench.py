@@ -30,7 +30,8 @@ from affect_jax.bench import flops as flops_lib
 from affect_jax.bench.rollout_bench import load_prompts
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.models.lora import LoraConfig
-from affect_jax.rl import grpo_step, policy as policy_lib
+from affect_jax.rl import grpo_step
+from affect_jax.generation import policy as policy_lib
 from affect_jax.train import sft_step
 
 DEFAULT_BATCH = 4

@@ -3,7 +3,7 @@
 A torch checkpoint is a zip: ARCHIVE/data.pkl is a pickle of the saved object, and each tensor
 storage is the raw bytes of ARCHIVE/data/KEY. Loading it with torch.load (or pickle) could run
 any function the pickle names. Here data.pkl goes through a restricted unpickler
-(`affect_jax.data.safe_pickle.RestrictedUnpickler`) whose find_class admits only:
+(`affect_jax.safe_pickle.RestrictedUnpickler`) whose find_class admits only:
 - collections.OrderedDict and the builtin containers/scalars the label reader admits;
 - torch's tensor rebuild functions torch._utils._rebuild_tensor_v2 / _rebuild_parameter,
   replaced by functions that record (storage, offset, shape, stride) without importing torch;
@@ -35,7 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from affect_jax.checkpoints.safetensors_io import CheckpointError
-from affect_jax.data import safe_pickle
+from affect_jax import safe_pickle
 
 # torch storage class name -> numpy dtype of its elements.
 _STORAGE_DTYPES = {

@@ -12,7 +12,7 @@ Token ids (stable, independent of the training texts):
   (`placeholder_ids`). decode(skip_special_tokens=True) drops them.
 - next: the added tokens <think>, </think>, <answer>, </answer> as NORMAL (non-special) single
   tokens: one id each makes the tags easy for a tiny model to emit, and being non-special they
-  stay in decoded text, where the on-device reward (affect_jax/rl/reward_tables.py) reads every
+  stay in decoded text, where the on-device reward (affect_jax/rewards/ew_tables.py) reads every
   token's bytes. An empty `added_tokens` leaves the tags to BPE as Qwen2.5 does; the reward
   works either way.
 - then the 256 byte symbols and the merges, up to `vocab_size` in all.

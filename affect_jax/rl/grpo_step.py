@@ -24,14 +24,16 @@ device scalars.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from affect_jax import sharding
-from affect_jax.rl import losses, policy as policy_lib, sampler
+from affect_jax.optim import accumulate, state as train_state
+from affect_jax.rl import losses
+from affect_jax.generation import policy as policy_lib, sampler
 
 RewardFn = Callable[[jax.Array, jax.Array, Mapping], tuple[jax.Array, Mapping[str, jax.Array]]]
 
@@ -53,30 +55,16 @@ def uses_lora(policy: policy_lib.Policy) -> bool:
 
 def init_state(policy: policy_lib.Policy, params: Mapping, optimizer: optax.GradientTransformation,
                rng: jax.Array) -> dict:
-  """{'step', 'trainable', 'frozen', 'opt_state', 'rng', 'reference'} from full params: the
-  policy starts at `params`, the reference is a frozen copy of its trainable leaves, and the
-  optimizer state starts fresh."""
-  trainable, frozen = policy_lib.split(params, policy.trainable_mask(params))
-  return {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "frozen": frozen,
-          "opt_state": optimizer.init(trainable), "rng": rng,
-          "reference": jax.tree.map(jnp.copy, trainable)}
+  """The GRPO state (optim.state): the policy starts at `params`, the reference is a frozen copy
+  of its trainable leaves, and the optimizer state starts fresh."""
+  return train_state.init_state(policy, params, optimizer, rng, reference=True)
 
 
 def state_shardings(policy: policy_lib.Policy, abstract_params: Mapping,
                     optimizer: optax.GradientTransformation, mesh, rules) -> dict:
-  """NamedShardings for every leaf of the state, from the params' logical axis names."""
-  param_sh = sharding.shardings(abstract_params, mesh, rules)
-  plain = sharding.unbox(abstract_params)
-  mask = policy.trainable_mask(plain)
-  train_sh, frozen_sh = policy_lib.split(param_sh, mask)
-  train_abs, _ = policy_lib.split(plain, mask)
-  opt_abs = jax.eval_shape(optimizer.init, train_abs)
-  rep = sharding.replicated(mesh)
-  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abs, train_sh,
-                                 transform_non_params=lambda _: rep,
-                                 is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-  return {"step": rep, "trainable": train_sh, "frozen": frozen_sh, "opt_state": opt_sh,
-          "rng": rep, "reference": train_sh}
+  """NamedShardings for every leaf of the GRPO state."""
+  return train_state.state_shardings(policy, abstract_params, optimizer, mesh, rules,
+                                     reference=True)
 
 
 def batch_shardings(batch: Mapping, mesh, rules) -> dict:
@@ -179,7 +167,7 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
     trainable, opt_state = state["trainable"], state["opt_state"]
     loss_metrics = {}
     for _ in range(lcfg.num_iterations):
-      loss, grads, loss_metrics = losses.accumulate_grads(loss_fn, trainable, data,
+      loss, grads, loss_metrics = accumulate.accumulate_grads(loss_fn, trainable, data,
                                                           lcfg.micro_batches)
       updates, opt_state = optimizer.update(grads, opt_state, trainable)
       trainable = optax.apply_updates(trainable, updates)

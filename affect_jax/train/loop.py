@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import jax
 
 from affect_jax.checkpoints import manager
-from affect_jax.train import logging as run_logging
+from affect_jax.train import run_log as run_logging
 from affect_jax.train import preemption
 
 

@@ -48,9 +48,12 @@ from affect_jax.data.builders import mer, records
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import wheel as wheel_lib
 from affect_jax.models import affectgpt
-from affect_jax.rl import grpo_step, losses, policy as policy_lib, reward_tables, rewards, sampler
-from affect_jax.train import evaluate, loop, sft_step
-from affect_jax.train import logging as run_logging
+from affect_jax.rl import grpo_step, losses
+from affect_jax.generation import policy as policy_lib, sampler
+from affect_jax.rewards import ew_tables as reward_tables, emotion_wheel as rewards
+from affect_jax.eval import heldout as evaluate
+from affect_jax.train import loop, sft_step
+from affect_jax.train import run_log as run_logging
 
 
 

@@ -8,7 +8,7 @@ batch (B rows, left-padded):
 
 The loss is sum over target tokens of -log p(token | prefix) / number of target tokens in the
 batch, computed in vocab chunks (the [B, L, V] logits never exist whole) and accumulated over
-micro-batches by lax.scan. The state layout is the GRPO step's (grpo_step.init_state), so one
+micro-batches by lax.scan. The state layout is optim/state.py's, shared with GRPO, so one
 checkpoint format serves both phases.
 """
 from __future__ import annotations
@@ -21,8 +21,9 @@ import optax
 
 from affect_jax import sharding
 from affect_jax.models.qwen2 import Qwen2
-from affect_jax.rl import grpo_step, losses, policy as policy_lib
-from affect_jax.rl.logprobs import token_logprobs
+from affect_jax.optim import accumulate, state as train_state
+from affect_jax.generation import policy as policy_lib
+from affect_jax.generation.logprobs import token_logprobs
 
 BATCH_KEYS = ("tokens", "attention_mask", "loss_mask")
 
@@ -65,20 +66,15 @@ def check_batch(policy: policy_lib.Policy, batch: Mapping, micro_batches: int, m
 
 def init_state(policy: policy_lib.Policy, params: Mapping,
                optimizer: optax.GradientTransformation, rng: jax.Array) -> dict:
-  """grpo_step.init_state without 'reference' (SFT has no KL term), so one checkpoint format
-  serves both phases."""
-  state = grpo_step.init_state(policy, params, optimizer, rng)
-  state.pop("reference", None)
-  return state
+  """The SFT state (optim.state, no 'reference': SFT has no KL term)."""
+  return train_state.init_state(policy, params, optimizer, rng, reference=False)
 
 
 def state_shardings(policy: policy_lib.Policy, abstract_params: Mapping,
                     optimizer: optax.GradientTransformation, mesh, rules) -> dict:
-  """NamedShardings of every leaf of `init_state`'s state (grpo_step.state_shardings without
-  'reference'), from the params' logical axis names."""
-  out = grpo_step.state_shardings(policy, abstract_params, optimizer, mesh, rules)
-  out.pop("reference", None)
-  return out
+  """NamedShardings of every leaf of the SFT state."""
+  return train_state.state_shardings(policy, abstract_params, optimizer, mesh, rules,
+                                     reference=False)
 
 
 def make_step(policy: policy_lib.Policy, optimizer: optax.GradientTransformation, *,
@@ -104,7 +100,7 @@ def make_step(policy: policy_lib.Policy, optimizer: optax.GradientTransformation
       correct = jnp.sum(w * (logps > jnp.log(0.5)))
       return nll / num_tokens, {"nll_sum": nll, "likely_tokens": correct}
 
-    loss, grads, m = losses.accumulate_grads(loss_fn, state["trainable"], data, micro_batches)
+    loss, grads, m = accumulate.accumulate_grads(loss_fn, state["trainable"], data, micro_batches)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
     trainable = optax.apply_updates(state["trainable"], updates)
     new_state = dict(state, step=state["step"] + 1, trainable=trainable, opt_state=opt_state,

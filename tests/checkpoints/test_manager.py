@@ -21,7 +21,8 @@ from affect_jax.checkpoints import manager, params_io
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.models import qwen2
 from affect_jax.models.lora import LoraConfig
-from affect_jax.rl import grpo_step, policy as policy_lib
+from affect_jax.rl import grpo_step
+from affect_jax.generation import policy as policy_lib
 from affect_jax.train import preemption
 from configs.checkpoint import get_checkpoint_config
 

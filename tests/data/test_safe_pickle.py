@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from affect_jax.data import safe_pickle
+from affect_jax import safe_pickle
 
 
 class _Exploit:

@@ -16,7 +16,8 @@ from affect_jax import sharding
 from affect_jax.checkpoints import manager, params_io
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.models import affectgpt, qwen2
-from affect_jax.rl import grpo_step, policy as policy_lib
+from affect_jax.rl import grpo_step
+from affect_jax.generation import policy as policy_lib
 from configs import tiny
 from launch import convert
 

@@ -25,7 +25,8 @@ from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.data import prompts as prompts_lib
 from affect_jax.data import tokenizer as tokenizer_lib
 from affect_jax.models import affectgpt
-from affect_jax.train import eval_model, recipe, unibench
+from affect_jax.eval import model as eval_model, unibench
+from affect_jax.train import recipe
 from configs import demo
 from launch import score
 
@@ -358,7 +359,7 @@ def test_protocols_set_the_official_generation(bench):
 def test_official_sentiment_reading_counts_other_answers_as_wrong():
   """evaluation.py maps an answer that is not exactly a candidate to 0 and scores
   y_hat = pred > 0 on every sample with a non-zero valence (none dropped)."""
-  from affect_jax.emotion import llm_extract
+  from affect_jax.eval import llm_extract
   answers = ["positive", "Positive.", "positive, negative", "negative", "Negative"]
   valence = [1.0, 2.0, 0.5, -1.0, 0.0]
   polarity = [llm_extract.official_polarity(a, ("positive", "negative", "neutral"))

@@ -9,7 +9,8 @@ import pytest
 
 from affect_jax import sharding
 from affect_jax.models import affectgpt
-from affect_jax.rl import grpo_step, losses, policy as policy_lib, sampler
+from affect_jax.rl import grpo_step, losses
+from affect_jax.generation import policy as policy_lib, sampler
 from configs import tiny
 from configs.grpo_loss import get_grpo_loss_config
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from affect_jax import sharding
-from affect_jax.rl import logprobs, losses
+from affect_jax.generation import logprobs
+from affect_jax.optim import accumulate
+from affect_jax.rl import losses
 from configs import grpo_loss as grpo_loss_config
 
 AGGREGATIONS = ["token_mean", "sequence_mean_token_mean", "constant_normalizer"]
@@ -308,7 +310,7 @@ def accumulated(head_batch):
     out = {}
     for agg, c in configs.items():
       norm = losses.loss_normalizer(batch["mask"], c)
-      out[agg] = losses.accumulate_grads(
+      out[agg] = accumulate.accumulate_grads(
           lambda q, mb, c=c, norm=norm: loss_fn(c, q, mb, norm), p, batch, num_micro)
     return out
 
@@ -339,7 +341,7 @@ def test_accumulated_gradients_equal_full_batch(head_batch, accumulated, agg, nu
 def test_accumulate_rejects_a_non_dividing_micro_batch_count(head_batch):
   params, batch = head_batch
   with pytest.raises(ValueError, match="grpo_loss.micro_batches"):
-    losses.accumulate_grads(lambda p, mb: (jnp.sum(p["b"]), {}), params, batch, 3)
+    accumulate.accumulate_grads(lambda p, mb: (jnp.sum(p["b"]), {}), params, batch, 3)
 
 
 def test_accumulate_under_a_mesh_matches_unsharded(head_batch, accumulated):
@@ -356,7 +358,7 @@ def test_accumulate_under_a_mesh_matches_unsharded(head_batch, accumulated):
                                       lambda x: x @ q["w"] + q["b"], 4)
       return losses.grpo_loss(lp, mb["old"], mb["ref"], mb["adv"], mb["mask"], c, norm)
 
-    return losses.accumulate_grads(loss_fn, p, batch, 2)
+    return accumulate.accumulate_grads(loss_fn, p, batch, 2)
 
   with sharding.active(mesh, sharding.DEFAULT_RULES):
     sharded = jax.device_put(batch, sharding.named(mesh, ("batch",), sharding.DEFAULT_RULES))

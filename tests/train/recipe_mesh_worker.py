@@ -33,7 +33,8 @@ from absl import logging  # noqa: E402
 from affect_jax import distributed, sharding  # noqa: E402
 from affect_jax.checkpoints import manager  # noqa: E402
 from affect_jax.models import affectgpt  # noqa: E402
-from affect_jax.rl import grpo_step, policy as policy_lib  # noqa: E402
+from affect_jax.rl import grpo_step  # noqa: E402
+from affect_jax.generation import policy as policy_lib
 from affect_jax.train import recipe  # noqa: E402
 from configs import base, demo  # noqa: E402
 

@@ -13,7 +13,8 @@ import optax
 from affect_jax import sharding
 from affect_jax.models import qwen2
 from affect_jax.models.lora import LoraConfig
-from affect_jax.rl import grpo_step, losses, policy as policy_lib, sampler
+from affect_jax.rl import grpo_step, losses
+from affect_jax.generation import policy as policy_lib, sampler
 from affect_jax.train import loop
 from configs.checkpoint import get_checkpoint_config
 from configs.grpo_loss import get_grpo_loss_config

@@ -197,7 +197,8 @@ def test_state_placement_follows_the_rules_and_keeps_placed_params():
   import optax
   from affect_jax.models import qwen2
   from affect_jax.models.lora import LoraConfig
-  from affect_jax.rl import grpo_step, policy as policy_lib
+  from affect_jax.rl import grpo_step
+  from affect_jax.generation import policy as policy_lib
   from affect_jax.train import sft_step
   cfg = qwen2.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64,
                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,

@@ -8,7 +8,8 @@ import torch
 
 import qwen2_testlib as lib
 from affect_jax.checkpoints import hf_qwen2
-from affect_jax.rl import grpo_step, policy as policy_lib
+from affect_jax.rl import grpo_step
+from affect_jax.generation import policy as policy_lib
 from affect_jax.train import sft_step
 
 

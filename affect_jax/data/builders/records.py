@@ -59,7 +59,7 @@ from absl import logging
 import numpy as np
 
 from affect_jax.data import media
-from affect_jax.data import safe_pickle
+from affect_jax import safe_pickle
 from affect_jax.data.builders import label_ids
 
 

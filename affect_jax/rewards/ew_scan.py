@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affect_jax.emotion import wheel as wheel_lib
-from affect_jax.rl import reward_tables as rt
+from affect_jax.rewards import ew_tables as rt
 
 _U0 = np.uint32(0)
 _FIELDS = np.array([((1 << b) - 1) << o for b, o in zip(rt.TAG_BITS, rt.TAG_OFFSETS)],

@@ -54,9 +54,9 @@ from affect_jax.data.builders import mer
 from affect_jax.emotion import extract
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import metrics
-from affect_jax.rl import sampler
-from affect_jax.train import evaluate as evaluate_lib
-from affect_jax.train.eval_model import EvalModel
+from affect_jax.generation import sampler
+from affect_jax.eval import heldout as evaluate_lib
+from affect_jax.eval.model import EvalModel
 
 DISPLAY = {"mer2023": "MER2023", "mer2024": "MER2024", "meld": "MELD", "iemocapfour": "IEMOCAP",
            "cmumosi": "CMU-MOSI", "cmumosei": "CMU-MOSEI", "sims": "CH-SIMS",

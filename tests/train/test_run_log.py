@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from affect_jax.train import logging as run_logging
+from affect_jax.train import run_log as run_logging
 
 
 def test_jsonl_tensorboard_and_plot(tmp_path):

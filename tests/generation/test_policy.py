@@ -8,7 +8,7 @@ import pytest
 from affect_jax import sharding
 from affect_jax.models import affectgpt, qwen2
 from affect_jax.models.lora import LoraConfig
-from affect_jax.rl import policy as policy_lib
+from affect_jax.generation import policy as policy_lib
 from configs import tiny
 
 G, N = 3, 5

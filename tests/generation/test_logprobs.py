@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from affect_jax.rl import logprobs
+from affect_jax.generation import logprobs
 
 B, T, H, V = 3, 10, 8, 37
 

@@ -109,7 +109,7 @@ def completion_logps(policy: Policy, params: Mapping, batch: Mapping, completion
   Returns:
     (logps float32[B*G, N], entropy float32[B*G, N] or None).
   """
-  from affect_jax.rl.logprobs import token_logprobs
+  from affect_jax.generation.logprobs import token_logprobs
   cfg = policy.llm_config
   model = Qwen2(cfg)
   llm = {"params": policy.llm_params(params)}

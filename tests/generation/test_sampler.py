@@ -9,7 +9,7 @@ import torch
 import qwen2_testlib as lib
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.models import qwen2
-from affect_jax.rl import sampler
+from affect_jax.generation import sampler
 
 NEW = 12
 

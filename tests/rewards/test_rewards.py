@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "emotion"))
 import ew_testlib  # noqa: E402
 from affect_jax.emotion import labels, metrics, wheel  # noqa: E402
-from affect_jax.rl import reward_tables, rewards  # noqa: E402
+from affect_jax.rewards import ew_tables as reward_tables, emotion_wheel as rewards  # noqa: E402
 from configs.reward import get_reward_config  # noqa: E402
 
 TERMS = ("accuracy", "format", "alignment", "dual", "penalty", "total")
@@ -363,7 +363,7 @@ def test_gt_arrays_limits(demo):
 
 def test_device_piece_transition_equals_the_host_rule():
   """Every (piece class, label state) pair: the on-device arithmetic == reward_tables'."""
-  from affect_jax.rl import reward_scan
+  from affect_jax.rewards import ew_scan as reward_scan
   klass, state = np.meshgrid(np.arange(64, dtype=np.uint32), np.arange(16, dtype=np.uint32))
   new, gap_one, allws = jax.jit(reward_scan.piece_transition)(klass.ravel(), state.ravel())
   for k, s, n, g, a in zip(klass.ravel(), state.ravel(), np.asarray(new), np.asarray(gap_one),
@@ -375,7 +375,7 @@ def test_device_piece_transition_equals_the_host_rule():
 @pytest.mark.parametrize("batch, widths", [(64, (32, 8)), (64, (16,)), (5, (2, 1)), (1, ())])
 def test_lane_loop_runs_every_row_its_own_steps(batch, widths):
   """lane_loop == a plain loop: each row sees steps j < its length, in order, on any lanes."""
-  from affect_jax.rl import reward_scan
+  from affect_jax.rewards import ew_scan as reward_scan
   rng = np.random.default_rng(batch)
   top = 40
   length = rng.integers(0, top + 1, batch).astype(np.int32)
@@ -400,7 +400,7 @@ def test_lane_loop_runs_every_row_its_own_steps(batch, widths):
 
 def test_bitmask_helpers_equal_numpy():
   """first / last / above / below / count / bit_at on random position sets (W = 3 words)."""
-  from affect_jax.rl import reward_scan
+  from affect_jax.rewards import ew_scan as reward_scan
   rng = np.random.default_rng(3)
   sets = (rng.random((16, 96)) < rng.random((16, 1)) * 0.3)
   sets[0] = False

@@ -15,8 +15,8 @@ optional caps max_answer_tokens / max_think_tokens are set, an answer over its c
 and a think over its cap yields no think words). Nothing here can produce NaN.
 
 The text rules are those of affect_jax/emotion/labels.py, evaluated on device from per-token
-tables (affect_jax/rl/reward_tables.py, built once per tokenizer and wheel) by the scans of
-affect_jax/rl/reward_scan.py: tags are found by a bit recurrence over tokens (any split of a
+tables (affect_jax/rewards/ew_tables.py, built once per tokenizer and wheel) by the scans of
+affect_jax/rewards/ew_scan.py: tags are found by a bit recurrence over tokens (any split of a
 tag into tokens), the answer / think contents are walked piece by piece (a token, or the part
 of a token beside a tag), the label parsers hash each label (2 x 32-bit polynomial hash of
 its lowercased, stripped bytes) and a perfect hash table maps it to level-1 cluster sets of
@@ -35,8 +35,8 @@ import numpy as np
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import metrics as metrics_lib
 from affect_jax.emotion import wheel as wheel_lib
-from affect_jax.rl import reward_scan as rs
-from affect_jax.rl import reward_tables as rt
+from affect_jax.rewards import ew_scan as rs
+from affect_jax.rewards import ew_tables as rt
 
 TERMS = ("accuracy", "format", "alignment", "dual")
 PENALTIES = ("none", "p1", "p2", "p3")

@@ -18,7 +18,7 @@ from affect_jax import distributed, sharding
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import metrics as metrics_lib
 from affect_jax.models import affectgpt
-from affect_jax.rl import sampler
+from affect_jax.generation import sampler
 
 
 def make_generate(config: affectgpt.AffectGPTConfig, sampling: sampler.SamplingConfig,

@@ -14,7 +14,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import qwen2_testlib as lib  # noqa: E402
 from affect_jax.checkpoints import hf_qwen2, params_io  # noqa: E402
 from affect_jax.data import tokenizer as tokenizer_lib  # noqa: E402
-from affect_jax.emotion import llm_extract  # noqa: E402
+from affect_jax.eval import llm_extract  # noqa: E402
 from configs import demo, unibench  # noqa: E402
 
 NEW = 10

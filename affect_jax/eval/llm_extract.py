@@ -12,7 +12,7 @@ MER-UniBench extraction prompts word for word) as the user message of the tokeni
 template, after settings.system_message when it is set (with none the template adds its
 default system message, as the official evaluation's vLLM calls do; a tokenizer without a
 template gets the prompt as plain text), and answered with the official settings: temperature
-0.7, top-p 0.8, repetition penalty 1.05, at most 512 new tokens (affect_jax/rl/sampler.py;
+0.7, top-p 0.8, repetition penalty 1.05, at most 512 new tokens (affect_jax/generation/sampler.py;
 settings.greedy for argmax decoding).
 Reading the answers (settings.parsing):
 - 'official' (AffectGPT evaluation.py): each answer goes through `official_postprocess`
@@ -45,7 +45,7 @@ from affect_jax.emotion import extract
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.models import qwen2
 from affect_jax.models.lora import LoraConfig
-from affect_jax.rl import sampler
+from affect_jax.generation import sampler
 
 POLARITY = {"positive": 1, "negative": -1, "neutral": 0}
 PARSINGS = ("lenient", "official")
