@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from affect_jax import config_dataclass
 from affect_jax import sharding
 from affect_jax.models import qwen2
 from affect_jax.models.qwen2 import Qwen2, Qwen2Config, init_cache
@@ -72,17 +73,7 @@ class SamplingConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "SamplingConfig":
-    d = dict(d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"sampling config: unknown fields {unknown}; known: {sorted(known)}.")
-    for k in ("eos_ids", "buckets"):
-      if k in d:
-        d[k] = tuple(int(x) for x in d[k])
-    if "stop_sequences" in d:
-      d["stop_sequences"] = tuple(tuple(int(x) for x in s) for s in d["stop_sequences"])
-    return cls(**d)
+    return config_dataclass.build(cls, d, name="sampling config")
 
 
 class SampleOutput(NamedTuple):

@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affect_jax import config_dataclass
 from affect_jax import sharding
 from affect_jax.models import encoder_blocks as blocks
 
@@ -109,11 +110,7 @@ class ClipVisionConfig:
   @classmethod
   def from_dict(cls, mapping: Mapping[str, Any]) -> "ClipVisionConfig":
     """From a plain mapping of this class's fields (e.g. a config file section)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - names)
-    if unknown:
-      raise ValueError(f"ClipVisionConfig: unknown fields {unknown}; known: {sorted(names)}.")
-    return cls(**dict(mapping))
+    return config_dataclass.build(cls, mapping, name="ClipVisionConfig")
 
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> "ClipVisionConfig":

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affect_jax import config_dataclass
 from affect_jax import sharding
 
 MODALITIES = ("multi", "audio", "video")
@@ -33,11 +34,7 @@ class FusionConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "FusionConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"model.fusion: unknown fields {unknown}; known: {sorted(known)}.")
-    return cls(**dict(d))
+    return config_dataclass.build(cls, d, name="model.fusion")
 
 
 def _dense(features: int, names: tuple, cfg: FusionConfig, name: str) -> nn.Dense:

@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affect_jax import config_dataclass
 from affect_jax import sharding
 from affect_jax.models import encoder_blocks as blocks
 
@@ -139,11 +140,7 @@ class HubertConfig:
   @classmethod
   def from_dict(cls, mapping: Mapping[str, Any]) -> "HubertConfig":
     """From a plain mapping of this class's fields (e.g. a config file section)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - names)
-    if unknown:
-      raise ValueError(f"HubertConfig: unknown fields {unknown}; known: {sorted(names)}.")
-    return cls(**dict(mapping))
+    return config_dataclass.build(cls, mapping, name="HubertConfig")
 
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> "HubertConfig":

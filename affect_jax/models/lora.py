@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from affect_jax import config_dataclass
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_LEAVES = ("lora_a", "lora_b")
 _INITS = ("kaiming_uniform", "gaussian")
@@ -67,16 +68,7 @@ class LoraConfig:
   @classmethod
   def from_dict(cls, mapping: Mapping[str, Any] | None) -> "LoraConfig":
     """From a plain dict or ml_collections ConfigDict; unknown keys are an error."""
-    if mapping is None:
-      return cls()
-    if isinstance(mapping, LoraConfig):
-      return mapping
-    values = dict(mapping.items())
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"lora config: unknown fields {unknown}; known: {sorted(known)}.")
-    return cls(**values)
+    return cls() if mapping is None else config_dataclass.build(cls, mapping, name="lora config")
 
 
 def for_target(lora: LoraConfig, name: str) -> LoraConfig:

@@ -57,6 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affect_jax import config_dataclass
 from affect_jax import sharding
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.models import layers
@@ -149,17 +150,7 @@ class Qwen2Config:
   @classmethod
   def from_dict(cls, mapping: Mapping[str, Any]) -> "Qwen2Config":
     """From a plain dict or an ml_collections ConfigDict (lora may be a nested mapping)."""
-    values = dict(mapping.items())
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"Qwen2 config: unknown fields {unknown}; known: {sorted(known)}.")
-    missing = [k for k in _REQUIRED if k not in values]
-    if missing:
-      raise ValueError(f"Qwen2 config: missing required fields {missing}.")
-    if "lora" in values:
-      values["lora"] = lora_lib.LoraConfig.from_dict(values["lora"])
-    return cls(**values)
+    return config_dataclass.build(cls, mapping, name="Qwen2 config", required=_REQUIRED)
 
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "Qwen2Config":

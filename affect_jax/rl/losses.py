@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from affect_jax import config_dataclass
 from affect_jax import sharding
 
 Array = jax.Array
@@ -89,14 +90,7 @@ class GrpoLossConfig:
   @classmethod
   def from_config(cls, c: Any) -> "GrpoLossConfig":
     """From a ConfigDict or mapping (the grpo_loss section); unknown fields are an error."""
-    if isinstance(c, cls):
-      return c
-    d = dict(c.to_dict() if hasattr(c, "to_dict") else c)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"grpo_loss: unknown fields {unknown}; known: {sorted(known)}.")
-    return cls(**d)
+    return config_dataclass.build(cls, c, name="grpo_loss")
 
 
 # ----------------------------------------------------------------------------------------------
