@@ -21,6 +21,8 @@ from typing import Iterator, Mapping
 import ml_dtypes
 import numpy as np
 
+from affect_jax.errors import CheckpointError  # noqa: F401  (re-exported: checkpoints raise it)
+
 _DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -35,10 +37,6 @@ _DTYPES = {
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class CheckpointError(ValueError):
-  """A checkpoint folder or tensor is missing, malformed or does not match the config."""
 
 
 def read_config(hf_dir: str | os.PathLike) -> dict:

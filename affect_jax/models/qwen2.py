@@ -59,7 +59,7 @@ import jax.numpy as jnp
 
 from affect_jax import config_dataclass
 from affect_jax import sharding
-from affect_jax.checkpoints.safetensors_io import CheckpointError
+from affect_jax.errors import CheckpointError
 from affect_jax.models import layers
 from affect_jax.models import lora as lora_lib
 
