@@ -8,9 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "emotion"))
-import ew_testlib  # noqa: E402
+from tests.testlib import ew as ew_testlib  # noqa: E402
 from affect_jax.emotion import wheel  # noqa: E402
 from launch import score  # noqa: E402
 

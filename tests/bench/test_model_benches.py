@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 
-import bench_testlib as bench
-import qwen2_testlib as lib
+from tests.testlib import bench as bench
+from tests.testlib import qwen2 as lib
 
 
 def _run(*args):

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-import bench_testlib as bench
-import qwen2_testlib as lib
+from tests.testlib import bench as bench
+from tests.testlib import qwen2 as lib
 from affect_jax.bench import plan
 from configs import tiny_plan
 

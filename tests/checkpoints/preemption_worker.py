@@ -1,7 +1,7 @@
 """A tiny training loop with checkpoints and preemption handling, run as a subprocess by
 test_manager.py (SIGTERM and kill -9 mid-run, then resume).
 
-  python tests/checkpoints/preemption_worker.py --workdir=D --steps=30 --mesh=data=2,fsdp=4
+  python -m tests.checkpoints.preemption_worker --workdir=D --steps=30 --mesh=data=2,fsdp=4
   (several processes: add --num_processes=2 --process_id=I --port=P, one command per process)
 
 Each step: next batch of a shuffled grain dataset -> target t; rng-dependent noise; one Adam step
@@ -15,7 +15,6 @@ import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import pathlib  # noqa: E402
 import time  # noqa: E402

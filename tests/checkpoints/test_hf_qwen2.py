@@ -13,7 +13,7 @@ import safetensors.numpy
 import transformers
 from jax.sharding import PartitionSpec as P
 
-import qwen2_testlib as lib
+from tests.testlib import qwen2 as lib
 from affect_jax import sharding
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.checkpoints.safetensors_io import CheckpointError

@@ -26,8 +26,8 @@ from affect_jax.generation import policy as policy_lib
 from affect_jax.train import preemption
 from configs.checkpoint import get_checkpoint_config
 
-WORKER = pathlib.Path(__file__).with_name("preemption_worker.py")
-ROOT = WORKER.parents[2]
+WORKER = "tests.checkpoints.preemption_worker"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 RULES = sharding.DEFAULT_RULES
 
 
@@ -324,7 +324,7 @@ def _start(workdir, *flags, devices=8):
   env = dict(os.environ, PYTHONPATH=str(ROOT),
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return subprocess.Popen(
-      [sys.executable, str(WORKER), f"--workdir={workdir}", "--steps=24", *flags],
+      [sys.executable, "-m", WORKER, f"--workdir={workdir}", "--steps=24", *flags],
       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
 
 
@@ -412,8 +412,8 @@ def test_kill_9_mid_run_resumes_from_the_last_good_step(tmp_path, uninterrupted)
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, uninterrupted):
-  import preemption_worker as worker   # this folder is on sys.path under pytest
-  import process_testlib
+  from tests.checkpoints import preemption_worker as worker   # this folder is on sys.path under pytest
+  from tests.testlib import process as process_testlib
   port = process_testlib.free_port()
   # 2 processes x 4 devices: the uninterrupted run's (2, 4) mesh, so the steps match bitwise.
   procs = [_start(tmp_path, "--num_processes=2", f"--process_id={i}", f"--port={port}",

@@ -3,7 +3,6 @@
 References: media.py's decoders read the same files directly; the official label rule is
 written out here (PAPER_NOTES.md section 4 step 1); label .npz files are made by np.savez.
 """
-import csv
 import json
 import logging
 import os
@@ -12,7 +11,6 @@ import re
 import cv2
 import numpy as np
 import pytest
-import soundfile
 
 from affect_jax.data import builders
 from affect_jax.data.builders import records
@@ -20,9 +18,7 @@ from affect_jax.data import media
 from affect_jax.data import pipeline
 from affect_jax.data import synthetic
 from configs import data as data_config
-
-FRAME = 24      # side of the fixture videos
-RATE = 8000     # written wav rate
+from tests.testlib import media as media_lib
 
 
 def _official(cell: str) -> list[str]:
@@ -51,43 +47,6 @@ def cfg():
   return c
 
 
-def _write_video(path, seed, frames=5):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  rng = np.random.default_rng(seed)
-  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, (FRAME, FRAME))
-  for _ in range(frames):
-    writer.write(rng.integers(0, 255, (FRAME, FRAME, 3), dtype=np.uint8))
-  writer.release()
-
-
-def _write_audio(path, seed, seconds=0.4):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  rng = np.random.default_rng(seed)
-  soundfile.write(str(path), 0.3 * rng.standard_normal(int(RATE * seconds)), RATE,
-                  subtype="PCM_16")
-
-
-def _write_faces(path, seed, count=4):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  rng = np.random.default_rng(seed)
-  np.save(path, rng.integers(0, 255, (count, 20, 20, 3), dtype=np.uint8))
-
-
-def _media(folder, names, video_dir="video", audio_dir="audio", faces=False):
-  for i, name in enumerate(names):
-    _write_video(folder / video_dir / f"{name}.mp4", i)
-    _write_audio(folder / audio_dir / f"{name}.wav", 100 + i)
-    if faces:
-      _write_faces(folder / "openface_face" / name / f"{name}.npy", 200 + i)
-
-
-def _csv(path, header, rows):
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    w = csv.writer(f)
-    w.writerow(header)
-    w.writerows(rows)
-
-
 def _build(dataset, folder, out, cfg, splits=(), **changes):
   b = builders.builder_config()
   for k, v in changes.items():
@@ -106,23 +65,23 @@ def mercaption(tmp_path_factory):
   """MER-Caption+ folder with good rows and one bad row of every kind."""
   d = tmp_path_factory.mktemp("mercaptionplus")
   good = ["clip_a", "clip_b", "clip_neutral", "clip_quoted"]
-  _media(d, good + ["bad_video", "bad_audio", "no_subtitle", "dup"])
+  media_lib.write_media(d, good + ["bad_video", "bad_audio", "no_subtitle", "dup"])
   (d / "video" / "bad_video.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
   with open(d / "audio" / "bad_audio.wav", "r+b") as f:   # header says more data than present
     f.truncate(60)
-  _write_audio(d / "audio" / "no_video.wav", 7)
+  media_lib.write_audio(d / "audio" / "no_video.wav", 7)
   rows = [("clip_a", "[Happy, excited]"), ("clip_b", "shocked,care,serious"),
           ("clip_neutral", ""), ("clip_quoted", "['worried', \"sad\"]"),
           ("no_video", "[calm]"), ("bad_video", "[calm]"), ("bad_audio", "[calm]"),
           ("", "[calm]"), ("extra", "calm", "what is this"), ("short",),
           ("no_subtitle", "angry"), ("dup", "joy"), ("dup", "sad")]
-  _csv(d / "track2_train_mercaptionplus.csv", ("name", "openset"), rows)
+  media_lib.write_csv(d / "track2_train_mercaptionplus.csv", ("name", "openset"), rows)
   with open(d / "track2_train_mercaptionplus.csv", "ab") as f:
     f.write(b"bad_bytes,[caf\xe9]\n")                    # latin-1, not UTF-8
   names = [r[0] for r in rows if r and r[0]] + ["bad_bytes"]
-  _csv(d / "track3_train_mercaptionplus.csv", ("name", "reason", "comment"),
+  media_lib.write_csv(d / "track3_train_mercaptionplus.csv", ("name", "reason", "comment"),
        [(n, f"Reason of {n}.", "x") for n in names if n != "clip_b"])
-  _csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"),
+  media_lib.write_csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"),
        [(n, f"Subtitle of {n}.", "字幕") for n in names if n != "no_subtitle"])
   return d
 
@@ -204,11 +163,11 @@ def test_rebuild_is_reused_and_label_edits_rebuild(mercaption, cfg, tmp_path):
 def test_ovmerd_paths_mode(tmp_path, cfg):
   d = tmp_path / "ovmerd"
   d.mkdir()
-  _media(d, ["s1", "s2"])
-  _csv(d / "track2_train_ovmerd.csv", ("name", "openset"), [("s1", "[anxious]"),
+  media_lib.write_media(d, ["s1", "s2"])
+  media_lib.write_csv(d / "track2_train_ovmerd.csv", ("name", "openset"), [("s1", "[anxious]"),
                                                              ("s2", "joyful, proud")])
-  _csv(d / "track3_train_ovmerd.csv", ("name", "reason"), [("s1", "r1"), ("s2", "r2")])
-  _csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"), [("s1", "a"), ("s2", "b")])
+  media_lib.write_csv(d / "track3_train_ovmerd.csv", ("name", "reason"), [("s1", "r1"), ("s2", "r2")])
+  media_lib.write_csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"), [("s1", "a"), ("s2", "b")])
   report = _build("ovmerd", d, tmp_path / "out", cfg, media="paths", validate="exists")
   assert list(report["splits"]) == ["train"] and report["splits"]["train"]["kept"] == 2
   recs, _ = _records(report, "train")
@@ -219,10 +178,10 @@ def test_ovmerd_paths_mode(tmp_path, cfg):
 def test_ovmerdplus_faces_and_sentence_subtitles(tmp_path, cfg):
   d = tmp_path / "ovmerdplus"
   d.mkdir()
-  _media(d, ["p1", "p2", "p3"], faces=True)
+  media_lib.write_media(d, ["p1", "p2", "p3"], faces=True)
   os.remove(d / "openface_face" / "p3" / "p3.npy")
-  _csv(d / "ovlabel.csv", ("name", "openset"), [("p1", "[sad]"), ("p2", "[]"), ("p3", "x")])
-  _csv(d / "subtitle_eng.csv", ("name", "sentence"), [("p1", "one"), ("p2", "two"),
+  media_lib.write_csv(d / "ovlabel.csv", ("name", "openset"), [("p1", "[sad]"), ("p2", "[]"), ("p3", "x")])
+  media_lib.write_csv(d / "subtitle_eng.csv", ("name", "sentence"), [("p1", "one"), ("p2", "two"),
                                                       ("p3", "three")])
   report = _build("ovmerdplus", d, tmp_path / "out", cfg, ("test",), visual_source="faces")
   info = report["splits"]["test"]
@@ -241,10 +200,10 @@ def test_ovmerdplus_faces_and_sentence_subtitles(tmp_path, cfg):
 def test_mer2025ov_layout(tmp_path, cfg):
   d = tmp_path / "mer2025"
   d.mkdir()
-  _media(d, ["m1", "m2"])
-  _csv(d / "track2_test.csv", ("name", "openset"), [("m1", "[surprised, happy]"), ("m2", "")])
-  _csv(d / "track2_train_mercaptionplus.csv", ("name", "openset"), [("other", "x")])
-  _csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"), [("m1", "Oh!", ""),
+  media_lib.write_media(d, ["m1", "m2"])
+  media_lib.write_csv(d / "track2_test.csv", ("name", "openset"), [("m1", "[surprised, happy]"), ("m2", "")])
+  media_lib.write_csv(d / "track2_train_mercaptionplus.csv", ("name", "openset"), [("other", "x")])
+  media_lib.write_csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"), [("m1", "Oh!", ""),
                                                                    ("m2", "", "")])
   report = _build("mer2025ov", d, tmp_path / "out", cfg, ("rl",), media="paths")
   recs, _ = _records(report, "rl")
@@ -256,9 +215,9 @@ def test_mer2025ov_layout(tmp_path, cfg):
 def _unibench_folder(tmp_path, label_file, corpora, names):
   d = tmp_path / label_file.replace(".npz", "")
   d.mkdir()
-  _media(d, names, video_dir="subvideo", audio_dir="subaudio")
+  media_lib.write_media(d, names, video_dir="subvideo", audio_dir="subaudio")
   np.savez(d / label_file, **corpora)
-  _csv(d / "transcription-engchi-polish.csv", ("name", "chinese", "english"),
+  media_lib.write_csv(d / "transcription-engchi-polish.csv", ("name", "chinese", "english"),
        [(n, "中文", f"text {n}") for n in names])
   return d
 
@@ -287,7 +246,7 @@ def test_unibench_label_formats(tmp_path, cfg):
 
   mosi = tmp_path / "mosi"
   mosi.mkdir()
-  _media(mosi, ["v1", "v2", "v3"], video_dir="subvideo", audio_dir="subaudio")
+  media_lib.write_media(mosi, ["v1", "v2", "v3"], video_dir="subvideo", audio_dir="subaudio")
   np.savez(mosi / "label.npz", test_corpus={"v1": {"val": -1.5}, "v2": {"val": 2.0},
                                             "v3": {"val": float("nan")}})
   report = _build("unibench:cmumosi", mosi, tmp_path / "out", cfg, ("test",), media="paths")
@@ -335,18 +294,18 @@ def test_demo_builds_every_split(tmp_path, cfg):
 def test_nothing_usable_and_wrong_layouts_are_clear(tmp_path, cfg):
   d = tmp_path / "empty_media"
   d.mkdir()
-  _csv(d / "ovlabel.csv", ("name", "openset"), [("a", "x"), ("b", "y")])
+  media_lib.write_csv(d / "ovlabel.csv", ("name", "openset"), [("a", "x"), ("b", "y")])
   with pytest.raises(ValueError, match=rf"{re.escape(str(d))}: no usable clip.*missing_media"):
     _build("ovmerdplus", d, tmp_path / "out", cfg)
   assert not [p for p in (tmp_path / "out").rglob("*") if p.name != "out"]   # nothing left
   bad = tmp_path / "bad_rows"
   bad.mkdir()
-  _csv(bad / "ovlabel.csv", ("name", "openset"), [("", "x"), ("a", "b", "c")])
+  media_lib.write_csv(bad / "ovlabel.csv", ("name", "openset"), [("", "x"), ("a", "b", "c")])
   with pytest.raises(ValueError, match="no usable clip"):
     _build("ovmerdplus", bad, tmp_path / "out", cfg)
   cols = tmp_path / "wrong_columns"
   cols.mkdir()
-  _csv(cols / "ovlabel.csv", ("name", "label"), [("a", "x")])
+  media_lib.write_csv(cols / "ovlabel.csv", ("name", "label"), [("a", "x")])
   with pytest.raises(ValueError, match=r"ovlabel.csv: no column \['openset'\]; the header is"):
     _build("ovmerdplus", cols, tmp_path / "out", cfg)
   with pytest.raises(FileNotFoundError, match="track2_train_ovmerd.csv"):
@@ -360,9 +319,9 @@ def test_nothing_usable_and_wrong_layouts_are_clear(tmp_path, cfg):
 def test_faces_stored_raw_as_the_official_load_face(tmp_path, cfg):
   d = tmp_path / "ovmerdplus"
   d.mkdir()
-  _media(d, ["p1"], faces=True)
-  _csv(d / "ovlabel.csv", ("name", "openset"), [("p1", "[sad]")])
-  _csv(d / "subtitle_eng.csv", ("name", "sentence"), [("p1", "one")])
+  media_lib.write_media(d, ["p1"], faces=True)
+  media_lib.write_csv(d / "ovlabel.csv", ("name", "openset"), [("p1", "[sad]")])
+  media_lib.write_csv(d / "subtitle_eng.csv", ("name", "sentence"), [("p1", "one")])
   report = _build("ovmerdplus", d, tmp_path / "out", cfg, ("test",), visual_source="faces")
   recs, meta = _records(report, "test")
   assert meta["visual_source"] == "faces"
@@ -375,9 +334,9 @@ def test_faces_stored_raw_as_the_official_load_face(tmp_path, cfg):
 def test_faces_without_an_openface_folder_fall_back_to_frames(tmp_path, cfg, caplog):
   d = tmp_path / "mer2025"
   d.mkdir()
-  _media(d, ["m1", "m2"])                                      # videos only, no faces
-  _csv(d / "track2_test.csv", ("name", "openset"), [("m1", "[happy]"), ("m2", "")])
-  _csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"), [("m1", "a", ""),
+  media_lib.write_media(d, ["m1", "m2"])                                      # videos only, no faces
+  media_lib.write_csv(d / "track2_test.csv", ("name", "openset"), [("m1", "[happy]"), ("m2", "")])
+  media_lib.write_csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"), [("m1", "a", ""),
                                                                    ("m2", "b", "")])
   with caplog.at_level(logging.WARNING):
     report = _build("mer2025ov", d, tmp_path / "out", cfg, visual_source="faces")

@@ -125,8 +125,7 @@ except ValueError as e:
 @pytest.mark.slow
 @pytest.mark.parametrize("values,want", [((7, 7), "agreed"), ((7, 9), "kept different rows")])
 def test_two_processes_must_keep_the_same_rows(values, want):
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  import process_testlib
+  from tests.testlib import process as process_testlib
   port = process_testlib.free_port()
   root = pathlib.Path(__file__).resolve().parents[2]
   env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(root)}

@@ -222,11 +222,9 @@ def test_bad_config_is_named():
 
 
 @pytest.mark.slow
-def test_default_demo_generates_quickly(tmp_path):
+def test_default_demo_set_has_every_split(tmp_path):
   cfg = data_config.get_data_config().synthetic
   assert dict(cfg.splits) == dict(train=240, rl=120, test=96)
-  start = time.perf_counter()
   path = synthetic.ensure_demo_data(str(tmp_path), cfg)
-  assert time.perf_counter() - start < 30.0
   for split, n in cfg.splits.items():
     assert len(synthetic.read_split(path, split, cfg)) == n

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import ew_testlib
+from tests.testlib import ew as ew_testlib
 from affect_jax.emotion import metrics, wheel
 
 

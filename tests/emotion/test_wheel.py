@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-import ew_testlib
+from tests.testlib import ew as ew_testlib
 from affect_jax.emotion import wheel
 
 

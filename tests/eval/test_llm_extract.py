@@ -4,14 +4,10 @@ same greedy settings and repetition penalty, prompt by prompt (no padding). The 
 the official ones (re-typed below from AffectGPT toolkit/utils/qwen.py), the chat ids equal a
 Qwen2.5-style chat template's, and the official answer reading follows evaluation.py."""
 import json
-import pathlib
-import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import qwen2_testlib as lib  # noqa: E402
+from tests.testlib import qwen2 as lib  # noqa: E402
 from affect_jax.checkpoints import hf_qwen2, params_io  # noqa: E402
 from affect_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from affect_jax.eval import llm_extract  # noqa: E402

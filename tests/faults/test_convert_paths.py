@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import hf_testlib
+from tests.testlib import hf as hf_testlib
 from affect_jax.checkpoints import safetensors_io
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

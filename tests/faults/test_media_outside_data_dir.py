@@ -4,16 +4,12 @@ out of the folder are skipped as outside_data_dir, counted and named, and nothin
 stored (before the fix the outside files were decoded into the dataset)."""
 import logging
 import os
-import pathlib
-import sys
 
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
-import test_builders as tb  # noqa: E402  (the builder tests' media writers)
+from tests.testlib import media as media_lib
 from affect_jax.data import builders, pipeline  # noqa: E402
 from affect_jax.data.builders import records  # noqa: E402
-import data_testlib  # noqa: E402
+from tests.testlib import data as data_testlib  # noqa: E402
 
 
 def _cfg():
@@ -25,21 +21,21 @@ def layout(tmp_path):
   """tmp/secret/{video,audio}/s.* outside; tmp/data a MER-Caption+ folder whose label table
   points at them by '../', by an absolute path and through symlinks."""
   outside = tmp_path / "secret"
-  tb._media(outside, ["s"])
+  media_lib.write_media(outside, ["s"])
   data = tmp_path / "data"
-  tb._media(data, ["good"])
+  media_lib.write_media(data, ["good"])
   os.makedirs(data / "x" / "video")
   (data / "video" / "linked.mp4").symlink_to(outside / "video" / "s.mp4")
   (data / "audio" / "linked.wav").symlink_to(outside / "audio" / "s.wav")
   (data / "audio" / "half.wav").symlink_to(outside / "audio" / "s.wav")
-  tb._write_video(data / "video" / "half.mp4", 3)
+  media_lib.write_video(data / "video" / "half.mp4", 3)
   # a link that stays inside the folder is a normal file of the dataset
   (data / "video" / "inner.mp4").symlink_to(data / "video" / "good.mp4")
   (data / "audio" / "inner.wav").symlink_to(data / "audio" / "good.wav")
   names = {"good": "[happy]", "../secret/s": "[sad]", "../../secret/s": "[sad]",
            str(outside / "s"): "[sad]", "linked": "[sad]", "half": "[sad]", "inner": "[calm]"}
-  tb._csv(data / "track2_train_mercaptionplus.csv", ("name", "openset"), names.items())
-  tb._csv(data / "subtitle_chieng.csv", ("name", "english", "chinese"),
+  media_lib.write_csv(data / "track2_train_mercaptionplus.csv", ("name", "openset"), names.items())
+  media_lib.write_csv(data / "subtitle_chieng.csv", ("name", "english", "chinese"),
           [(n, "hello", "") for n in names])
   return data, outside
 

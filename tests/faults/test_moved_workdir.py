@@ -14,7 +14,7 @@ import pytest
 from affect_jax.checkpoints import manager
 from affect_jax.data import builders, features, pipeline, prompts, synthetic
 from affect_jax.data import tokenizer as tok_lib
-import data_testlib
+from tests.testlib import data as data_testlib
 from configs.checkpoint import get_checkpoint_config
 
 

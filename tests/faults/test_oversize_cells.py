@@ -7,11 +7,9 @@ import subprocess
 import sys
 
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
-import test_builders as tb  # noqa: E402
+from tests.testlib import media as media_lib
 from affect_jax.data import builders  # noqa: E402
-import data_testlib  # noqa: E402
+from tests.testlib import data as data_testlib  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -24,11 +22,11 @@ def _cfg():
 def folder(tmp_path):
   d = tmp_path / "data"
   names = ["a", "b", "long_subtitle", "long_label"]
-  tb._media(d, names)
-  tb._csv(d / "track2_train_mercaptionplus.csv", ("name", "openset"),
+  media_lib.write_media(d, names)
+  media_lib.write_csv(d / "track2_train_mercaptionplus.csv", ("name", "openset"),
           [("a", "[happy]"), ("b", "[sad]"), ("long_subtitle", "[calm]"),
            ("long_label", "[" + "x" * 200_000 + "]")])
-  tb._csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"),
+  media_lib.write_csv(d / "subtitle_chieng.csv", ("name", "english", "chinese"),
           [("a", "hi", ""), ("b", "ho", ""), ("long_subtitle", "y" * 140_000, ""),
            ("long_label", "ok", "")])
   return d

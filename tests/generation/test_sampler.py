@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import qwen2_testlib as lib
+from tests.testlib import qwen2 as lib
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.models import qwen2
 from affect_jax.generation import sampler

@@ -13,7 +13,7 @@ import transformers
 from affect_jax.checkpoints.safetensors_io import SafetensorsReader
 from configs import demo, tiny
 from launch import convert
-import hf_testlib
+from tests.testlib import hf as hf_testlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

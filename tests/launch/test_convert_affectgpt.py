@@ -23,7 +23,7 @@ from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.models import affectgpt
 from configs import tiny
 from launch import convert
-import hf_testlib
+from tests.testlib import hf as hf_testlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OFFICIAL_ALPHA = 32.0          # affectgpt.py: LoraConfig(r=lora_r, lora_alpha=32, ...)

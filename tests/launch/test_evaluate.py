@@ -288,7 +288,7 @@ def test_set_names_and_folders(tmp_path):
 def test_several_processes_are_refused(tmp_path):
   """launch.evaluate holds the model on one device: started as 2 jax.distributed processes, each
   stops at once with exit status 2 and says how to run it."""
-  import process_testlib
+  from tests.testlib import process as process_testlib
   port = process_testlib.free_port()
   procs = [subprocess.Popen(
       [sys.executable, "-m", "launch.evaluate", f"--checkpoint={tmp_path}",

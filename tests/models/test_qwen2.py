@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-import qwen2_testlib as lib
+from tests.testlib import qwen2 as lib
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.models import lora as lora_lib

@@ -1,7 +1,5 @@
 """On-device EW reward == the host rules, for several tokenizers; bad inputs; penalties."""
 import dataclasses
-import pathlib
-import sys
 
 import hypothesis
 import hypothesis.strategies as st
@@ -9,9 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "emotion"))
-import ew_testlib  # noqa: E402
+from tests.testlib import ew as ew_testlib  # noqa: E402
 from affect_jax.emotion import labels, metrics, wheel  # noqa: E402
 from affect_jax.rewards import ew_tables as reward_tables, emotion_wheel as rewards  # noqa: E402
 from configs.reward import get_reward_config  # noqa: E402

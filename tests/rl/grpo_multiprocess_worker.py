@@ -8,11 +8,8 @@ import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from affect_jax import distributed, sharding  # noqa: E402
 
@@ -20,7 +17,7 @@ from affect_jax import distributed, sharding  # noqa: E402
 def main():
   port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
   assert distributed.initialize(f"localhost:{port}", 2, pid)
-  import grpo_multiprocess_common as common
+  from tests.rl import grpo_multiprocess_common as common
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 1})
   history, params = common.run(mesh, distributed)
   if pid == 0:

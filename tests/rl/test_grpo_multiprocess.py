@@ -1,15 +1,16 @@
 """2 local processes x 2 CPU devices with jax.distributed give the same GRPO steps as 1 device."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import pytest
 
-import process_testlib
 from affect_jax import sharding
-import pytest  # noqa: E402
+from tests.testlib import process as process_testlib
 
 pytestmark = pytest.mark.slow   # minutes: started first (conftest)
 
@@ -17,11 +18,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def test_two_processes_match_one_device(tmp_path):
-  import grpo_multiprocess_common as common
+  from tests.rl import grpo_multiprocess_common as common
   port, out = process_testlib.free_port(), tmp_path / "mp.json"
-  procs = [subprocess.Popen([sys.executable, str(HERE / "grpo_multiprocess_worker.py"), str(port),
+  # No persistent compilation cache: a cache hit in one process and a compile in the other
+  # put them out of step by more than the collectives' timeout on a loaded machine.
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR="")
+  procs = [subprocess.Popen([sys.executable, "-m", "tests.rl.grpo_multiprocess_worker", str(port),
                              str(i), str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) for i in range(2)]
+                            text=True, cwd=HERE.parents[1], env=env) for i in range(2)]
   logs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), "\n".join(l[-3000:] for l in logs)
   result = json.loads(out.read_text())

@@ -22,7 +22,6 @@ if __name__ == "__main__":     # before jax is imported (the test imports only t
                              f"--xla_force_host_platform_device_count={_devices}")
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import flax  # noqa: E402
 import jax  # noqa: E402

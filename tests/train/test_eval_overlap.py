@@ -9,7 +9,6 @@ import csv
 import json
 import pathlib
 import shutil
-import sys
 
 import jax
 import numpy as np
@@ -17,9 +16,7 @@ import pytest
 
 from affect_jax.data import synthetic
 from affect_jax.train import loop, recipe
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import recipe_mesh_worker as worker  # noqa: E402
+from tests.train import recipe_mesh_worker as worker  # noqa: E402
 
 ADDED = {"train": ("test_00000", "test_00001"), "rl": ("test_00001", "test_00002", "test_00003")}
 

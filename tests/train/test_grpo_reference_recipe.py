@@ -2,7 +2,6 @@
 kl = 0 after SFT in the same run, and with --phases=grpo from that SFT run (config.init_from)."""
 import json
 import pathlib
-import sys
 
 import jax
 import pytest
@@ -12,8 +11,7 @@ from affect_jax.train import recipe
 from configs import demo
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import recipe_mesh_worker as worker  # noqa: E402
+from tests.train import recipe_mesh_worker as worker  # noqa: E402
 
 KL_ZERO = 1e-6          # k3 of equal log-probs is exactly 0; this is float rounding
 

@@ -22,9 +22,8 @@ from affect_jax import sharding
 from affect_jax.train import recipe
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import process_testlib  # noqa: E402
-import recipe_mesh_worker as worker  # noqa: E402
+from tests.testlib import process as process_testlib  # noqa: E402
+from tests.train import recipe_mesh_worker as worker  # noqa: E402
 
 MESH = (2, 2, 2)
 # 8 devices sum in other orders than 1 device (sharded matmuls, all-reduces): float32 noise.
@@ -51,9 +50,10 @@ def runs(tmp_path_factory):
   procs = {}
   for name, args in commands.items():
     args[0].mkdir(exist_ok=True)
-    procs[name] = subprocess.Popen([sys.executable, str(HERE / "recipe_mesh_worker.py")]
+    procs[name] = subprocess.Popen([sys.executable, "-m", "tests.train.recipe_mesh_worker"]
                                    + [str(a) for a in args], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+                                   stderr=subprocess.STDOUT, text=True,
+                                   cwd=HERE.parents[1])
   logs = {name: p.communicate(timeout=1200)[0] for name, p in procs.items()}
   for name, p in procs.items():
     assert p.returncode == 0, f"{name} run failed:\n{logs[name][-4000:]}"
