@@ -59,7 +59,7 @@ class RewardConfig:
       raise ValueError(f"reward.penalty='{self.penalty}': expected one of "
                        f"{penalty_lib.PENALTIES}.")
     unknown = [t for t in self.penalty_terms if t not in names]
-    if unknown:
+    if unknown and self.penalty != "none":
       raise ValueError(f"reward.penalty_terms: unknown {unknown}; terms are {tuple(names)}.")
     if self.p3_form not in penalty_lib.P3_FORMS:
       raise ValueError(f"reward.p3_form='{self.p3_form}': expected one of "
