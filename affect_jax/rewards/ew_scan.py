@@ -532,8 +532,8 @@ class AnswerState:
   hash: uint32[2, B] the two hashes of the label being read; flags: uint32[B] packed as
   ew_encodings says (label state, look-up bit, item count; one array, as XLA:CPU emits one
   kernel per loop output); words: uint32[W, B] the cluster sets found so far; pending:
-  uint32[2, B] the hash of the label the previous step closed (looked up this step); next_row: int32[B] the record
-  row of this step's piece. The last two are computed one step ahead so that the gathers read
+  uint32[2, B] the hash of the label the previous step closed (looked up this step);
+  next_row: int32[B] the record row of this step's piece. The last two are computed one step ahead so that the gathers read
   stored arrays instead of recomputing their index for every gathered column.
   """
   hash: jax.Array

@@ -361,7 +361,8 @@ def _perfect_hash(hashes, surfaces):
   for s, h in zip(surfaces, hashes):
     if h in seen:
       raise ValueError(f"surface forms {seen[h]!r} and {s!r} share a 64-bit label hash; "
-                       f"change ew_encodings.HASH_BASES (the bases argument of build_reward_tables).")
+                       "pass other bases to build_reward_tables (default "
+                       "ew_encodings.HASH_BASES).")
     seen[h] = s
   buckets = {}
   for i, (h1, _) in enumerate(hashes):
@@ -378,7 +379,8 @@ def _perfect_hash(hashes, surfaces):
         disp[b] = d
         break
     else:
-      raise ValueError("perfect hash: no displacement found; change ew_encodings.HASH_BASES (the bases argument of build_reward_tables).")
+      raise ValueError("perfect hash: no displacement found; pass other bases to "
+                       "build_reward_tables (default ew_encodings.HASH_BASES).")
   return taken, disp.astype(np.uint32), slot_bits, bucket_bits
 
 

@@ -7,8 +7,8 @@ length penalty, jittable, per completion.
   # out: every term [R], penalty [R], total [R], and the analyses' outputs (EW: n_pred, bad,
   # precision, recall, scored, hits)
 
-total = sum over reward.terms (in registration order) of weight * term, a term standardised over the
-batch first when its normalize is 'batch', and multiplied by the length penalty
+total = sum over reward.terms (in registration order) of weight * term, a term standardised
+over the batch first when its normalize is 'batch', and multiplied by the length penalty
 (affect_jax/rewards/penalty.py) when it is in reward.penalty_terms. The penalty compares the
 answer's item count (the EW analysis' n_pred) with the ground truth's (rows n_gt).
 `metric_names(cfg)` lists what the GRPO step logs: every term, the penalty and the analyses'
@@ -40,8 +40,8 @@ def _default_terms():
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
   """Validated reward settings (configs/reward.py). terms: ((name, its TermConfig), ...) in
-  registration order (from_config sorts them); analyses: ((name, its config), ...) of every analysis the terms or the
-  penalty read."""
+  registration order (from_config sorts them); analyses: ((name, its config), ...) of every
+  analysis the terms or the penalty read (defaults filled in)."""
   terms: tuple = dataclasses.field(default_factory=_default_terms)
   analyses: tuple = ()
   penalty: str = "none"

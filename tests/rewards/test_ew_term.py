@@ -269,7 +269,8 @@ def test_penalty_formulas(penalty, p3_form):
     else:
       expected.append(np.log(g) / np.log(p) if g > 1 else 0.0)
   np.testing.assert_allclose(penalty_lib.penalty_factor(n_pred, n_gt, cfg), expected, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(penalty_lib.penalty_factor(n_pred, n_gt, cfg, xp=jax.numpy)),
+  np.testing.assert_allclose(np.asarray(penalty_lib.penalty_factor(n_pred, n_gt, cfg,
+                                                                   xp=jax.numpy)),
                              expected, rtol=1e-6)
 
 
