@@ -58,9 +58,11 @@ class RewardConfig:
     if self.penalty not in penalty_lib.PENALTIES:
       raise ValueError(f"reward.penalty='{self.penalty}': expected one of "
                        f"{penalty_lib.PENALTIES}.")
-    unknown = [t for t in self.penalty_terms if t not in names]
-    if unknown and self.penalty != "none":
-      raise ValueError(f"reward.penalty_terms: unknown {unknown}; terms are {tuple(names)}.")
+    # With a penalty on, it must multiply configured terms; off, registered names suffice.
+    known = names if self.penalty != "none" else list(registry.TERMS)
+    unknown = [t for t in self.penalty_terms if t not in known]
+    if unknown:
+      raise ValueError(f"reward.penalty_terms: unknown {unknown}; terms are {tuple(known)}.")
     if self.p3_form not in penalty_lib.P3_FORMS:
       raise ValueError(f"reward.p3_form='{self.p3_form}': expected one of "
                        f"{penalty_lib.P3_FORMS}.")
