@@ -126,11 +126,13 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("unibench.llm.parsing", one_of("lenient", "official")),
     ("unibench.llm.dtype", one_of("", "bfloat16", "float32")),
     # Reward (configs/reward.py).
-    ("reward.w_*", finite()),
-    ("reward.max_labels", at_least(1)),
-    ("reward.max_gt_labels", at_least(1)),
-    ("reward.max_answer_tokens", at_least(0)),
-    ("reward.max_think_tokens", at_least(0)),
+    ("reward.terms.*.weight", finite()),
+    ("reward.terms.*.normalize", one_of("none", "batch")),
+    ("reward.normalize_eps", above(0)),
+    ("reward.ew.max_labels", at_least(1)),
+    ("reward.ew.max_gt_labels", at_least(1)),
+    ("reward.ew.max_answer_tokens", at_least(0)),
+    ("reward.ew.max_think_tokens", at_least(0)),
     ("reward.penalty", one_of("none", "p1", "p2", "p3")),
     ("reward.p3_form", one_of("shifted", "raw")),
     # Checkpoints (configs/checkpoint.py).
@@ -262,10 +264,10 @@ def _library_errors(config, done: set[str]) -> list[str]:
         out.append(f"config.{str(e).removeprefix('config.')}")
 
   from affect_jax.rl import losses
-  from affect_jax.rewards import emotion_wheel as rewards
+  from affect_jax.rewards import total as reward_total
   from affect_jax.generation import sampler
   run("grpo_loss", losses.GrpoLossConfig.from_config)
-  run("reward", rewards.RewardConfig.from_config)
+  run("reward", reward_total.RewardConfig.from_config)
   run("sampling", lambda s: sampler.SamplingConfig.from_dict(s.to_dict()))
   return out
 

@@ -21,7 +21,7 @@ import pathlib
 from absl import app, flags
 
 from configs import validate
-from launch import cli
+from launch import cli, xla_options
 
 BENCHES = {
     "reward": "affect_jax.bench.reward_bench:run",
@@ -79,6 +79,9 @@ def define_flags():
   flags.DEFINE_string("mesh", "", "Mesh (plan): 'data=1,fsdp=16,tensor=1' or '1,16,1'; "
                       "empty = the config's mesh.")
   flags.DEFINE_enum("plan_step", "grpo", ["grpo", "sft"], "Which step --bench=plan compiles.")
+  flags.DEFINE_enum("reward_compiler", "tuned", sorted(xla_options.REWARD),
+                    "XLA options of the jitted reward (reward), per backend "
+                    "(launch/xla_options.py).")
 
 
 _SHARED = ("batch", "ew_dir", "tokenizer_dir", "runs", "host_samples", "seed", "hf_dir",
@@ -92,6 +95,19 @@ def resolve(name: str):
     raise app.UsageError(f"--bench={name!r}: expected one of {sorted(BENCHES)}.")
   module, function = BENCHES[name].split(":")
   return getattr(importlib.import_module(module), function)
+
+
+def _reward_kwargs(config, reward_compiler: str) -> dict:
+  """The reward bench's sections (the --config's reward and data.tokenizer, else the
+  defaults of configs/) and its compiler options for this backend."""
+  import jax
+  from configs import data as data_config
+  from configs import reward as reward_config
+  return {"reward_config": config.reward if config is not None and "reward" in config
+          else reward_config.get_reward_config(),
+          "tokenizer_config": config.data.tokenizer if config is not None and "data" in config
+          else data_config.tokenizer_config(),
+          "compiler_options": xla_options.reward(reward_compiler, jax.default_backend())}
 
 
 def main(argv):
@@ -120,6 +136,8 @@ def main(argv):
       del kwargs[name]
   if f.config is not None:
     kwargs["config"] = f.config
+  if f.bench == "reward":
+    kwargs.update(_reward_kwargs(f.config, f.reward_compiler))
   result = run(**kwargs)
   text = json.dumps(result, sort_keys=True)
   if f.json_out:

@@ -14,9 +14,11 @@ ignored. Cells are read as the official evaluation reads them ("[a, b]", "a,b", 
 items; an empty cell is no label). --ew_dir: a folder with the official wheel1..5, synonym and
 format files (.csv or .xlsx); default: the project's demo wheel.
 --engine=device computes the level-1 EW scores (ov, hit) and the per-sample rewards with the
-jitted on-device reward (affect_jax/rewards/emotion_wheel.py) on completions "<answer>CELL</answer>"
-tokenized by --tokenizer (a save_pretrained folder; default: a byte-level BPE tokenizer built
-once from the wheel's vocabulary and cached); the 12 variants always come from the host tables.
+jitted on-device reward (affect_jax/rewards/terms/emotion_wheel.py) on completions
+"<answer>CELL</answer>" tokenized by --tokenizer (a save_pretrained folder; default: a
+byte-level BPE tokenizer built once from the wheel's vocabulary and cached), compiled with the
+XLA options of --reward_compiler for the backend; the 12 variants always come from the host
+tables.
 --per_sample_out writes name, reward: the per-sample F averaged over the 5 level-1 wheels.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import sys
 
 from absl import app, flags
 
+from launch import xla_options
 
 
 def define_flags():
@@ -43,6 +46,9 @@ def define_flags():
   flags.DEFINE_string("per_sample_out", None, "CSV of name, reward.")
   flags.DEFINE_string("tokenizer", None, "Tokenizer folder for --engine=device.")
   flags.DEFINE_string("json_out", None, "Also write the JSON object here.")
+  flags.DEFINE_enum("reward_compiler", "tuned", sorted(xla_options.REWARD),
+                    "XLA options of the jitted reward (--engine=device), per backend "
+                    "(launch/xla_options.py).")
 
 SENTIMENTS = {"positive": 1, "negative": -1, "neutral": 0}
 
@@ -110,17 +116,21 @@ def _percent(x: float) -> float:
   return round(100.0 * float(x), 4)
 
 
-def device_scores(gt_cells, pred_cells, tables, tokenizer_dir: str | None):
+def device_scores(gt_cells, pred_cells, tables, tokenizer_dir: str | None,
+                  reward_compiler: str = "tuned"):
   """Per-sample precision, recall, scored, hits [B, 5] and rewards [B] from the on-device
   reward, on completions "<answer>CELL</answer>"."""
+  import jax
   import numpy as np
   from affect_jax.emotion import labels as labels_lib
-  from affect_jax.rewards import ew_tables as reward_tables, emotion_wheel as rewards
+  from affect_jax.rewards import ew_tables as reward_tables, registry, total
+  from affect_jax.rewards.terms import emotion_wheel as ew_term
+  from configs import data as data_config
   if tokenizer_dir:
     from transformers import PreTrainedTokenizerFast
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
   else:
-    tokenizer = reward_tables.wheel_tokenizer(tables)
+    tokenizer = reward_tables.wheel_tokenizer(tables, data_config.tokenizer_config())
   for i, cell in enumerate(pred_cells):
     if "</answer>" in cell:
       raise ScoreInputError(f"prediction row {i + 1}: the cell contains '</answer>'; score it "
@@ -134,16 +144,18 @@ def device_scores(gt_cells, pred_cells, tables, tokenizer_dir: str | None):
   lengths = np.array([len(e) for e in encoded], np.int32)
   max_items = max([len(labels_lib.parse_labels(c)) for c in pred_cells] + [1])
   max_gt = max([len(labels_lib.parse_labels(c)) for c in gt_cells] + [1])
-  cfg = rewards.RewardConfig(max_labels=max_items, max_answer_tokens=n, max_gt_labels=max_gt)
-  gt_ids, n_gt = rewards.gt_arrays(gt_cells, tables, max_gt)
-  device_tables = reward_tables.to_device(
-      reward_tables.build_reward_tables(tokenizer, tables, bases=cfg.hash_bases))
-  out = rewards.make_reward_fn(device_tables, cfg)(ids, lengths, gt_ids, n_gt)
+  cfg = total.RewardConfig.from_config(dict(ew=dict(
+      max_labels=max_items, max_answer_tokens=n, max_gt_labels=max_gt)))
+  gt_ids, n_gt = ew_term.gt_arrays(gt_cells, tables, max_gt)
+  resources = total.setup(cfg, registry.Context(tokenizer, tables))
+  fn = total.make_reward_fn(resources, cfg, compiler_options=xla_options.reward(
+      reward_compiler, jax.default_backend()))
+  out = fn(ids, lengths, {"gt_ids": gt_ids, "n_gt": n_gt})
   return {k: np.asarray(v) for k, v in out.items()}
 
 
 def score(gt_path: str, pred_path: str, task: str, ew_dir=None, engine: str = "host",
-          per_sample_out=None, tokenizer_dir=None) -> dict:
+          per_sample_out=None, tokenizer_dir=None, reward_compiler: str = "tuned") -> dict:
   """The JSON object of launch.score (see the module doc)."""
   import numpy as np
   from affect_jax.emotion import metrics, wheel
@@ -194,7 +206,7 @@ def score(gt_path: str, pred_path: str, task: str, ew_dir=None, engine: str = "h
   gt_cells = [row["openset" if task == "ov" else "label"] for row in gt_rows]
   pred_cells = [p["openset"] for p in preds]
   if engine == "device":
-    d = device_scores(gt_cells, pred_cells, tables, tokenizer_dir)
+    d = device_scores(gt_cells, pred_cells, tables, tokenizer_dir, reward_compiler)
     rewards_per_sample = d["accuracy"]
     scored = d["scored"]                                   # [B, 5]
     n_scored = scored.sum(axis=0)
@@ -243,7 +255,8 @@ def main(argv):
   if not f.gt or not f.pred:
     raise app.UsageError("--gt and --pred are required.")
   try:
-    result = score(f.gt, f.pred, f.task, f.ew_dir, f.engine, f.per_sample_out, f.tokenizer)
+    result = score(f.gt, f.pred, f.task, f.ew_dir, f.engine, f.per_sample_out, f.tokenizer,
+                   f.reward_compiler)
   except ValueError as e:   # ScoreInputError, WheelFileError, TokenizerError
     print(f"launch.score: error: {e}", file=sys.stderr)
     sys.exit(2)

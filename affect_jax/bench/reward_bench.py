@@ -7,8 +7,8 @@ that partly overlap the answer. They are tokenized once (default: the byte-level
 built from the wheel vocabulary, reward_tables.wheel_tokenizer) and padded to the longest.
 
 - device_samples_per_s: batch / median steady-state seconds of the jitted reward (the same
-  `rewards.row_local_rewards` the GRPO step calls, jitted on its own with
-  `rewards.compiler_options()` as launch.score does; listed in compiler_options), compile time
+  `total.row_local_rewards` the GRPO step calls, jitted on its own with the compiler options
+  launch.benchmark passes, as launch.score does; listed in compiler_options), compile time
   reported apart (compile_s); with several devices the rows are split over them and each
   device scores its own (launch.benchmark gives the reward bench one host CPU device per core
   unless --cpu_devices says otherwise; `devices` is the number used). 200 calls by default:
@@ -66,38 +66,39 @@ def _pad(encoded, multiple: int = 8):
   return ids, np.array([len(e) for e in encoded], np.int32)
 
 
-def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: int = 200,
-        host_samples: int = 2000, host_runs: int = 3, tokenizer_dir: str | None = None,
-        config=None, **_) -> dict:
+def run(*, reward_config, tokenizer_config, compiler_options=None, batch: int = 4096,
+        ew_dir: str | None = None, seed: int = 0, runs: int = 200, host_samples: int = 2000,
+        host_runs: int = 3, tokenizer_dir: str | None = None, **_) -> dict:
   """Runs the reward benchmark; returns the JSON-ready result (module doc).
 
-  config: a reward ConfigDict (configs/reward.py); default get_reward_config().
+  reward_config: the reward section (configs/reward.py); tokenizer_config: the data.tokenizer
+  section the wheel tokenizer is built with (when tokenizer_dir is not given);
+  compiler_options: XLA options of the jitted reward (launch.benchmark chooses them).
   """
   import jax
-  from affect_jax.rewards import ew_tables as reward_tables, emotion_wheel as rewards
-  from configs.reward import get_reward_config
+  from affect_jax.rewards import ew_tables as reward_tables, registry, total
+  from affect_jax.rewards.terms import emotion_wheel as ew_term
   if batch < 1 or host_samples < 1:
     raise ValueError(f"batch={batch}, host_samples={host_samples}: both must be >= 1.")
-  cfg = rewards.RewardConfig.from_config(config or get_reward_config())
+  cfg = total.RewardConfig.from_config(reward_config)
   tables = wheel.load_tables(ew_dir)
   if tokenizer_dir:
     from transformers import PreTrainedTokenizerFast
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
   else:
-    tokenizer = reward_tables.wheel_tokenizer(tables)
+    tokenizer = reward_tables.wheel_tokenizer(tables, tokenizer_config)
   texts, gts = make_completions(tables, batch, seed)
   encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
   ids, lengths = _pad(encoded)
-  gt_ids, n_gt = rewards.gt_arrays(gts, tables, cfg.max_gt_labels)
+  gt_ids, n_gt = ew_term.gt_arrays(gts, tables, cfg.analysis("ew").max_gt_labels)
 
   start = time.perf_counter()
-  device_tables = reward_tables.to_device(
-      reward_tables.build_reward_tables(tokenizer, tables, bases=cfg.hash_bases))
+  device_tables = total.setup(cfg, registry.Context(tokenizer, tables))
   table_build_s = time.perf_counter() - start
-  args = [ids, lengths, gt_ids, n_gt]
+  args = [ids, lengths, {"gt_ids": gt_ids, "n_gt": n_gt}]
   devices = jax.devices()
   if len(devices) > 1 and batch % len(devices) == 0:
-    # Rows split over the devices, each scoring its own (rewards.row_local_rewards), as in
+    # Rows split over the devices, each scoring its own (total.row_local_rewards), as in
     # the GRPO step.
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -107,8 +108,8 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
   else:
     mesh = None
     args = [jax.device_put(a) for a in args]
-  fn = jax.jit(lambda t, i, l, g, n: rewards.row_local_rewards(i, l, g, n, t, cfg, mesh=mesh),
-               compiler_options=rewards.compiler_options())
+  fn = jax.jit(lambda t, i, l, r: total.row_local_rewards(i, l, r, t, cfg, mesh=mesh),
+               compiler_options=compiler_options)
   device_timing, out = timing.time_jitted(fn, device_tables, *args, runs=runs)
   accuracy = np.asarray(out["accuracy"])
 
@@ -136,5 +137,5 @@ def run(*, batch: int = 4096, ew_dir: str | None = None, seed: int = 0, runs: in
       "host_samples": count, "speedup": round(device_rate / host_rate, 2),
       "speedup_best": round((batch / device_timing.min_s) / (count / host_timing.min_s), 2),
       "max_abs_diff": float(np.max(np.abs(accuracy[:count] - host))),
-      "ew_dir": tables.source, "runs": runs, "compiler_options": rewards.compiler_options(),
+      "ew_dir": tables.source, "runs": runs, "compiler_options": compiler_options,
   }

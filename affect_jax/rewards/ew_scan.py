@@ -6,8 +6,9 @@ the loop outputs are kept few because XLA:CPU emits one kernel per loop output. 
 ids stay as generated ([B, N], `Tokens`): each loop step reads its column, and facts about
 positions are kept as bitmasks (one uint32 per 32 positions), so "first / last occurrence",
 "the last special token before p" and "non-whitespace tokens before p" are bit operations
-on [W, B] words instead of reductions over [N, B]. See rewards.py for the rules and
-reward_tables.py for the table layout.
+on [W, B] words instead of reductions over [N, B]. The rules are those of
+affect_jax/emotion/labels.py; every packed word, flag bit and table column read here is
+described in ew_encodings.py (the tables are built by ew_tables.py).
 
 1. `tag_scan`: a bit recurrence over the tokens finds every tag however it is split into
    tokens; per row, for each of the 4 tags: the first occurrence (end token, start token,
@@ -19,7 +20,7 @@ reward_tables.py for the table layout.
    piece they gather the record, advance the label state and look up each label that a
    separator (or word break) closes in the perfect hash table; result: cluster sets per row.
    Once few rows are still inside their content, those continue on fewer lanes
-   (`lane_loop`, reward.parser_compaction).
+   (`lane_loop`, PARSER_COMPACTION).
 """
 from __future__ import annotations
 
@@ -30,11 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from affect_jax.emotion import wheel as wheel_lib
-from affect_jax.rewards import ew_tables as rt
+from affect_jax.rewards import ew_encodings as enc
 
 _U0 = np.uint32(0)
-_FIELDS = np.array([((1 << b) - 1) << o for b, o in zip(rt.TAG_BITS, rt.TAG_OFFSETS)],
-                   np.uint32)
+_FIELDS = np.array(enc.TAG_FIELDS, np.uint32)
+# Lane divisors of the parsers' later phases (lane_loop): once at most B/d rows (B: rows per
+# device) are still inside their content, those continue on B/d lanes, for each d. Speed
+# only: no value depends on it.
+PARSER_COMPACTION = (2, 8)
 
 
 def gather(table, idx):
@@ -166,11 +170,6 @@ class TagInfo:
   text: jax.Array
 
 
-# Bitmask kinds of the tag scan: chain end (tag t ends in this token, begun in an earlier
-# one) 0-3, inside (tag t lies wholly in this token) 4-7, adds text, holds a tag twice,
-# special (holds '<' or '>'), non-whitespace.
-_K_CHAIN, _K_INSIDE, _K_TEXT, _K_MULTI, _K_SPECIAL, _K_NONWS = 0, 4, 8, 9, 10, 11
-_KINDS = 12
 
 
 def bit_at(m, position):
@@ -191,6 +190,20 @@ def mask_count_below(m, position):
   return mask_count(mask_below(m, position))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TagCarry:
+  """The tag scan's state within a block of 32 tokens, all [B] but slab.
+
+  active: the tag prefixes the text so far ends with (tok word bits, ew_encodings); kind: the
+  event kinds (enc.K_* bits) of the previous token, recorded one step late; slab:
+  uint32[KINDS, B] this block's bitmask word of every kind.
+  """
+  active: jax.Array
+  kind: jax.Array
+  slab: jax.Array
+
+
 def tag_scan(toks: Tokens, tables) -> TagInfo:
   """Tags of the completions.
 
@@ -201,34 +214,34 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
   """
   batch, n = toks.ids.shape
   fields = jnp.asarray(_FIELDS)[:, None]
-  shifts = np.arange(_KINDS, dtype=np.uint32)[:, None]
+  shifts = np.arange(enc.KINDS, dtype=np.uint32)[:, None]
 
   def record(slab, kind, t):
     """Sets bit t % 32 of every kind's word in slab [KINDS, B] where kind [B] has it."""
     return slab | (((kind[None] >> shifts) & np.uint32(1)) << (t & 31).astype(jnp.uint32))
 
-  def body(t, c):
+  def body(t, c: TagCarry) -> TagCarry:
     # The kind word of token t is recorded one step later, from the carry: so the bitmask
     # update reads a stored [B] word instead of recomputing the token's events per kind.
-    active, prev, slab = c
-    slab = record(slab, prev, t - 1)
+    active = c.active
+    slab = record(c.slab, c.kind, t - 1)
     token = toks.column(t)
     packed = gather(tables.tok, token)
     word, end = packed[:, 0], packed[:, 1]
     special = (word >> np.uint32(31)) == 1
-    low = word & np.uint32(rt.FIELD)
+    low = word & np.uint32(enc.FIELD)
     chain = ((active & end)[None] & fields) != 0                  # [4, B]
     mid = jnp.where(special, _U0, low)
     shift = jnp.where(special, _U0, bits(word, 28, 3))
-    kind = (sum(chain[t].astype(jnp.uint32) << np.uint32(_K_CHAIN + t) for t in range(4))
-            | ((end >> np.uint32(28)) << np.uint32(_K_INSIDE))
-            | ((word != np.uint32(rt.EMPTY_WORD)).astype(jnp.uint32) << np.uint32(_K_TEXT))
-            | ((special & (bits(word, 28) != 0)).astype(jnp.uint32) << np.uint32(_K_MULTI))
-            | (special.astype(jnp.uint32) << np.uint32(_K_SPECIAL))
-            | (((word != np.uint32(rt.ALLWS_WORD)) & (word != np.uint32(rt.EMPTY_WORD))
-                ).astype(jnp.uint32) << np.uint32(_K_NONWS)))
+    kind = (sum(chain[t].astype(jnp.uint32) << np.uint32(enc.K_CHAIN + t) for t in range(4))
+            | ((end >> np.uint32(28)) << np.uint32(enc.K_INSIDE))
+            | ((word != np.uint32(enc.EMPTY_WORD)).astype(jnp.uint32) << np.uint32(enc.K_TEXT))
+            | ((special & (bits(word, 28) != 0)).astype(jnp.uint32) << np.uint32(enc.K_MULTI))
+            | (special.astype(jnp.uint32) << np.uint32(enc.K_SPECIAL))
+            | (((word != np.uint32(enc.ALLWS_WORD)) & (word != np.uint32(enc.EMPTY_WORD))
+                ).astype(jnp.uint32) << np.uint32(enc.K_NONWS)))
     active = jnp.where(special, low, _U0) | ((active & mid) << shift)
-    return active, kind, slab
+    return TagCarry(active=active, kind=kind, slab=slab)
 
   def block(w, active):
     # 32 tokens: the inner loop fills one bitmask word per kind in its carry (no slicing of
@@ -236,9 +249,9 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
     lo = 32 * w
     hi = min(lo + 32, n) if isinstance(w, int) else jnp.minimum(lo + 32, n)
     zero = jnp.zeros((batch,), jnp.uint32)          # a first step records nothing
-    active, last, slab = jax.lax.fori_loop(
-        lo, hi, body, (active, zero, jnp.zeros((_KINDS, batch), jnp.uint32)))
-    return active, record(slab, last, jnp.int32(hi - 1))
+    c = jax.lax.fori_loop(lo, hi, body, TagCarry(
+        active=active, kind=zero, slab=jnp.zeros((enc.KINDS, batch), jnp.uint32)))
+    return c.active, record(c.slab, c.kind, jnp.int32(hi - 1))
 
   active = jnp.zeros((batch,), jnp.uint32)
   if mask_words(n) <= 4:    # up to 128 tokens: one loop per block, words kept apart
@@ -252,14 +265,14 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
       active, slab = block(w, c[0])
       return active, c[1].at[w].set(slab)
     _, masks = jax.lax.fori_loop(0, mask_words(n), store, (active, jnp.zeros(
-        (mask_words(n), _KINDS, batch), jnp.uint32)))
+        (mask_words(n), enc.KINDS, batch), jnp.uint32)))
     kind_mask = lambda k: masks[:, k]
-  special, nonws = kind_mask(_K_SPECIAL), kind_mask(_K_NONWS)
+  special, nonws = kind_mask(enc.K_SPECIAL), kind_mask(enc.K_NONWS)
   last_special_before = lambda p: mask_last(mask_below(special, p))
 
   firsts, crosses, starts, counts, befores, throughs, closes = [], [], [], [], [], [], []
   for t in range(4):
-    chain, inside = kind_mask(_K_CHAIN + t), kind_mask(_K_INSIDE + t)
+    chain, inside = kind_mask(enc.K_CHAIN + t), kind_mask(enc.K_INSIDE + t)
     hit = chain | inside
     first = mask_first(hit)
     is_cross = bit_at(chain, first)
@@ -277,20 +290,20 @@ def tag_scan(toks: Tokens, tables) -> TagInfo:
     if t % 2:   # a close tag: its first occurrence ending after the open tag's token
       opened = firsts[t - 1]
       closes.append(jnp.where(opened >= 0, mask_first(mask_above(hit, opened)), -1))
-  close_crosses = [bit_at(kind_mask(_K_CHAIN + 2 * p + 1), closes[p]) for p in range(2)]
+  close_crosses = [bit_at(kind_mask(enc.K_CHAIN + 2 * p + 1), closes[p]) for p in range(2)]
   close_starts = [jnp.where(close_crosses[p], last_special_before(closes[p]), closes[p])
                   for p in range(2)]
   return TagInfo(first=jnp.stack(firsts), cross=jnp.stack(crosses), start=jnp.stack(starts),
                  count=jnp.stack(counts), nz_before=jnp.stack(befores),
                  nz_through=jnp.stack(throughs), close=jnp.stack(closes),
                  close_cross=jnp.stack(close_crosses), close_start=jnp.stack(close_starts),
-                 multi=jnp.any(kind_mask(_K_MULTI) != 0, axis=0),
+                 multi=jnp.any(kind_mask(enc.K_MULTI) != 0, axis=0),
                  nz_total=mask_count(nonws),
-                 text=kind_mask(_K_TEXT))
+                 text=kind_mask(enc.K_TEXT))
 
 
 def _sp(tables, special, column):
-  return tables.sp[jnp.maximum(special, 0), rt.SP[column]]
+  return tables.sp[jnp.maximum(special, 0), enc.SP[column]]
 
 
 def _special_at(toks, tables, position):
@@ -328,15 +341,15 @@ def content_span(info: TagInfo, toks, tables, pair: int) -> Span:
   later_cross = info.close_cross[pair]
   t_close = jnp.where(same, t_open, jnp.where(later_cross, info.close_start[pair],
                                               info.close[pair]))
-  end_kind = jnp.where(~same & later_cross, rt.END_CROSS, rt.END_INTERNAL)
-  start_kind = jnp.where(crossed, rt.START_CROSS, rt.START_INTERNAL)
+  end_kind = jnp.where(~same & later_cross, enc.END_CROSS, enc.END_INTERNAL)
+  start_kind = jnp.where(crossed, enc.START_CROSS, enc.START_INTERNAL)
   sp_close = _special_at(toks, tables, t_close)
   single = t_open == t_close
   row_open = tables.sp_kinds[jnp.maximum(sp_open, 0), pair, start_kind,
-                             jnp.where(single, end_kind, rt.END_TOKEN)]
-  row_close = tables.sp_kinds[jnp.maximum(sp_close, 0), pair, rt.START_TOKEN, end_kind]
+                             jnp.where(single, end_kind, enc.END_TOKEN)]
+  row_close = tables.sp_kinds[jnp.maximum(sp_close, 0), pair, enc.START_TOKEN, end_kind]
   # Non-empty pieces: the cut ends by their records, whole tokens by the tag scan.
-  empty = lambda r: bits(gather(tables.rec_answer, r)[:, rt.A["a_flags"]], rt.F_EMPTY) != 0
+  empty = lambda r: bits(gather(tables.rec_answer, r)[:, enc.A["a_flags"]], enc.F_EMPTY) != 0
   open_ne, close_ne = ~empty(row_open), ~single & ~empty(row_close)
   middle = mask_below(mask_above(info.text, t_open), t_close)
   first_mid = mask_first(middle)
@@ -371,7 +384,7 @@ def format_ok(info: TagInfo, toks, tables):
     return clean if need_ws else ~clean
 
   counts_ok = jnp.all(info.count == 1, axis=0) & ~info.multi
-  keys = [info.first[t] * rt.KEY_STRIDE + end_off[t] for t in range(4)]
+  keys = [info.first[t] * enc.KEY_STRIDE + end_off[t] for t in range(4)]
   ordered = (keys[0] < keys[1]) & (keys[1] < keys[2]) & (keys[2] < keys[3])
   head = (info.nz_before[0] == 0) & ws(starts[0], 0, before[0])
   tail = (info.nz_total == info.nz_through[3]) & ws(specials[3], after[3], 0)
@@ -473,9 +486,9 @@ def lane_loop(body, carry, lanes, length, steps, widths, top: int):
 
 def lookup_pairs(h, valid, tables):
   """Label hashes h uint32[2, B] -> cluster sets uint32[W, B] (0 when not a surface form)."""
-  bucket = ((h[0] * np.uint32(rt.GOLDEN[0])) >> np.uint32(32 - tables.bucket_bits)).astype(
+  bucket = ((h[0] * np.uint32(enc.GOLDEN[0])) >> np.uint32(32 - tables.bucket_bits)).astype(
       jnp.int32)
-  slot = (((h[1] ^ gather(tables.disp, bucket)) * np.uint32(rt.GOLDEN[1]))
+  slot = (((h[1] ^ gather(tables.disp, bucket)) * np.uint32(enc.GOLDEN[1]))
           >> np.uint32(32 - tables.slot_bits)).astype(jnp.int32)
   row = gather(tables.slots, slot).T                      # [2 + W, B]
   hit = valid & (row[0] == h[0]) & (row[1] == h[1])
@@ -485,106 +498,139 @@ def lookup_pairs(h, valid, tables):
 def piece_transition(klass, state):
   """reward_tables.piece_transition on device: piece class klass (the low 6 bits of a_flags)
   appended to label states `state` [B] -> (new state, gap == one space, whitespace only)."""
-  seen, bad, pend = bits(state, rt.S_SEEN), bits(state, rt.S_BAD), bits(state, rt.S_PEND, 2)
-  allws = bits(klass, rt.F_ALLWS) != 0
-  gap = jnp.minimum(pend + bits(klass, rt.F_LEAD, 2), np.uint32(2))
-  bad = bad | (seen & (gap == 2).astype(jnp.uint32)) | bits(klass, rt.F_INNER_BAD)
-  new = jnp.where(allws, (state & np.uint32(3)) | (gap << np.uint32(rt.S_PEND)),
-                  np.uint32(1 << rt.S_SEEN) | (bad << np.uint32(rt.S_BAD))
-                  | (bits(klass, rt.F_TRAIL, 2) << np.uint32(rt.S_PEND)))
+  seen, bad, pend = bits(state, enc.S_SEEN), bits(state, enc.S_BAD), bits(state, enc.S_PEND, 2)
+  allws = bits(klass, enc.F_ALLWS) != 0
+  gap = jnp.minimum(pend + bits(klass, enc.F_LEAD, 2), np.uint32(2))
+  bad = bad | (seen & (gap == 2).astype(jnp.uint32)) | bits(klass, enc.F_INNER_BAD)
+  new = jnp.where(allws, (state & np.uint32(3)) | (gap << np.uint32(enc.S_PEND)),
+                  np.uint32(1 << enc.S_SEEN) | (bad << np.uint32(enc.S_BAD))
+                  | (bits(klass, enc.F_TRAIL, 2) << np.uint32(enc.S_PEND)))
   return new, gap == 1, allws
 
 
 def answer_step(h, f, rec, bases):
   """Appends piece a of records rec [cols, B] to label states: hashes h uint32[2, B] and
-  flags f uint32[B] (rt.S_* bits). Returns the new (h, f).
+  flags f uint32[B] (enc.S_* bits). Returns the new (h, f).
 
   The flag logic (whitespace kinds, badness) is `piece_transition`; the hash grows by the
   core's power (times the base for a one-space gap): h * m + H.
   """
-  a = rt.A
+  a = enc.A
   new_f, gap_one, allws = piece_transition(rec[a["a_flags"]], f)
-  seen = (bits(f, rt.S_SEEN) != 0)[None]
+  seen = (bits(f, enc.S_SEEN) != 0)[None]
   m0 = rec[a["a_m0_1"]:a["a_m0_1"] + 2]
   m = jnp.where(gap_one[None], m0 * jnp.asarray(np.array(bases, np.uint32))[:, None], m0)
   grown = jnp.where(seen, h * m, _U0) + rec[a["a_h1"]:a["a_h1"] + 2]
   return jnp.where(allws[None], h, grown), new_f
 
 
-def answer_scan(toks, span: Span, cap: int, tables, compaction=()):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AnswerState:
+  """The answer parser's loop state (rows on the last axis).
+
+  hash: uint32[2, B] the two hashes of the label being read; flags: uint32[B] packed as
+  ew_encodings says (label state, look-up bit, item count; one array, as XLA:CPU emits one
+  kernel per loop output); words: uint32[W, B] the cluster sets found so far; pending:
+  uint32[2, B] the hash of the label the previous step closed (looked up this step);
+  next_row: int32[B] the record row of this step's piece. The last two are computed one step ahead so that the gathers read
+  stored arrays instead of recomputing their index for every gathered column.
+  """
+  hash: jax.Array
+  flags: jax.Array
+  words: jax.Array
+  pending: jax.Array
+  next_row: jax.Array
+
+
+def answer_scan(toks, span: Span, cap: int, tables, compaction=PARSER_COMPACTION):
   """Answer parser over the answer content's pieces -> (cluster set words [W][B], item count
   [B]). A loop over piece index j runs as many steps as the longest answer of the batch has
   tokens (at most `cap` when cap > 0): per step it gathers each row's record, advances the
-  label state, and looks up the label a separator closes. The loop state is five arrays
-  (XLA:CPU emits one kernel per loop output, so fewer outputs run faster); compaction: the
-  lane divisors of lane_loop's later phases.
+  label state, and looks up the label a separator closes. The loop state is AnswerState;
+  compaction: the lane divisors of lane_loop's later phases.
   """
   batch, n = toks.ids.shape
-  a, n_cols = rt.A, len(rt.ANSWER_COLUMNS)
+  a, n_cols = enc.A, len(enc.ANSWER_COLUMNS)
   steps = _steps(span, cap, n)
   brackets = bracket_rows(toks, span, tables)
 
-  def body(j, c, lanes):
-    # fc: label flags in bits 0-3, "pend holds a label to look up" in bit 4, the item count
-    # above. Two values are computed one step ahead and carried, so that the gathers read
-    # stored arrays instead of recomputing their index for every gathered column: the record
-    # row of the next piece, and the hash of the label this step closed (looked up next step).
+  def body(j, c: AnswerState, lanes) -> AnswerState:
     # A piece outside the content is the empty-string row V, which changes nothing.
     toks, span, brackets = lanes
-    h, fc, words, pend, row = c
-    found = lookup_pairs(pend, bits(fc, 4) != 0, tables)
-    rec = gather(tables.rec_answer, row).T                  # [cols + W, B]
+    h, fc = c.hash, c.flags
+    found = lookup_pairs(c.pending, bits(fc, enc.FC_LOOK) != 0, tables)
+    rec = gather(tables.rec_answer, c.next_row).T           # [cols + W, B]
     flags = rec[a["a_flags"]]
-    sep = bits(flags, rt.F_SEP) != 0
-    closing_h, closing_f = answer_step(h, fc & np.uint32(15), rec, tables.bases)
-    closed = sep & (bits(closing_f, rt.S_SEEN) != 0)
-    look = closed & (bits(closing_f, rt.S_BAD) == 0)
+    sep = bits(flags, enc.F_SEP) != 0
+    closing_h, closing_f = answer_step(h, fc & np.uint32(enc.STATE_MASK), rec, tables.bases)
+    closed = sep & (bits(closing_f, enc.S_SEEN) != 0)
+    look = closed & (bits(closing_f, enc.S_BAD) == 0)
     h = jnp.where(sep[None], rec[a["f_h1"]:a["f_h1"] + 2], closing_h)
-    f = jnp.where(sep, bits(flags, rt.F_STATE, 4), closing_f)
-    count = (fc >> np.uint32(5)) + closed.astype(jnp.uint32) + bits(flags, rt.F_COUNT, 8)
-    fc = f | (look.astype(jnp.uint32) << np.uint32(4)) | (count << np.uint32(5))
-    next_row = _piece_row(j + 1, toks, span, tables, brackets)[0]
-    return h, fc, words | found | rec[n_cols:], closing_h, next_row
+    f = jnp.where(sep, bits(flags, enc.F_STATE, 4), closing_f)
+    count = (fc >> np.uint32(enc.FC_COUNT)) + closed.astype(jnp.uint32) + bits(
+        flags, enc.F_COUNT, 8)
+    fc = (f | (look.astype(jnp.uint32) << np.uint32(enc.FC_LOOK))
+          | (count << np.uint32(enc.FC_COUNT)))
+    return AnswerState(hash=h, flags=fc, words=c.words | found | rec[n_cols:],
+                       pending=closing_h,
+                       next_row=_piece_row(j + 1, toks, span, tables, brackets)[0])
 
-  init = (jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
-          jnp.zeros((tables.num_words, batch), jnp.uint32), jnp.zeros((2, batch), jnp.uint32),
-          _piece_row(jnp.int32(0), toks, span, tables, brackets)[0])
-  h, fc, words, pend, _ = lane_loop(body, init, (toks, span, brackets), span_tokens(span),
-                                    steps, lane_widths(batch, compaction), n)
+  init = AnswerState(hash=jnp.zeros((2, batch), jnp.uint32),
+                     flags=jnp.zeros((batch,), jnp.uint32),
+                     words=jnp.zeros((tables.num_words, batch), jnp.uint32),
+                     pending=jnp.zeros((2, batch), jnp.uint32),
+                     next_row=_piece_row(jnp.int32(0), toks, span, tables, brackets)[0])
+  final = lane_loop(body, init, (toks, span, brackets), span_tokens(span), steps,
+                    lane_widths(batch, compaction), n)
+  h, fc, words, pend = final.hash, final.flags, final.words, final.pending
   # The last label ends with the content (rows shorter than the loop keep their state: the
   # pieces past a content's end are empty strings); the last closed label is still pending.
-  final_seen = span.present & (bits(fc, rt.S_SEEN) != 0)
+  final_seen = span.present & (bits(fc, enc.S_SEEN) != 0)
   both = lookup_pairs(jnp.concatenate([pend, h], axis=1), jnp.concatenate(
-      [bits(fc, 4) != 0, final_seen & (bits(fc, rt.S_BAD) == 0)]), tables)
+      [bits(fc, enc.FC_LOOK) != 0, final_seen & (bits(fc, enc.S_BAD) == 0)]), tables)
   words = words | both[:, :batch] | both[:, batch:]
-  count = (fc >> np.uint32(5)).astype(jnp.int32) + final_seen.astype(jnp.int32)
+  count = (fc >> np.uint32(enc.FC_COUNT)).astype(jnp.int32) + final_seen.astype(jnp.int32)
   return list(words), count
 
 
-def think_scan(toks, span: Span, cap: int, tables, compaction=()):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ThinkState:
+  """The think parser's loop state: hash uint32[2, B] of the word being read; nonempty
+  uint32[B] 1 when that word has a character; words uint32[W, B] the cluster sets found."""
+  hash: jax.Array
+  nonempty: jax.Array
+  words: jax.Array
+
+
+def think_scan(toks, span: Span, cap: int, tables, compaction=PARSER_COMPACTION):
   """Think parser over the think content's pieces -> cluster set words [W][B] of its words
   (a loop as in answer_scan)."""
   batch, n = toks.ids.shape
-  t, n_cols = rt.T, len(rt.THINK_COLUMNS)
+  t, n_cols = enc.T, len(enc.THINK_COLUMNS)
   steps = _steps(span, cap, n)
 
-  def body(j, c, lanes):
+  def body(j, c: ThinkState, lanes) -> ThinkState:
     toks, span = lanes
-    h, ne, words = c
+    h, ne, words = c.hash, c.nonempty, c.words
     row, ins = _piece_row(j, toks, span, tables)
     rec = gather(tables.rec_think, row).T
     flags = rec[t["t_flags"]]
-    brk = ins & (bits(flags, rt.T_BREAK) != 0)
+    brk = ins & (bits(flags, enc.T_BREAK) != 0)
     grown = h * rec[t["ta_p1"]:t["ta_p1"] + 2] + rec[t["ta_h1"]:t["ta_h1"] + 2]
-    grown_ne = ne | bits(flags, rt.T_A_NONEMPTY)
+    grown_ne = ne | bits(flags, enc.T_A_NONEMPTY)
     found = lookup_pairs(grown, brk & (grown_ne != 0), tables)
     h = jnp.where(brk[None], rec[t["tb_h1"]:t["tb_h1"] + 2], grown)
-    ne = jnp.where(brk, bits(flags, rt.T_B_NONEMPTY), grown_ne)
-    return h, ne, words | found | jnp.where(ins[None], rec[n_cols:], _U0)
+    ne = jnp.where(brk, bits(flags, enc.T_B_NONEMPTY), grown_ne)
+    return ThinkState(hash=h, nonempty=ne,
+                      words=words | found | jnp.where(ins[None], rec[n_cols:], _U0))
 
-  init = (jnp.zeros((2, batch), jnp.uint32), jnp.zeros((batch,), jnp.uint32),
-          jnp.zeros((tables.num_words, batch), jnp.uint32))
-  h, ne, words = lane_loop(body, init, (toks, span), span_tokens(span), steps,
-                           lane_widths(batch, compaction), n)
+  init = ThinkState(hash=jnp.zeros((2, batch), jnp.uint32),
+                    nonempty=jnp.zeros((batch,), jnp.uint32),
+                    words=jnp.zeros((tables.num_words, batch), jnp.uint32))
+  final = lane_loop(body, init, (toks, span), span_tokens(span), steps,
+                    lane_widths(batch, compaction), n)
+  h, ne, words = final.hash, final.nonempty, final.words
   words = words | lookup_pairs(h, span.present & (ne != 0), tables)
   return list(words)

@@ -27,6 +27,7 @@ Exactness: the device equals the text rules for every completion, except where a
 UTF-8 character is split between two tokens and that character is whitespace, changes under
 lower(), or is a word character next to a <think> word; and up to 64-bit hash collisions
 between a junk label and a surface form (surface forms among themselves are checked here).
+Every packed word, flag bit and column is described in affect_jax/rewards/ew_encodings.py.
 """
 from __future__ import annotations
 
@@ -37,38 +38,12 @@ import re
 import jax
 import numpy as np
 
-from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import wheel as wheel_lib
-
-TAGS = tuple(t.encode() for t in labels_lib.TAGS)   # <think> </think> <answer> </answer>
-TAG_BITS = tuple(len(t) - 1 for t in TAGS)            # proper prefix lengths 1..len-1
-TAG_OFFSETS = tuple(int(sum(TAG_BITS[:i])) for i in range(len(TAGS)))
-FIELD = (1 << 28) - 1                                 # the 28 tag bits of a packed word
-SPECIAL = 1 << 31
-ALLWS_WORD = 7 << 28                                  # tok word of a whitespace-only token
-EMPTY_WORD = FIELD                                    # tok word of a token adding no text
-MOD = 1 << 32
-KEY_STRIDE = 1 << 12                                  # token * KEY_STRIDE + byte: a position
-GOLDEN = (0x9E3779B1, 0x85EBCA77)
-# Answer pieces: ws kinds 0 none, 1 a single ' ', 2 anything else. The low 6 bits of a
-# piece's flags are its class (whitespace only, kind of leading / trailing whitespace,
-# non-space whitespace inside) for the label-state transition table.
-F_ALLWS, F_LEAD, F_TRAIL, F_INNER_BAD, F_SEP, F_EMPTY, F_COUNT = 0, 1, 3, 5, 6, 7, 8
-F_STATE = 16          # a_flags bits 16-19: the label state after the last separator
-# Label state flags: bit 0 non-whitespace seen, bit 1 bad, bits 2-3 pending whitespace kind.
-S_SEEN, S_BAD, S_PEND = 0, 1, 2
-# Think flags.
-T_BREAK, T_A_NONEMPTY, T_B_NONEMPTY = 0, 1, 2
-# Cut pieces of special tokens. Content starts: token start, after the first '>', after the
-# open tag inside the token. Content ends: token end, before the last '<', before the first
-# close tag inside the token that lies after the content start.
-START_TOKEN, START_CROSS, START_INTERNAL = 0, 1, 2
-END_TOKEN, END_CROSS, END_INTERNAL = 0, 1, 2
-MODE_THINK, MODE_ANSWER = 0, 1
-# Whitespace table of special tokens: start options (0, first '>' end, end of tag t inside),
-# end options (len, last '<', start of tag t inside).
-WS_OPTIONS = 6
-
+from affect_jax.rewards.ew_encodings import (
+    ALLWS_WORD, ANSWER_COLUMNS, EMPTY_WORD, F_ALLWS, F_COUNT, F_EMPTY, F_INNER_BAD, F_LEAD,
+    F_SEP, F_STATE, F_TRAIL, GOLDEN, HASH_BASES, KEY_STRIDE, MOD, MODE_ANSWER, MODE_THINK,
+    PIECE_CLASS_BITS, S_BAD, S_PEND, SP_COLUMNS, SPECIAL, T_A_NONEMPTY, T_B_NONEMPTY,
+    T_BREAK, TAG_OFFSETS, TAGS, WS_OPTIONS)
 
 class TokenizerError(ValueError):
   """A tokenizer whose decoded text is not the concatenation of per-token strings."""
@@ -245,8 +220,6 @@ def _answer_piece(text: str, bases) -> list[int]:
 # appended to an empty label: f_h), then the inner labels' cluster set words. Think rows: the
 # first word fragment (hash, power), the last one's hash, flags, then the inner words'
 # cluster sets.
-ANSWER_COLUMNS = ("a_h1", "a_h2", "a_m0_1", "a_m0_2", "a_flags", "f_h1", "f_h2")
-THINK_COLUMNS = ("ta_h1", "ta_h2", "ta_p1", "ta_p2", "tb_h1", "tb_h2", "t_flags")
 
 
 @dataclasses.dataclass
@@ -286,7 +259,7 @@ class _Records:
         min(count, 255) << F_COUNT)
     if len(parts) > 1:   # the label state after the last separator
       b1, b2, _, _, klass = _answer_piece(parts[-1], self.bases)
-      state, _, allws = piece_transition(klass & 63, 0)
+      state, _, allws = piece_transition(klass & ((1 << PIECE_CLASS_BITS) - 1), 0)
       flags |= state << F_STATE
       f_h = [0, 0] if allws else [b1, b2]
     else:
@@ -388,7 +361,8 @@ def _perfect_hash(hashes, surfaces):
   for s, h in zip(surfaces, hashes):
     if h in seen:
       raise ValueError(f"surface forms {seen[h]!r} and {s!r} share a 64-bit label hash; "
-                       f"change config.reward.hash_bases.")
+                       "pass other bases to build_reward_tables (default "
+                       "ew_encodings.HASH_BASES).")
     seen[h] = s
   buckets = {}
   for i, (h1, _) in enumerate(hashes):
@@ -405,7 +379,8 @@ def _perfect_hash(hashes, surfaces):
         disp[b] = d
         break
     else:
-      raise ValueError("perfect hash: no displacement found; change config.reward.hash_bases.")
+      raise ValueError("perfect hash: no displacement found; pass other bases to "
+                       "build_reward_tables (default ew_encodings.HASH_BASES).")
   return taken, disp.astype(np.uint32), slot_bits, bucket_bits
 
 
@@ -457,12 +432,6 @@ class RewardTables:
     return self.sets.shape[1]
 
 
-SP_COLUMNS = ("first_gt_end", "last_lt") + tuple(
-    f"int_{edge}{t}" for t in range(4) for edge in ("start", "end")) + tuple(
-        f"close{t}_{edge}{s}" for t in (1, 3) for s in range(3) for edge in ("start", "end"))
-SP = {name: i for i, name in enumerate(SP_COLUMNS)}
-A = {name: i for i, name in enumerate(ANSWER_COLUMNS)}
-T = {name: i for i, name in enumerate(THINK_COLUMNS)}
 
 
 def cluster_sets(tables: wheel_lib.EwTables):
@@ -488,7 +457,7 @@ _PROBE_TEXTS = ("<think>The Voice SHAKES, a tear…\t\n</think>\n<answer>[Worrie
                 "plain words, naïve café… ＡＢＣ ✓")
 
 
-def build_reward_tables(tokenizer, tables: wheel_lib.EwTables, bases=(0x01000193, 0x5BD1E995),
+def build_reward_tables(tokenizer, tables: wheel_lib.EwTables, bases=HASH_BASES,
                         probes=_PROBE_TEXTS) -> RewardTables:
   """Host, once: the device tables of `tokenizer` (an HF fast tokenizer or a
   tokenizers.Tokenizer) for the emotion wheel `tables`; `bases`: two odd hash bases."""
@@ -580,14 +549,14 @@ _PLAIN_ENGLISH = (
     "eyes and hands show more. The subtitle reads: I can't believe this happened to us!")
 
 
-def wheel_tokenizer(tables: wheel_lib.EwTables):
+def wheel_tokenizer(tables: wheel_lib.EwTables, tokenizer_section):
   """A byte-level BPE tokenizer (the demo's recipe, affect_jax/data/tokenizer.py) trained on
   the wheel's surface forms inside think / answer tags and a paragraph of everyday English;
   built once, cached under the user cache dir. The default tokenizer of launch.score
-  --engine=device and of the reward benchmark."""
+  --engine=device and of the reward benchmark. tokenizer_section: the data.tokenizer config
+  section (configs/data.py tokenizer_config(); the launcher passes it)."""
   from affect_jax.data import tokenizer as tokenizer_lib
-  from configs import data as data_config
   texts = [f"<think>{s}</think><answer>{s}, {s.capitalize()}</answer>" for s in tables.surfaces]
   texts += [_PLAIN_ENGLISH] * 20
   root = str(wheel_lib.cache_dir() / "tokenizers")
-  return tokenizer_lib.ensure_demo_tokenizer(root, texts, data_config.tokenizer_config())
+  return tokenizer_lib.ensure_demo_tokenizer(root, texts, tokenizer_section)

@@ -50,7 +50,7 @@ from affect_jax.emotion import wheel as wheel_lib
 from affect_jax.models import affectgpt
 from affect_jax.rl import grpo_step, losses
 from affect_jax.generation import policy as policy_lib, sampler
-from affect_jax.rewards import ew_tables as reward_tables, emotion_wheel as rewards
+from affect_jax.rewards import total as reward_total
 from affect_jax.eval import heldout as evaluate
 from affect_jax.train import loop, sft_step
 from affect_jax.train import run_log as run_logging
@@ -380,29 +380,15 @@ def run_sft(prep: Prepared, workdir: pathlib.Path, params: Mapping) -> dict:
 
 
 def reward_fn_for(prep: Prepared):
-  """The on-device EW reward: (tokens, lengths, rows) -> (total, metrics)."""
-  rcfg = rewards.RewardConfig.from_config(prep.config.reward)
-  tables = reward_tables.to_device(reward_tables.build_reward_tables(prep.tokenizer,
-                                                                     prep.ew_tables))
-
+  """The configured reward (config.reward's terms): (tokens, lengths, rows) -> (total,
+  metrics), and the label encoder of the rows it reads."""
   # Each device scores its own rows (shard_map over the batch axes): no collective, and the
   # parsers loop only as long as the device's own longest answer.
   batch_axes = sharding.named(prep.mesh, ("batch",), prep.rules).spec
-  batch_axes = batch_axes[0] if len(batch_axes) else None
-
-  def reward_fn(tokens, lengths, rows):
-    terms = rewards.row_local_rewards(
-        tokens, lengths, rows["gt_ids"], rows["n_gt"], tables, rcfg,
-        mesh=prep.mesh if batch_axes else None, batch_axes=batch_axes)
-    metrics = {k: jnp.mean(terms[k].astype(jnp.float32))
-               for k in ("accuracy", "format", "alignment", "dual", "penalty", "n_pred")}
-    return terms["total"], metrics
-
-  def label_encoder(labels):
-    ids, n = rewards.gt_arrays([", ".join(labels)], prep.ew_tables, rcfg.max_gt_labels)
-    return {"gt_ids": ids[0], "n_gt": n[0]}
-
-  return reward_fn, label_encoder
+  reward = reward_total.grpo_reward(prep.config.reward, prep.tokenizer, prep.ew_tables,
+                                    mesh=prep.mesh,
+                                    batch_axes=batch_axes[0] if len(batch_axes) else None)
+  return reward.fn, reward.label_encoder
 
 
 def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping) -> dict:

@@ -3,12 +3,16 @@ import pytest
 from absl import app
 
 from affect_jax.bench import reward_bench, timing
+from configs import data as data_config
+from configs.reward import get_reward_config
 from launch import benchmark
 
 
 def test_reward_bench_tiny_batch(tmp_path, monkeypatch):
   monkeypatch.setenv("AFFECT_JAX_CACHE", str(tmp_path / "cache"))
-  out = reward_bench.run(batch=16, runs=1, host_samples=8, host_runs=1)
+  out = reward_bench.run(reward_config=get_reward_config(),
+                         tokenizer_config=data_config.tokenizer_config(), batch=16, runs=1,
+                         host_samples=8, host_runs=1)
   for key in ("device_samples_per_s", "host_samples_per_s", "speedup", "compile_s", "batch"):
     assert key in out
   assert out["batch"] == 16 and out["host_samples"] == 8
