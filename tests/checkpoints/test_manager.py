@@ -412,7 +412,7 @@ def test_kill_9_mid_run_resumes_from_the_last_good_step(tmp_path, uninterrupted)
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, uninterrupted):
-  from tests.checkpoints import preemption_worker as worker   # this folder is on sys.path under pytest
+  from tests.checkpoints import preemption_worker as worker
   from tests.testlib import process as process_testlib
   port = process_testlib.free_port()
   # 2 processes x 4 devices: the uninterrupted run's (2, 4) mesh, so the steps match bitwise.

@@ -8,7 +8,7 @@ from affect_jax.emotion import labels, wheel
 from affect_jax.rewards import host_term, registry, total
 from affect_jax.rewards.terms import emotion_wheel as ew_term
 from configs.reward import get_reward_config
-from tests.emotion import ew_testlib
+from tests.testlib import ew as ew_testlib
 
 
 def test_host_accuracy_equals_the_device_term():

@@ -64,7 +64,7 @@ def test_penalty_multiplies_a_new_term_and_reads_the_ew_item_count():
   """The P2 penalty on brevity: the EW analysis runs for n_pred (the answer's items)."""
   from affect_jax.emotion import wheel
   from affect_jax.rewards.terms import emotion_wheel as ew_term
-  from tests.emotion import ew_testlib
+  from tests.testlib import ew as ew_testlib
   tables = wheel.load_tables(None)
   tokenizer = ew_testlib.char_tokenizer("".join(sorted(set("<think>/answer happy, sad"))))
   cfg = _config({"brevity": {"weight": 1.0, "target_tokens": 200}}, penalty="p2",
