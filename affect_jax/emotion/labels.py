@@ -7,7 +7,7 @@ every item, drop empty items; the metric then lowercases and strips each label a
 
 Completions of the R1 model look like "<think> ... </think><answer> a, b </answer>". The rules
 below define how this project reads them (host metric and on-device reward use the same rules,
-see affect_jax/rewards/emotion_wheel.py):
+see affect_jax/rewards/terms/emotion_wheel.py):
 - answer content: the text after the FIRST "<answer>" up to the first "</answer>" after it;
   no answer when either tag is missing. Its labels are `parse_labels(content)` (official rule,
   applied to the raw content: "<answer> [a]</answer>" yields "[a", which maps to nothing).
