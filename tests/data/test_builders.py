@@ -89,7 +89,7 @@ def _csv(path, header, rows):
 
 
 def _build(dataset, folder, out, cfg, splits=(), **changes):
-  b = builders.builder_config()
+  b = data_config.builder_config()
   for k, v in changes.items():
     b[k] = v
   return builders.build(dataset, str(folder), str(out), cfg, b, splits)

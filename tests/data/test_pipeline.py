@@ -42,7 +42,7 @@ def demo(tmp_path_factory, cfg):
   src = synthetic.ensure_demo_data(str(root / "src"), cfg.synthetic)
   reports = []
   for mode in ("raw", "paths"):
-    b = builders.builder_config()
+    b = data_config.builder_config()
     b.media = mode
     reports.append(builders.build("demo", src, str(root / "out"), cfg, b, ("train",)))
   return src, reports[0], reports[1]
@@ -57,7 +57,7 @@ def tokenizer(demo, cfg):
 
 
 def _pcfg(**changes):
-  p = pipeline.pipeline_config()
+  p = data_config.pipeline_config()
   for k, v in changes.items():
     p[k] = v
   return p

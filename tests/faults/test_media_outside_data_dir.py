@@ -14,6 +14,7 @@ import test_builders as tb  # noqa: E402  (the builder tests' media writers)
 from affect_jax.data import builders, pipeline  # noqa: E402
 from affect_jax.data.builders import records  # noqa: E402
 import data_testlib  # noqa: E402
+from configs import data as data_config  # noqa: E402
 
 
 def _cfg():
@@ -48,7 +49,7 @@ def test_names_and_links_leaving_the_folder_are_skipped(layout, tmp_path, caplog
   data, outside = layout
   caplog.set_level(logging.WARNING)
   report = builders.build("mercaptionplus", str(data), str(tmp_path / "out"), _cfg(),
-                          builders.builder_config(), ("train",))
+                          data_config.builder_config(), ("train",))
   info = report["splits"]["train"]
   assert info["kept"] == 2
   assert info["skipped_by_reason"] == {"outside_data_dir": 5}

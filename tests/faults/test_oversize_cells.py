@@ -12,6 +12,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
 import test_builders as tb  # noqa: E402
 from affect_jax.data import builders  # noqa: E402
 import data_testlib  # noqa: E402
+from configs import data as data_config  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ def folder(tmp_path):
 
 def test_oversize_cells_skip_their_rows(folder, tmp_path):
   report = builders.build("mercaptionplus", str(folder), str(tmp_path / "out"), _cfg(),
-                          builders.builder_config(), ("train",))
+                          data_config.builder_config(), ("train",))
   info = report["splits"]["train"]
   assert info["kept"] == 2
   assert info["skipped_by_reason"] == {"missing_subtitle": 1, "oversize_cell": 1}
@@ -47,7 +48,7 @@ def test_oversize_cells_skip_their_rows(folder, tmp_path):
 
 
 def test_the_limit_is_a_config_field(folder, tmp_path):
-  b = builders.builder_config()
+  b = data_config.builder_config()
   b.max_cell_chars = 300_000
   report = builders.build("mercaptionplus", str(folder), str(tmp_path / "out"), _cfg(), b,
                           ("train",))
