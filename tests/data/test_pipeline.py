@@ -352,3 +352,15 @@ def test_feature_cache_is_not_reused_across_media_settings(demo, cfg):
   third = features.build_feature_cache(source, meta, path, "train", key, _video_fn, audio_fn,
                                        other, batch_size=4)
   assert third == second and len(calls) == 3   # reused: no further encoder call
+
+
+def test_a_data_section_without_pipeline_or_builder_settings_is_a_clear_error(tmp_path):
+  """The library takes its sections from the caller (launch/ fills in configs/data.py's
+  defaults); a data section without them names the section instead of a KeyError."""
+  c = data_config.get_data_config()
+  del c["pipeline"]
+  with pytest.raises(ValueError, match=r"no `pipeline` section.*pipeline_config\(\)"):
+    pipeline.prompt_loader([], {}, None, c)
+  del c["builder"]
+  with pytest.raises(ValueError, match=r"no `builder` section.*builder_config\(\)"):
+    builders.make_builder("demo", str(tmp_path), str(tmp_path / "out"), c)

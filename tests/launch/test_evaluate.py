@@ -390,3 +390,13 @@ def test_protocol_flag(bench, full_run):
   with open(out / "preds" / "ovmerdplus_completions.jsonl", encoding="utf-8") as f:
     texts = [json.loads(line)["completion"] for line in f]
   assert len(texts) == 3 and all(t == t.strip() and "###" not in t for t in texts)
+
+
+def test_a_config_without_unibench_section_gets_its_defaults_at_loading():
+  """launch.evaluate fills in configs/unibench.py's section (the library takes it as given)."""
+  from configs import unibench as unibench_config
+  from launch import evaluate
+  c = demo.get_config()
+  del c["unibench"]
+  assert evaluate.unibench_section(c).to_dict() == unibench_config.get_unibench_config().to_dict()
+  assert evaluate.unibench_section(demo.get_config()).batch_size == 32     # demo's own section
