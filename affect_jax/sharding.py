@@ -177,6 +177,35 @@ def check_divisible(boxed_tree: Any, mesh: Mesh, rules: Sequence, *,
         f"(e.g. [\"{logical_bad[0]}\", null]).")
 
 
+def check_batch_divisible(rows: int, mesh: Mesh | None = None, *, what: str, fix: str,
+                          micro: int = 1, micro_what: str = "micro_batches", unit: str = "rows",
+                          mesh_what: str = "the mesh", processes: int = 1) -> None:
+  """Errors before anything is compiled when a global batch of `rows` cannot be split into equal
+  parts: `micro` micro-batches, each over the mesh's data x fsdp devices (the 'batch' axes), and
+  the whole over `processes` (each feeds its own rows).
+
+  what: the batch in the messages ('config.sft.batch_size=12'); fix: the words before "a
+  multiple of N" ('set --config.sft.batch_size to'); micro_what: what sets `micro`
+  ('config.sft.micro_batches'); unit: what a row is; mesh_what: what sets the mesh.
+  """
+  if micro < 1 or rows % micro:
+    raise ValueError(f"{what} is not a multiple of {micro_what}={micro}; use a multiple of "
+                     f"{micro} or another number of micro-batches.")
+  part = rows // micro
+  if mesh is not None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if part % shards:
+      mesh_text = ", ".join(f"{a}={n}" for a, n in mesh.shape.items())
+      it = f"its micro-batches of {part} {unit} (/ {micro_what}={micro})" if micro > 1 else "it"
+      raise ValueError(
+          f"{what}: {it} cannot be split over the mesh's data x fsdp = {shards} devices "
+          f"({mesh_text}); {fix} a multiple of {shards * micro}, or change {mesh_what} so that "
+          f"data x fsdp divides {part}.")
+  if rows % processes:
+    raise ValueError(f"{what} cannot be split over the {processes} processes (each feeds its "
+                     f"own rows); use a multiple of {processes}.")
+
+
 def named(mesh: Mesh, logical: Sequence[str | None], rules: Sequence) -> NamedSharding:
   """NamedSharding for one array whose axes have the given logical names."""
   spec = nn.logical_to_mesh_axes(tuple(logical), tuple(rules))

@@ -45,7 +45,7 @@ def media_config() -> ml_collections.ConfigDict:
   # do_normalize; the recipe fills hubert_do_normalize from config.init_from) | 'on' | 'off'.
   c.window_zero_mean = True
   c.audio_normalize = "checkpoint"
-  c.hubert_do_normalize = False   # set by recipe.resolve_media from init_from's meta.json
+  c.hubert_do_normalize = False   # set by experiment.resolve_media from init_from's meta.json
   # 'clip': mean and variance over all K windows of a clip (AffectGPT gives the feature
   # extractor the [K, W] array as one input, one clip per call at inference); 'window': each.
   c.audio_normalize_span = "clip"

@@ -343,10 +343,10 @@ def check(config, root: str = "", training: bool = False) -> None:
 
 
 def check_mesh(config, phases: tuple[str, ...] = ("sft", "grpo")) -> None:
-  """The batch sizes against the mesh over this run's devices (recipe.make_mesh and
-  recipe.check_mesh); call it after distributed.initialize(), before any data or compile."""
-  from affect_jax.train import recipe
+  """The batch sizes against the mesh over this run's devices (experiment.make_mesh and
+  experiment.check_mesh); call it after distributed.initialize(), before any data or compile."""
+  from affect_jax import experiment
   try:
-    recipe.check_mesh(config, recipe.make_mesh(config), phases)
+    experiment.check_mesh(config, experiment.make_mesh(config), phases)
   except ValueError as e:
     raise ConfigError(str(e)) from None

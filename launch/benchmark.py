@@ -20,6 +20,7 @@ import pathlib
 
 from absl import app, flags
 
+from configs import grpo_loss as grpo_loss_config
 from configs import validate
 from launch import cli, xla_options
 
@@ -32,6 +33,8 @@ BENCHES = {
 }
 
 
+# Config sections a bench takes (its run function's keyword -> the section's defaults).
+BENCH_SECTIONS = {"grpo_step": {"grpo_loss": grpo_loss_config.get_grpo_loss_config}}
 # XLA flags a bench needs, set before JAX starts (unless XLA_FLAGS already names the flag).
 # plan: XLA:CPU's default scheduler favours concurrency and keeps, e.g., every layer's gathered
 # weights live at once (65 GiB per device for the 7B GRPO step on fsdp=16, against 27 GiB with
@@ -138,6 +141,8 @@ def main(argv):
     kwargs["config"] = f.config
   if f.bench == "reward":
     kwargs.update(_reward_kwargs(f.config, f.reward_compiler))
+  for name, section in BENCH_SECTIONS.get(f.bench, {}).items():
+    kwargs[name] = section()
   result = run(**kwargs)
   text = json.dumps(result, sort_keys=True)
   if f.json_out:

@@ -35,6 +35,7 @@ import sys
 
 from absl import app, flags, logging
 
+from configs import unibench as unibench_config
 from configs import validate
 from launch import cli
 
@@ -75,11 +76,16 @@ def cache_root(config, checkpoint: str, flag: str | None) -> pathlib.Path:
   return pathlib.Path(DEFAULT_CACHE)
 
 
+def unibench_section(config):
+  """config.unibench, or the defaults of configs/unibench.py for a config without it."""
+  return config.unibench if "unibench" in config else unibench_config.get_unibench_config()
+
+
 def run(config, f) -> dict:
   from affect_jax.eval import llm_extract
   from affect_jax.emotion import wheel
   from affect_jax.eval import model as eval_model, unibench
-  ucfg = unibench.unibench_config(config)
+  ucfg = unibench_section(config)
   ucfg = unibench.with_protocol(ucfg, f.protocol or ucfg.get("protocol", "r1"))
   sets = unibench.parse_sets(f.sets or ucfg.sets)
   extractor = f.extractor or ucfg.extractor

@@ -25,6 +25,7 @@ import os
 
 from absl import app, flags
 
+from configs import data as data_config
 from configs import validate
 from launch import cli
 
@@ -65,7 +66,7 @@ def prepare(dataset: str, data_dir: str, out_dir: str, cfg, splits=(), media: st
 
   if rows_out:
     kept_rows.check_path(rows_out)
-  bcfg = cfg.builder if "builder" in cfg else builders.builder_config()
+  bcfg = cfg.builder if "builder" in cfg else data_config.builder_config()
   bcfg = bcfg.copy_and_resolve_references()
   if media is not None:
     bcfg.media = media

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from tests.testlib import ew as ew_testlib  # noqa: E402
+from tests.testlib import ew as ew_testlib
 from affect_jax.emotion import wheel  # noqa: E402
 from launch import score  # noqa: E402
 

@@ -17,22 +17,19 @@ reward, advantages and the optimizer's elementwise work). MFU is against flops.p
 """
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 import optax
 
+from affect_jax import experiment
 from affect_jax.bench import flops as flops_lib
 from affect_jax.bench.rollout_bench import load_prompts
-from affect_jax.checkpoints import hf_qwen2
-from affect_jax.models.lora import LoraConfig
 from affect_jax.rl import grpo_step, losses
 from affect_jax.generation import policy as policy_lib, sampler
-from configs.grpo_loss import get_grpo_loss_config
 
 
 def even_share_reward(tokens, lengths, rows):
@@ -49,20 +46,20 @@ def _timed(fn, *args):
   return out, time.perf_counter() - t0
 
 
-def run(*, hf_dir: str, prompts: str, num_generations: int = 4, new_tokens: int = 128,
-        steps: int = 6, lora_rank: int = 0, learning_rate: float = 1e-6, dtype: str | None = None,
-        micro_batches: int = 1, logprob_chunk: int = 128, phases: bool = True, seed: int = 0,
-        **_) -> dict:
+def run(*, hf_dir: str, prompts: str, grpo_loss: ml_collections.ConfigDict,
+        num_generations: int = 4, new_tokens: int = 128, steps: int = 6, lora_rank: int = 0,
+        learning_rate: float = 1e-6, dtype: str | None = None, micro_batches: int = 1,
+        logprob_chunk: int = 128, phases: bool = True, seed: int = 0, **_) -> dict:
+  """grpo_loss: the config's GRPO loss section (configs/grpo_loss.py); the peer's settings
+  (module doc) are set over it."""
   ids = load_prompts(prompts)
-  lora = LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
-  config, params = hf_qwen2.load(hf_dir, dtype=dtype, lora=lora)
-  if lora is not None:
-    config = dataclasses.replace(config, lora=lora)
+  config, params = experiment.text_model(hf_dir, dtype=dtype, lora_rank=lora_rank)
   policy = policy_lib.TextPolicy(config)
-  lcfg = losses.GrpoLossConfig.from_config(get_grpo_loss_config(
-      num_generations=num_generations, beta=0.04, epsilon_low=0.2, epsilon_high=0.2,
-      num_iterations=1, micro_batches=micro_batches, logprob_chunk=logprob_chunk,
-      loss_aggregation="sequence_mean_token_mean"))
+  section = ml_collections.ConfigDict(grpo_loss.to_dict())
+  section.update(num_generations=num_generations, beta=0.04, epsilon_low=0.2, epsilon_high=0.2,
+                 num_iterations=1, micro_batches=micro_batches, logprob_chunk=logprob_chunk,
+                 loss_aggregation="sequence_mean_token_mean")
+  lcfg = losses.GrpoLossConfig.from_config(section)
   scfg = grpo_step.StepConfig(
       sampler.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0,
                              buckets=(ids.shape[1],), eos_ids=()), lcfg)

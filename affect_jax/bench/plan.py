@@ -7,7 +7,7 @@ mesh of (fake) devices without allocating a single weight.
 The step is the real one: the fused GRPO step (affect_jax/rl/grpo_step.py, --plan_step=grpo) or
 the SFT step (affect_jax/train/sft_step.py, --plan_step=sft) of the config's multimodal
 AffectGPT policy (LoRA as the config sets it), with the config's optimizer (AdamW + clipping,
-affect_jax/train/recipe.py), state and batch shardings from the config's sharding rules. Its
+affect_jax/experiment.py), state and batch shardings from the config's sharding rules. Its
 inputs are jax.ShapeDtypeStruct with NamedShardings (params and optimizer state from
 jax.eval_shape), so it is lowered and compiled for the mesh and never run.
 
@@ -38,27 +38,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from affect_jax import sharding
+from affect_jax import experiment, sharding
 from affect_jax.bench import flops as flops_lib
 from affect_jax.bench.grpo_bench import even_share_reward
 from affect_jax.models import affectgpt
 from affect_jax.rl import grpo_step, losses
 from affect_jax.generation import policy as policy_lib, sampler
-from affect_jax.train import recipe, sft_step
+from affect_jax.train import sft_step
 
 STEPS = ("grpo", "sft")
-
-
-def _model(config: ml_collections.ConfigDict) -> affectgpt.AffectGPTConfig:
-  llm = config.model.llm
-  unset = [f"model.llm.{k}" for k in ("vocab_size",) if int(llm[k]) < 0]
-  unset += [f"model.placeholder_ids.{k}" for k, v in config.model.placeholder_ids.items()
-            if int(v) < 0]
-  if unset:
-    raise ValueError(f"--bench=plan: the config leaves {unset} to the tokenizer (-1); set them "
-                     f"with --config.{unset[0]}=... or use a config that fixes them "
-                     "(configs/affectgpt_r1_7b.py).")
-  return affectgpt.AffectGPTConfig.from_config(config.model)
 
 
 def make_mesh(mesh: str, config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -112,21 +100,19 @@ def run(*, config: ml_collections.ConfigDict | None = None, mesh: str = "",
   if plan_step not in STEPS:
     raise ValueError(f"--plan_step={plan_step!r}: use one of {STEPS}.")
   c = config
-  model = _model(c)
+  model = experiment.fixed_model_config(c, "--bench=plan")
   m = make_mesh(mesh, c)
   rules = sharding.rules_from_config(c.sharding_rules)
   policy = policy_lib.AffectGPTPolicy(model)
   section = c.grpo if plan_step == "grpo" else c.sft
-  opt = recipe.optimizer(section, section.steps)
+  opt = experiment.optimizer(section, section.steps)
 
   t0 = time.perf_counter()
   abstract = affectgpt.abstract_params(model)
-  state_sh = grpo_step.state_shardings(policy, abstract, opt, m, rules)
-  state_abs = jax.eval_shape(lambda p: grpo_step.init_state(policy, p, opt, jax.random.key(0)),
+  steps = grpo_step if plan_step == "grpo" else sft_step     # the SFT state has no reference
+  state_sh = steps.state_shardings(policy, abstract, opt, m, rules)
+  state_abs = jax.eval_shape(lambda p: steps.init_state(policy, p, opt, jax.random.key(0)),
                              sharding.unbox(abstract))
-  if plan_step == "sft":
-    state_sh.pop("reference", None)
-    state_abs.pop("reference", None)
   state = _with_shardings(state_abs, state_sh)
 
   media = c.data.media

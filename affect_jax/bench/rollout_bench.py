@@ -19,8 +19,8 @@ import time
 import jax
 import numpy as np
 
+from affect_jax import experiment
 from affect_jax.bench import flops as flops_lib
-from affect_jax.checkpoints import hf_qwen2
 from affect_jax.models import qwen2
 from affect_jax.generation import sampler
 
@@ -37,7 +37,7 @@ def run(*, hf_dir: str, prompts: str, num_generations: int = 4, new_tokens: int 
         greedy: bool = True, temperature: float = 1.0, runs: int = 3, tokens_out: str | None = None,
         dtype: str | None = None, seed: int = 0, **_) -> dict:
   ids = load_prompts(prompts)
-  config, params = hf_qwen2.load(hf_dir, dtype=dtype)
+  config, params = experiment.text_model(hf_dir, dtype=dtype)
   vocab = config.vocab_size
   if ids.min() < 0 or ids.max() >= vocab:
     raise ValueError(f"--prompts={prompts}: ids must lie in [0, {vocab}).")

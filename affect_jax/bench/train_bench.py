@@ -26,11 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from affect_jax import experiment
 from affect_jax.bench import flops as flops_lib
 from affect_jax.bench.rollout_bench import load_prompts
-from affect_jax.checkpoints import hf_qwen2
-from affect_jax.models.lora import LoraConfig
-from affect_jax.rl import grpo_step
 from affect_jax.generation import policy as policy_lib
 from affect_jax.train import sft_step
 
@@ -60,8 +58,7 @@ def run(*, hf_dir: str, prompts: str, steps: int = 6, batch: int = 0, seq_len: i
   if seq_len <= prompt_len:
     raise ValueError(f"--seq_len={seq_len} must exceed the prompt length {prompt_len} of "
                      f"{prompts} (the loss covers the tokens after it).")
-  lora = LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
-  config, params = hf_qwen2.load(hf_dir, dtype=dtype, lora=lora)
+  config, params = experiment.text_model(hf_dir, dtype=dtype, lora_rank=lora_rank)
   config = dataclasses.replace(config, remat=remat)
   if ids.max() >= config.vocab_size:
     raise ValueError(f"--prompts={prompts}: ids must lie in [0, {config.vocab_size}).")
@@ -70,8 +67,7 @@ def run(*, hf_dir: str, prompts: str, steps: int = 6, batch: int = 0, seq_len: i
   data = {"tokens": jnp.asarray(tokens), "attention_mask": jnp.ones(tokens.shape, bool),
           "loss_mask": jnp.asarray(np.arange(seq_len)[None] >= prompt_len).repeat(batch, 0)}
   opt = optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4)
-  state = grpo_step.init_state(policy, params, opt, jax.random.key(seed))
-  state.pop("reference", None)
+  state = sft_step.init_state(policy, params, opt, jax.random.key(seed))
   step = sft_step.make_step(policy, opt, logprob_chunk=chunk)
   sft_step.check_batch(policy, data, 1)
 

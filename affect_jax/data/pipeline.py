@@ -33,7 +33,7 @@ Media: raw / paths datasets give frames float32[B, F, S, S, 3] (CLIP-normalised)
 windows float32[B, K, W] (K audio windows of W samples); feature-cache datasets give
 video float32[B, F, Dv] and audio float32[B, K, Da] (the inputs of
 affectgpt.prompt_embeds). String arrays are host-side: `device_arrays` drops them.
-Numbers: configs/data.py (`media`, `prompt`, `tokenizer`) and pipeline_config() below.
+Numbers: the data section (configs/data.py `media`, `prompt`, `tokenizer`, `pipeline`).
 """
 from __future__ import annotations
 
@@ -50,12 +50,6 @@ from affect_jax.data.builders import records
 
 LabelEncoder = Callable[[Sequence[str]], "np.ndarray | Mapping[str, np.ndarray]"]
 TEXT_FIELDS = ("name", "subtitle", "reason", "basic_label", "task", "visual_path", "audio_path")
-
-
-def pipeline_config() -> ml_collections.ConfigDict:
-  """The defaults of this section, held in configs/data.py (used when a config lacks it)."""
-  from configs import data as data_config  # the numbers live in the config file
-  return data_config.pipeline_config()
 
 
 def _text(value) -> str:
@@ -375,7 +369,10 @@ def make_loader(source, transform: grain.transforms.Map, batch_fn: Callable,
 def _pipeline_cfg(cfg: ml_collections.ConfigDict, pcfg) -> ml_collections.ConfigDict:
   if pcfg is not None:
     return pcfg
-  return cfg.pipeline if "pipeline" in cfg else pipeline_config()
+  if "pipeline" not in cfg:
+    raise ValueError("the data config has no `pipeline` section; add it (configs/data.py "
+                     "pipeline_config()) or pass the pipeline settings (pcfg).")
+  return cfg.pipeline
 
 
 def _pad_id(tokenizer, cfg: ml_collections.ConfigDict) -> int:
@@ -393,8 +390,8 @@ def sft_loader(source, meta: Mapping[str, Any], tokenizer, cfg: ml_collections.C
       sequence of example dicts).
     meta: the dataset's metadata (builders.load_source).
     tokenizer: a transformers tokenizer with the config's special tokens.
-    cfg: configs/data.py (media, prompt, tokenizer; `pipeline` when present).
-    pcfg: pipeline settings (default cfg.pipeline, else pipeline_config()).
+    cfg: the data section (configs/data.py: media, prompt, tokenizer, pipeline).
+    pcfg: pipeline settings (default cfg.pipeline).
     skipped: when given, the too_long records.Skip of each skipped record are appended.
   """
   pcfg = _pipeline_cfg(cfg, pcfg)

@@ -2,21 +2,21 @@
 
   em = load(config, checkpoint, cache_root)      # what launch.evaluate scores
 
-Prepared as recipe.prepare prepares training (the same tokenizer, model config, random init
+Set up as training is (affect_jax/experiment.py: the same tokenizer, model config, random init
 with config.seed, config.init_from), then the parameters of `checkpoint` on top:
 - a launch.convert parameter checkpoint (meta.json + params/),
 - a run's workdir (its checkpoints/grpo, else checkpoints/sft: the newest readable step),
 - a training checkpoint folder of numbered steps (e.g. WORKDIR/checkpoints/sft).
 Leaves the checkpoint lacks keep their init / init_from values (a training checkpoint stores
 only the trainable leaves; the frozen encoders come from init_from or the seed, as in
-training); a parameter checkpoint holding every leaf is read alone (no random init). With config.features.standardize the features are z-scored with the statistics of
-config.data.sources.sft's split, computed as the recipe does (reusing a run's cache when
-`cache_root` is its <workdir>/data).
+training); a parameter checkpoint holding every leaf is read alone (no random init). With
+config.features.standardize the features are z-scored with the statistics of
+config.data.sources.sft's split, computed as training computes them (reusing a run's cache
+when `cache_root` is its <workdir>/data).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from typing import Any, Callable
@@ -27,13 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from affect_jax import sharding
+from affect_jax import experiment
 from affect_jax.checkpoints import manager
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.data import features as features_lib
-from affect_jax.data.builders import mer
 from affect_jax.models import affectgpt
-from affect_jax.train import recipe
 
 RUN_PHASES = ("grpo", "sft")     # a workdir's checkpoint folders, the first present is used
 
@@ -93,15 +91,6 @@ def _load_params(path, params: dict, what: str, init: bool = True) -> dict:
         "config.tokenizer_dir, sets the vocabulary size).") from e
 
 
-def recipe_feature_key(config: ml_collections.ConfigDict, model: affectgpt.AffectGPTConfig
-                       ) -> str:
-  """recipe.prepare's feature-cache key (encoders from init_from or the seed)."""
-  return features_lib.checkpoint_key(
-      config.get("init_from", "") or f"seed={config.seed}",
-      json.dumps(model.vision.__dict__, sort_keys=True, default=str),
-      json.dumps(model.audio.__dict__, sort_keys=True, default=str))
-
-
 _same = jax.jit(lambda a, b: jnp.all(jnp.stack([jnp.array_equal(x, y) for x, y in
                                                 zip(jax.tree.leaves(a), jax.tree.leaves(b))])))
 
@@ -111,14 +100,14 @@ def load(config: ml_collections.ConfigDict, checkpoint: str, cache_root: str | o
   """The model of `checkpoint` under `config` (module doc); caches under cache_root."""
   root = pathlib.Path(cache_root)
   folder = resolve_checkpoint(checkpoint)
-  recipe.resolve_media(config)
-  tok = recipe._tokenizer(config, root)
-  model = recipe._model_config(config, tok)
-  init = lambda k: sharding.unbox(affectgpt.init(model, k))
+  experiment.resolve_media(config)
+  tok = experiment.make_tokenizer(config, root)
+  model = experiment.model_config(config, tok)
+  init = experiment.init_fn(model)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           jax.eval_shape(init, jax.random.key(config.seed)))
-  key = recipe_feature_key(config, model)
+  key = experiment.feature_key(config, model)
   own_key = features_lib.checkpoint_key(key, str(folder.resolve()),
                                         str(os.stat(folder).st_mtime_ns))
   if _holds_every_leaf(folder, abstract):
@@ -132,20 +121,10 @@ def load(config: ml_collections.ConfigDict, checkpoint: str, cache_root: str | o
     params = _load_params(folder, params, "--checkpoint")
     if not bool(_same(base_encoders, {k: params[k] for k in ("vision", "audio")})):
       key = own_key          # the checkpoint brings its own encoders
-  video_fn = jax.jit(lambda f: affectgpt.encode_video(params, model, f))
-  audio_fn = jax.jit(lambda w: affectgpt.encode_audio(params, model, w))
-  stats = (0.0, 1.0, 0.0, 1.0)
+  video_fn, audio_fn = experiment.encoders(params, model)
+  stats = experiment.IDENTITY_STATS
   if config.features.standardize:
-    stats = _train_stats(config, root, key, video_fn, audio_fn)
+    path, split = experiment.build_datasets(config.data, root)["sft"]
+    source, _ = experiment.feature_source(path, split, key, video_fn, audio_fn, config)
+    stats = experiment.feature_stats(source, True)
   return EvalModel(config, model, params, tok, str(folder), key, video_fn, audio_fn, stats)
-
-
-def _train_stats(config, root: pathlib.Path, key: str, video_fn, audio_fn) -> tuple:
-  """recipe._feature_stats of config.data.sources.sft's split (built and cached as the recipe
-  builds it)."""
-  path, split = recipe._build_datasets(config.data, root)["sft"]
-  source, meta = mer.load_source(path, split)
-  cache = features_lib.build_feature_cache(source, meta, path, split, key, video_fn, audio_fn,
-                                           config.data, batch_size=config.features.batch_size)
-  base, _ = mer.load_source(path, split, skip_media=True)
-  return recipe._feature_stats(features_lib.FeatureSource(base, cache), True)

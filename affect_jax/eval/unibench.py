@@ -1,12 +1,12 @@
 """MER-UniBench evaluation, set by set: build, encode, generate, extract labels, score.
 
-  result = evaluate(em, data_dir, sets, labeler, out_dir=...)   # what launch.evaluate runs
+  result = evaluate(em, data_dir, sets, labeler, cache_root, out_dir, ucfg)   # launch.evaluate
   print(markdown(result))
 
 For each set (configs/unibench.py SETS; folders under data_dir matched by config.unibench.folders):
 1. Build the set with the MER-UniBench builder (`unibench:NAME`, affect_jax/data/builders/mer.py
    reads every label format) into <cache>/built, split config.unibench.splits[NAME], and cache
-   the frozen encoders' features beside it.
+   the frozen encoders' features beside it (experiment.feature_source).
 2. Generate one completion per clip for the official zero-shot question
    (config.unibench.question, else config.data.prompt.question) with the prompt builder of
    training (affect_jax/data/prompts.py); greedy unless config.unibench.greedy is off. With
@@ -47,9 +47,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from affect_jax.data import features as features_lib
+from affect_jax import experiment
 from affect_jax.data import pipeline
-from affect_jax.data import tokenizer as tokenizer_lib
 from affect_jax.data.builders import mer
 from affect_jax.emotion import extract
 from affect_jax.emotion import labels as labels_lib
@@ -65,14 +64,6 @@ PRIMARY = {"ov": "ew_f", "hit": "hit", "sentiment": "waf"}
 SENTIMENT_WORDS = {1: "positive", -1: "negative", 0: "neutral"}
 EXTRACTORS = ("answer", "rule", "llm")
 SENTIMENTS = ("wheel", "llm")
-
-
-def unibench_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.unibench, or the defaults of configs/unibench.py for a config without it."""
-  if "unibench" in config:
-    return config.unibench
-  from configs import unibench  # the numbers live in the config file
-  return unibench.get_unibench_config()
 
 
 def with_protocol(ucfg: ml_collections.ConfigDict, protocol: str) -> ml_collections.ConfigDict:
@@ -191,16 +182,13 @@ def cut_response(text: str, ucfg) -> str:
 
 
 def sampling_config(em: EvalModel, ucfg) -> sampler.SamplingConfig:
-  specials = tokenizer_lib.special_token_ids(em.tokenizer,
-                                             dict(em.config.data.tokenizer.special_tokens))
   extra = {}
   if float(ucfg.repetition_penalty):
     extra["repetition_penalty"] = float(ucfg.repetition_penalty)
-  return sampler.SamplingConfig.from_dict(dict(
-      em.config.sampling, greedy=bool(ucfg.greedy), temperature=float(ucfg.temperature),
+  return experiment.sampling_config(
+      em.config, em.tokenizer, greedy=bool(ucfg.greedy), temperature=float(ucfg.temperature),
       top_p=float(ucfg.top_p), top_k=int(ucfg.top_k), max_new_tokens=int(ucfg.max_new_tokens),
-      eos_ids=(specials["eos"],), pad_id=specials["pad"],
-      stop_sequences=stop_sequences(em.tokenizer, ucfg.stop_text), **extra))
+      stop_sequences=stop_sequences(em.tokenizer, ucfg.stop_text), **extra)
 
 
 def load_set(em: EvalModel, key: str, folder: str, cache_root: pathlib.Path, ucfg):
@@ -213,13 +201,9 @@ def load_set(em: EvalModel, key: str, folder: str, cache_root: pathlib.Path, ucf
   except (FileNotFoundError, ValueError) as e:
     raise type(e)(f"{e} [set {key}, folder {folder}, split {split} "
                   f"(--config.unibench.splits.{key})]") from e
-  path = report["path"]
-  source, meta = mer.load_source(path, split)
-  cache = features_lib.build_feature_cache(source, meta, path, split, em.feature_key,
-                                           em.video_fn, em.audio_fn, dc,
-                                           batch_size=em.config.features.batch_size)
-  base, meta = mer.load_source(path, split, skip_media=True)
-  return features_lib.FeatureSource(base, cache), meta, report
+  source, meta = experiment.feature_source(report["path"], split, em.feature_key, em.video_fn,
+                                           em.audio_fn, em.config)
+  return source, meta, report
 
 
 def data_config(dc: ml_collections.ConfigDict, ucfg) -> ml_collections.ConfigDict:
@@ -241,12 +225,10 @@ def data_config(dc: ml_collections.ConfigDict, ucfg) -> ml_collections.ConfigDic
 
 def generate_set(em: EvalModel, source, meta, generate_fn, ucfg) -> SetRows:
   """Module doc step 2, in record order."""
-  pcfg = ml_collections.ConfigDict(em.config.data.pipeline.to_dict())
-  pcfg.update(batch_size=int(ucfg.batch_size), shuffle=False, num_epochs=1,
-              drop_remainder=False, seed=int(ucfg.seed))
+  pcfg = experiment.loader_config(em.config.data.pipeline, int(ucfg.batch_size), int(ucfg.seed),
+                                  train=False)
   loader = pipeline.prompt_loader(source, meta, em.tokenizer, data_config(em.config.data, ucfg),
                                   pcfg)
-  vm, vs, am, as_ = em.feature_stats
   rows = SetRows([], [], [], [], [])
   batches = []
   for batch in loader:
@@ -255,10 +237,10 @@ def generate_set(em: EvalModel, source, meta, generate_fn, ucfg) -> SetRows:
     rows.gt_text += [str(v) for v in batch["gt_text"][real]]
     rows.basic_label += [str(v) for v in batch["basic_label"][real]]
     rows.valence += [float(v) for v in batch["valence"][real]]
+    video, audio = experiment.standardize(batch["video"][real], batch["audio"][real],
+                                          em.feature_stats)
     batches.append({"prompt_tokens": batch["prompt_tokens"][real],
-                    "prompt_mask": batch["prompt_mask"][real],
-                    "video": ((batch["video"][real] - vm) / vs).astype(np.float32),
-                    "audio": ((batch["audio"][real] - am) / as_).astype(np.float32)})
+                    "prompt_mask": batch["prompt_mask"][real], "video": video, "audio": audio})
   rows.completions = [cut_response(t, ucfg) for t in evaluate_lib.generate(
       em.params, generate_fn, batches, em.tokenizer, int(ucfg.batch_size), seed=int(ucfg.seed))]
   return rows
@@ -310,11 +292,10 @@ def write_set(out_dir: pathlib.Path, key: str, task: str, rows: SetRows, cells, 
 
 
 def evaluate(em: EvalModel, data_dir: str, sets: Sequence[str], labeler: Labeler,
-             cache_root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-             ucfg: ml_collections.ConfigDict | None = None) -> dict:
-  """Every set of `sets` (module doc) under ucfg (default: em.config's unibench section);
+             cache_root: str | os.PathLike, out_dir: str | os.PathLike | None,
+             ucfg: ml_collections.ConfigDict) -> dict:
+  """Every set of `sets` (module doc) under ucfg (the unibench section, with_protocol's);
   returns {sets: {key: result or {error}}, table, failed}."""
-  ucfg = ucfg if ucfg is not None else unibench_config(em.config)
   cache_root = pathlib.Path(cache_root)
   generate_fn = evaluate_lib.make_generate(em.model, sampling_config(em, ucfg))
   results = {}

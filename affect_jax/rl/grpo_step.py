@@ -81,18 +81,9 @@ def check_batch(policy: policy_lib.Policy, batch: Mapping, cfg: StepConfig, mesh
     raise ValueError(f"GRPO batch is missing {missing}; it has {sorted(batch)}.")
   b, p = batch["prompt_mask"].shape
   sampler.check_lengths(p, policy.llm_config, cfg.sampling)
-  micro = cfg.loss.micro_batches
-  if b % micro:
-    raise ValueError(f"grpo_loss.micro_batches={micro} does not divide the batch of {b} prompts.")
-  if mesh is not None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if b % shards:
-      raise ValueError(f"GRPO batch of {b} prompts cannot be split over the mesh's data x fsdp = "
-                       f"{shards} devices; use a multiple of {shards} prompts per step.")
-    if (b // micro) % shards:
-      raise ValueError(f"a micro-batch of {b // micro} prompts (batch {b} / grpo_loss.micro_batches "
-                       f"{micro}) cannot be split over data x fsdp = {shards} devices; use fewer "
-                       f"micro-batches or a multiple of {shards * micro} prompts.")
+  sharding.check_batch_divisible(b, mesh, what=f"the GRPO batch of {b} prompts", fix="use",
+                                 micro=cfg.loss.micro_batches,
+                                 micro_what="grpo_loss.micro_batches", unit="prompts")
 
 
 def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.GradientTransformation,

@@ -54,14 +54,8 @@ def check_batch(policy: policy_lib.Policy, batch: Mapping, micro_batches: int, m
   if length > policy.llm_config.max_position_embeddings:
     raise ValueError(f"SFT sequences of {length} tokens exceed max_position_embeddings "
                      f"{policy.llm_config.max_position_embeddings}; lower the length buckets.")
-  if b % micro_batches:
-    raise ValueError(f"sft.micro_batches={micro_batches} does not divide the batch of {b}.")
-  if mesh is not None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if (b // micro_batches) % shards:
-      raise ValueError(f"a micro-batch of {b // micro_batches} rows cannot be split over "
-                       f"data x fsdp = {shards} devices; use a batch that is a multiple of "
-                       f"{shards * micro_batches}.")
+  sharding.check_batch_divisible(b, mesh, what=f"the SFT batch of {b} rows", fix="use",
+                                 micro=micro_batches, micro_what="sft.micro_batches")
 
 
 def init_state(policy: policy_lib.Policy, params: Mapping,

@@ -48,7 +48,7 @@ def cfg():
 
 
 def _build(dataset, folder, out, cfg, splits=(), **changes):
-  b = builders.builder_config()
+  b = data_config.builder_config()
   for k, v in changes.items():
     b[k] = v
   return builders.build(dataset, str(folder), str(out), cfg, b, splits)

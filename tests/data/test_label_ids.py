@@ -46,7 +46,7 @@ def _touch_media(folder, names):
 
 
 def _build(dataset, folder, out, cfg, splits=(), **changes):
-  b = builders.builder_config()
+  b = data_config.builder_config()
   b.media, b.validate = "paths", "exists"
   for k, v in changes.items():
     b[k] = v

@@ -42,7 +42,7 @@ def demo(tmp_path_factory, cfg):
   src = synthetic.ensure_demo_data(str(root / "src"), cfg.synthetic)
   reports = []
   for mode in ("raw", "paths"):
-    b = builders.builder_config()
+    b = data_config.builder_config()
     b.media = mode
     reports.append(builders.build("demo", src, str(root / "out"), cfg, b, ("train",)))
   return src, reports[0], reports[1]
@@ -57,7 +57,7 @@ def tokenizer(demo, cfg):
 
 
 def _pcfg(**changes):
-  p = pipeline.pipeline_config()
+  p = data_config.pipeline_config()
   for k, v in changes.items():
     p[k] = v
   return p
@@ -352,3 +352,15 @@ def test_feature_cache_is_not_reused_across_media_settings(demo, cfg):
   third = features.build_feature_cache(source, meta, path, "train", key, _video_fn, audio_fn,
                                        other, batch_size=4)
   assert third == second and len(calls) == 3   # reused: no further encoder call
+
+
+def test_a_data_section_without_pipeline_or_builder_settings_is_a_clear_error(tmp_path):
+  """The library takes its sections from the caller (launch/ fills in configs/data.py's
+  defaults); a data section without them names the section instead of a KeyError."""
+  c = data_config.get_data_config()
+  del c["pipeline"]
+  with pytest.raises(ValueError, match=r"no `pipeline` section.*pipeline_config\(\)"):
+    pipeline.prompt_loader([], {}, None, c)
+  del c["builder"]
+  with pytest.raises(ValueError, match=r"no `builder` section.*builder_config\(\)"):
+    builders.make_builder("demo", str(tmp_path), str(tmp_path / "out"), c)

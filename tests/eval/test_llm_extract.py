@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tests.testlib import qwen2 as lib  # noqa: E402
+from tests.testlib import qwen2 as lib
 from affect_jax.checkpoints import hf_qwen2, params_io  # noqa: E402
 from affect_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from affect_jax.eval import llm_extract  # noqa: E402

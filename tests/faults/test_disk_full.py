@@ -238,7 +238,7 @@ def test_feature_cache_on_a_full_disk(small_disk, tmp_path):
   cfg.synthetic.splits = dict(train=4, rl=1, test=1)
   src = synthetic.ensure_demo_data(str(tmp_path / "src"), cfg.synthetic)
   from affect_jax.data import builders
-  built = builders.build("demo", src, str(tmp_path / "built"), cfg, builders.builder_config(),
+  built = builders.build("demo", src, str(tmp_path / "built"), cfg, data_config.builder_config(),
                          ("train",))["path"]
   disk = small_disk(64)
   os.symlink(disk, pathlib.Path(built) / "features")   # the cache goes onto the small disk
@@ -304,11 +304,11 @@ def test_dataset_build_on_a_full_disk(small_disk, tmp_path):
   src = synthetic.ensure_demo_data(str(tmp_path / "src"), cfg.synthetic)
   out = small_disk(200) / "built"
   with pytest.raises(diskspace.DiskFullError) as info:
-    builders.build("demo", src, str(out), cfg, builders.builder_config(), ("train",))
+    builders.build("demo", src, str(out), cfg, data_config.builder_config(), ("train",))
   assert str(info.value).startswith(f"{out}: no space left on device while building the demo")
   assert [p for p in out.rglob("*") if p.is_file()] == []
   small_disk.resize(64 * KIB)
-  report = builders.build("demo", src, str(out), cfg, builders.builder_config(), ("train",))
+  report = builders.build("demo", src, str(out), cfg, data_config.builder_config(), ("train",))
   assert not report["reused"] and report["splits"]["train"]["kept"] == 8
 
 

@@ -6,10 +6,12 @@ import logging
 import os
 
 import pytest
+
+from affect_jax.data import builders, pipeline
+from affect_jax.data.builders import records
+from configs import data as data_config
+from tests.testlib import data as data_testlib
 from tests.testlib import media as media_lib
-from affect_jax.data import builders, pipeline  # noqa: E402
-from affect_jax.data.builders import records  # noqa: E402
-from tests.testlib import data as data_testlib  # noqa: E402
 
 
 def _cfg():
@@ -44,7 +46,7 @@ def test_names_and_links_leaving_the_folder_are_skipped(layout, tmp_path, caplog
   data, outside = layout
   caplog.set_level(logging.WARNING)
   report = builders.build("mercaptionplus", str(data), str(tmp_path / "out"), _cfg(),
-                          builders.builder_config(), ("train",))
+                          data_config.builder_config(), ("train",))
   info = report["splits"]["train"]
   assert info["kept"] == 2
   assert info["skipped_by_reason"] == {"outside_data_dir": 5}

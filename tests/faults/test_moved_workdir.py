@@ -16,6 +16,7 @@ from affect_jax.data import builders, features, pipeline, prompts, synthetic
 from affect_jax.data import tokenizer as tok_lib
 from tests.testlib import data as data_testlib
 from configs.checkpoint import get_checkpoint_config
+from configs import data as data_config
 
 
 def _cfg():
@@ -26,7 +27,7 @@ def _open(workdir, cfg):
   """What a run does at start: the demo data, its build, the feature cache, a loader."""
   src = synthetic.ensure_demo_data(str(workdir / "data" / "src"), cfg.synthetic)
   report = builders.build("demo", src, str(workdir / "data" / "built"), cfg,
-                          builders.builder_config(), ("train",))
+                          data_config.builder_config(), ("train",))
   source, meta = builders.load_source(report["path"], "train")
   key = features.checkpoint_key({"w": np.ones(2, np.float32)}, "encoders")
   cache = features.build_feature_cache(
@@ -38,7 +39,7 @@ def _open(workdir, cfg):
   texts = [prompts.example_text(r["english"], [r["openset"]], r["reason"], cfg.prompt,
                                 dict(cfg.tokenizer.special_tokens)) for r in rows]
   tok = tok_lib.build_from_config(texts, cfg.tokenizer)
-  p = pipeline.pipeline_config()
+  p = data_config.pipeline_config()
   p.batch_size, p.shuffle, p.seed, p.num_epochs = 2, True, 3, 0
   return report["path"], pipeline.sft_loader(fsource, meta, tok, cfg, p)
 

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+
+from affect_jax.data import builders
+from configs import data as data_config
+from tests.testlib import data as data_testlib
 from tests.testlib import media as media_lib
-from affect_jax.data import builders  # noqa: E402
-from tests.testlib import data as data_testlib  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -34,7 +36,7 @@ def folder(tmp_path):
 
 def test_oversize_cells_skip_their_rows(folder, tmp_path):
   report = builders.build("mercaptionplus", str(folder), str(tmp_path / "out"), _cfg(),
-                          builders.builder_config(), ("train",))
+                          data_config.builder_config(), ("train",))
   info = report["splits"]["train"]
   assert info["kept"] == 2
   assert info["skipped_by_reason"] == {"missing_subtitle": 1, "oversize_cell": 1}
@@ -45,7 +47,7 @@ def test_oversize_cells_skip_their_rows(folder, tmp_path):
 
 
 def test_the_limit_is_a_config_field(folder, tmp_path):
-  b = builders.builder_config()
+  b = data_config.builder_config()
   b.max_cell_chars = 300_000
   report = builders.build("mercaptionplus", str(folder), str(tmp_path / "out"), _cfg(), b,
                           ("train",))

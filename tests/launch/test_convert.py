@@ -94,7 +94,7 @@ def test_mismatched_weights_name_the_tensor(hf_dirs, tmp_path):
 
 @pytest.mark.parametrize("do_normalize", [True, False, None])
 def test_hubert_preprocessor_flag_is_recorded_and_followed(hf_dirs, tmp_path, do_normalize):
-  from affect_jax.train import recipe
+  from affect_jax import experiment
   folder = tmp_path / "hubert"
   shutil.copytree(hf_dirs / "hubert", folder)
   if do_normalize is not None:
@@ -105,9 +105,9 @@ def test_hubert_preprocessor_flag_is_recorded_and_followed(hf_dirs, tmp_path, do
   assert meta["components"]["audio"]["do_normalize"] is do_normalize
   config = demo.get_config()
   config.init_from = str(out)
-  recipe.resolve_media(config)
+  experiment.resolve_media(config)
   # Normalised iff the checkpoint's preprocessor_config.json says so (no file: not).
   assert config.data.media.hubert_do_normalize is bool(do_normalize)
   config.init_from = ""
-  recipe.resolve_media(config)
+  experiment.resolve_media(config)
   assert config.data.media.hubert_do_normalize is False

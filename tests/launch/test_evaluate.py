@@ -26,7 +26,7 @@ from affect_jax.data import prompts as prompts_lib
 from affect_jax.data import tokenizer as tokenizer_lib
 from affect_jax.models import affectgpt
 from affect_jax.eval import model as eval_model, unibench
-from affect_jax.train import recipe
+from affect_jax import experiment
 from configs import demo
 from launch import score
 
@@ -136,7 +136,7 @@ def bench(tmp_path_factory):
            for i, w in enumerate(WORDS)]
   tok = tokenizer_lib.build_from_config(texts * 3, dc.tokenizer)
   tok.save_pretrained(root / "tok")
-  model = recipe._model_config(_config(root / "tok"), tok)
+  model = experiment.model_config(_config(root / "tok"), tok)
   # Random weights of the model's shapes (norm scales 1), without compiling the initialiser.
   rng = np.random.default_rng(1)
   shapes = jax.eval_shape(lambda k: sharding.unbox(affectgpt.init(model, k)), jax.random.key(1))
@@ -272,7 +272,7 @@ def test_checkpoint_forms(tmp_path):
 
 
 def test_set_names_and_folders(tmp_path):
-  ucfg = unibench.unibench_config(demo.get_config())
+  ucfg = demo.get_config().unibench
   assert unibench.parse_sets("MELD, sims,meld") == ("meld", "sims")
   with pytest.raises(ValueError, match="unknown set.*mosi2"):
     unibench.parse_sets("mosi2")
@@ -314,7 +314,7 @@ def test_protocols_set_the_official_generation(bench):
   config = _config(bench / "tok", **{"data.prompt.question": "What now?"})
   tok = tokenizer_lib.load_tokenizer(str(bench / "tok"))
   em = type("Em", (), {"config": config, "tokenizer": tok})
-  base = unibench.unibench_config(config)
+  base = config.unibench
   assert base.protocol == "r1"
   r1 = unibench.with_protocol(base, "r1")
   assert r1 == unibench.with_protocol(base, "r1") and r1.extractor == "answer"
@@ -390,3 +390,13 @@ def test_protocol_flag(bench, full_run):
   with open(out / "preds" / "ovmerdplus_completions.jsonl", encoding="utf-8") as f:
     texts = [json.loads(line)["completion"] for line in f]
   assert len(texts) == 3 and all(t == t.strip() and "###" not in t for t in texts)
+
+
+def test_a_config_without_unibench_section_gets_its_defaults_at_loading():
+  """launch.evaluate fills in configs/unibench.py's section (the library takes it as given)."""
+  from configs import unibench as unibench_config
+  from launch import evaluate
+  c = demo.get_config()
+  del c["unibench"]
+  assert evaluate.unibench_section(c).to_dict() == unibench_config.get_unibench_config().to_dict()
+  assert evaluate.unibench_section(demo.get_config()).batch_size == 32     # demo's own section

@@ -106,7 +106,6 @@ def violations() -> list[str]:
   return bad
 
 
-@pytest.mark.xfail(strict=True, reason="the configs/ imports of bench, data, eval and rewards go next")
 def test_no_module_imports_a_layer_above_it():
   bad = violations()
   assert not bad, "\n".join(bad)

@@ -133,7 +133,7 @@ def test_bad_inputs_fail_before_compiling():
               prompt_tokens=jnp.ones((4, 120), jnp.int32))
   with pytest.raises(ValueError, match="max_position_embeddings"):
     grpo_step.check_batch(policy, long, scfg)
-  with pytest.raises(ValueError, match="micro-batch of 2 prompts"):
+  with pytest.raises(ValueError, match="micro-batches of 2 prompts"):
     grpo_step.check_batch(policy, batch, dataclasses.replace(
         scfg, loss=dataclasses.replace(scfg.loss, micro_batches=2)),
         sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 from absl import logging  # noqa: E402
 
-from affect_jax import distributed, sharding  # noqa: E402
+from affect_jax import distributed, experiment, sharding  # noqa: E402
 from affect_jax.checkpoints import manager  # noqa: E402
 from affect_jax.models import affectgpt  # noqa: E402
 from affect_jax.rl import grpo_step  # noqa: E402
@@ -129,12 +129,12 @@ def saved_specs(workdir: pathlib.Path) -> dict:
 
 def restored_specs(config, workdir: pathlib.Path) -> dict:
   """The mesh run's final GRPO checkpoint restored onto the mesh as the loop does on resume."""
-  mesh = recipe.make_mesh(config)
+  mesh = experiment.make_mesh(config)
   rules = sharding.rules_from_config(config.sharding_rules)
-  tok = recipe._tokenizer(config, pathlib.Path(config.data.cache_dir))
-  model = recipe._model_config(config, tok)
+  tok = experiment.make_tokenizer(config, pathlib.Path(config.data.cache_dir))
+  model = experiment.model_config(config, tok)
   policy = policy_lib.AffectGPTPolicy(model)
-  opt = recipe.optimizer(config.grpo, config.grpo.steps)
+  opt = experiment.optimizer(config.grpo, config.grpo.steps)
   abstract = affectgpt.abstract_params(model)
   state_sh = grpo_step.state_shardings(policy, abstract, opt, mesh, rules)
   state_abs = jax.eval_shape(lambda p: grpo_step.init_state(policy, p, opt, jax.random.key(0)),
@@ -169,7 +169,7 @@ def main():
     return
   result = {
       "devices": jax.device_count(), "processes": jax.process_count(),
-      "mesh": dict(recipe.make_mesh(config).shape),
+      "mesh": dict(experiment.make_mesh(config).shape),
       "summary": {k: v for k, v in summary.items() if k.endswith("ew_f")},
       "records": records(out / "run"),
       "restored_specs": restored,

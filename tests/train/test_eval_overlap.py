@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
+from affect_jax import experiment
 from affect_jax.data import synthetic
 from affect_jax.train import loop, recipe
-from tests.train import recipe_mesh_worker as worker  # noqa: E402
+from tests.train import recipe_mesh_worker as worker
 
 ADDED = {"train": ("test_00000", "test_00001"), "rl": ("test_00001", "test_00002", "test_00003")}
 
@@ -60,7 +61,7 @@ def test_eval_clips_never_reach_a_training_batch(tmp_path, monkeypatch):
   monkeypatch.setattr(loop, "train", stepless_train)
   # Nor is held-out generation: a fixed score instead of compiling it.
   monkeypatch.setattr(recipe, "run_eval", lambda *a, **k: {"ew_f": 0.0})
-  summary = recipe.run(c, tmp_path / "run", mesh=recipe.make_mesh(c, jax.devices()[:1]))
+  summary = recipe.run(c, tmp_path / "run", mesh=experiment.make_mesh(c, jax.devices()[:1]))
 
   eval_names = {f"test_{i:05d}" for i in range(c.data.synthetic.splits["test"])}
   for phase, split in (("sft", "train"), ("grpo", "rl")):

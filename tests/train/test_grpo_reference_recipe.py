@@ -9,9 +9,9 @@ import pytest
 from affect_jax import sharding
 from affect_jax.train import recipe
 from configs import demo
+from tests.train import recipe_mesh_worker as worker
 
 HERE = pathlib.Path(__file__).resolve().parent
-from tests.train import recipe_mesh_worker as worker  # noqa: E402
 
 KL_ZERO = 1e-6          # k3 of equal log-probs is exactly 0; this is float rounding
 

@@ -1,11 +1,11 @@
-"""The recipe's config checks: data sources, tokenizer and model ids fail early and clearly."""
+"""The setup's config checks (affect_jax/experiment.py): data sources, tokenizer and model ids fail early and clearly."""
 import pathlib
 
 import pytest
 
 from affect_jax.data import overlap
 from affect_jax.data import tokenizer as tokenizer_lib
-from affect_jax.train import recipe
+from affect_jax import experiment
 from configs import demo
 
 
@@ -19,29 +19,29 @@ def test_non_demo_source_needs_a_folder(tmp_path):
   c = demo.get_config()
   c.data.sources.sft.dataset = "mercaptionplus"
   with pytest.raises(ValueError, match=r"sources\.sft\.data_dir"):
-    recipe._build_datasets(c.data, pathlib.Path(tmp_path))
+    experiment.build_datasets(c.data, pathlib.Path(tmp_path))
 
 
 def test_non_demo_data_needs_the_decoder_tokenizer(tmp_path):
   c = demo.get_config()
   c.data.sources.grpo.dataset = "mer2025ov"
   with pytest.raises(ValueError, match="tokenizer_dir"):
-    recipe._tokenizer(c, pathlib.Path(tmp_path))
+    experiment.make_tokenizer(c, pathlib.Path(tmp_path))
 
 
 def test_model_ids_must_agree_with_the_tokenizer(tmp_path):
   c = demo.get_config()
   tok = _tok(tmp_path)
-  model = recipe._model_config(c, tok)
+  model = experiment.model_config(c, tok)
   assert model.llm.vocab_size == len(tok)
   assert dict(model.placeholder_ids)["audio"] == tok.convert_tokens_to_ids("<AudioHere>")
   c.model.placeholder_ids.audio = 77
   with pytest.raises(ValueError, match="placeholder_ids.audio=77"):
-    recipe._model_config(c, tok)
+    experiment.model_config(c, tok)
   c = demo.get_config()
   c.model.llm.vocab_size = 10
   with pytest.raises(ValueError, match="vocab_size"):
-    recipe._model_config(c, tok)
+    experiment.model_config(c, tok)
 
 
 def test_a_training_source_of_only_eval_clips_names_both_sources():
@@ -53,5 +53,5 @@ def test_a_training_source_of_only_eval_clips_names_both_sources():
                                        r"generated demo set\): all 2 clips.*"
                                        r"config\.data\.sources\.eval \(demo split 'test' in "
                                        r"/data/ovmerdplus\)"):
-    overlap.drop_eval_clips(names, names, names, what=recipe._source_text(c.data, "grpo"),
-                            eval_what=recipe._source_text(c.data, "eval"))
+    overlap.drop_eval_clips(names, names, names, what=experiment.source_text(c.data, "grpo"),
+                            eval_what=experiment.source_text(c.data, "eval"))

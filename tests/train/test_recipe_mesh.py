@@ -18,12 +18,12 @@ import jax
 import numpy as np
 import pytest
 
-from affect_jax import sharding
+from affect_jax import experiment, sharding
 from affect_jax.train import recipe
+from tests.testlib import process as process_testlib
+from tests.train import recipe_mesh_worker as worker
 
 HERE = pathlib.Path(__file__).resolve().parent
-from tests.testlib import process as process_testlib  # noqa: E402
-from tests.train import recipe_mesh_worker as worker  # noqa: E402
 
 MESH = (2, 2, 2)
 # 8 devices sum in other orders than 1 device (sharded matmuls, all-reduces): float32 noise.
@@ -162,14 +162,14 @@ def test_a_batch_the_mesh_cannot_split_fails_before_compiling(tmp_path):
   c.grpo_loss.micro_batches = 2                # 8 prompts -> micro-batches of 4 over 8 devices
   with pytest.raises(ValueError, match=r"config\.grpo\.prompts_per_step=8: its micro-batches "
                                        r"of 4 rows.*multiple of 16"):
-    recipe.check_mesh(c, recipe.make_mesh(c))
+    experiment.check_mesh(c, experiment.make_mesh(c))
   c = worker.tiny_config((2, 4, 1))
   c.eval.batch_size = 4
   with pytest.raises(ValueError, match=r"config\.eval\.batch_size=4"):
-    recipe.check_mesh(c, recipe.make_mesh(c), phases=("sft",))
+    experiment.check_mesh(c, experiment.make_mesh(c), phases=("sft",))
   c = worker.tiny_config((3, 1, 1))
   with pytest.raises(ValueError, match=r"config\.mesh=.*-1"):
-    recipe.make_mesh(c)
+    experiment.make_mesh(c)
 
 
 def test_a_parameter_the_mesh_cannot_split_names_the_rule():
@@ -190,7 +190,7 @@ def test_a_parameter_the_mesh_cannot_split_names_the_rule():
 
 
 def test_state_placement_follows_the_rules_and_keeps_placed_params():
-  """recipe._place_state on (2, 2, 2): params initialised on their shardings stay where they are
+  """recipe.place_state on (2, 2, 2): params initialised on their shardings stay where they are
   (same buffers), the optimizer state follows its parameter, step and rng are replicated."""
   if jax.device_count() < 8:
     pytest.skip("needs 8 devices (tests/conftest.py fakes them)")
@@ -212,7 +212,7 @@ def test_state_placement_follows_the_rules_and_keeps_placed_params():
   opt = optax.adamw(1e-3)
   for steps, init in ((sft_step, sft_step.init_state), (grpo_step, grpo_step.init_state)):
     state_sh = steps.state_shardings(policy, abstract, opt, mesh, rules)
-    state = recipe._place_state(init(policy, params, opt, jax.random.key(1)), state_sh)
+    state = recipe.place_state(init(policy, params, opt, jax.random.key(1)), state_sh)
     assert ("reference" in state) == (steps is grpo_step)
     emb = state["trainable"]["embed_tokens"]["embedding"]
     assert emb is params["embed_tokens"]["embedding"]                 # not copied

@@ -127,12 +127,6 @@ UNIBENCH = {
 DATASETS = ("demo", *LAYOUTS, *(f"unibench:{k}" for k in UNIBENCH))
 
 
-def builder_config() -> ml_collections.ConfigDict:
-  """The defaults of this section, held in configs/data.py (used when a config lacks it)."""
-  from configs import data as data_config  # the numbers live in the config file
-  return data_config.builder_config()
-
-
 def layout_for(dataset: str, cfg: ml_collections.ConfigDict) -> Layout:
   """The Layout of a --dataset value (the demo's names come from cfg.synthetic)."""
   if dataset == "demo":
@@ -494,11 +488,14 @@ def make_builder(dataset: str, data_dir: str, out_dir: str, cfg: ml_collections.
     data_dir: the dataset's folder in its official layout.
     out_dir: where TFDS writes (OUT/<builder>/<config>/<version>).
     cfg: configs/data.py (its `media` and, for the demo, `synthetic` sections).
-    bcfg: builder settings (builder_config(); cfg.builder when the config has it).
+    bcfg: builder settings (default cfg.builder; configs/data.py builder_config()).
     splits: split names; () = every split found.
   """
   if bcfg is None:
-    bcfg = cfg.builder if "builder" in cfg else builder_config()
+    if "builder" not in cfg:
+      raise ValueError("the data config has no `builder` section; add it (configs/data.py "
+                       "builder_config()) or pass the builder settings (bcfg).")
+    bcfg = cfg.builder
   layout = layout_for(dataset, cfg)
   found = find_splits(data_dir, layout, tuple(splits), bcfg.labels_file)
   settings = faces_or_frames(media_settings(cfg, bcfg), found, bcfg.faces_fallback)
