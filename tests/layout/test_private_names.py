@@ -7,7 +7,7 @@ import ast
 
 import pytest
 
-import test_layers as layers
+from tests.layout import test_layers as layers
 
 ROOT = layers.ROOT
 
