@@ -154,8 +154,8 @@ _BLOCK = 128   # vocabulary block of the two-level inverse-CDF sampler
 def _argmax(x: jax.Array) -> jax.Array:
   """int32[B]: the first index of each row's maximum of float32[B, V].
 
-  Two plain reductions (max, then the smallest index holding it); XLA:CPU runs them several times
-  faster than jnp.argmax's (value, index) pair reduction over a 32k vocabulary.
+  Two plain reductions (max, then the smallest index holding it) rather than jnp.argmax's
+  (value, index) pair reduction, which XLA:CPU vectorises poorly.
   """
   v = x.shape[-1]
   top = jnp.max(x, axis=-1, keepdims=True)
@@ -187,8 +187,8 @@ def _categorical(logits: jax.Array, rng: jax.Array) -> jax.Array:
 
   Inverse-CDF sampling with one uniform per row, in two levels (blocks of _BLOCK tokens, then
   the tokens of the chosen block), so besides one exp pass over the logits all the work is on
-  [B, V / _BLOCK] and [B, _BLOCK] arrays. jax.random.categorical draws B x V Gumbel variates
-  instead, which costs ~50x more per decode step on CPU. Tokens of zero probability (masked to
+  [B, V / _BLOCK] and [B, _BLOCK] arrays, where jax.random.categorical would draw B x V Gumbel
+  variates. Tokens of zero probability (masked to
   -inf or the float32 minimum) are never drawn: the search is clamped to the positive range of
   each level.
   """

@@ -175,8 +175,8 @@ def _per_kv_head(q, k, v, mask):
   """A static loop over the K kv heads, each a plain matmul batched over B; k, v [B, S, K, D].
 
   Query rows (t, g) of kv head j are read straight from q's [B, T, N, D] layout and only the kv
-  head's own K and V columns are gathered: XLA:CPU runs these single-batch-dim matmuls (forward
-  and backward) much faster than the two-batch-dim einsum of `_reference`.
+  head's own K and V columns are gathered: XLA:CPU runs single-batch-dim matmuls (forward and
+  backward) well, and the two-batch-dim einsum of `_reference` poorly.
   """
   b, t, n, d = q.shape
   kv = k.shape[2]
