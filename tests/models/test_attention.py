@@ -157,3 +157,12 @@ def test_decoder_with_each_impl_matches_transformers(hf_case, impl):
     for _ in range(6):
       seq.append(int(lib.hf_logits(hf, np.asarray([seq]))[0, -1].argmax()))
     assert list(np.asarray(out.tokens[row])) == seq[n:], (row, impl)
+
+
+@pytest.mark.parametrize("impl", attention.IMPLEMENTATIONS)
+def test_config_validation_accepts_every_implementation(impl):
+  from configs import tiny, validate
+  c = tiny.get_config()
+  c.model.llm.attention_impl = impl
+  assert validate.errors(c, root="", training=False) == []
+  assert qwen2.Qwen2Config.from_dict(c.model.llm).attention_impl == impl
