@@ -18,7 +18,9 @@ def get_config():
       vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
       num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0, rms_norm_eps=1e-6,
       tie_word_embeddings=False, max_position_embeddings=32768,
-      dtype="bfloat16", param_dtype="bfloat16", remat=True, lora=base.lora_config(16, 32.0, 0.05))
+      dtype="bfloat16", param_dtype="bfloat16", remat=True,
+      attention_impl="auto",          # models/attention.py; "cudnn" for cuDNN's fused kernel
+      lora=base.lora_config(16, 32.0, 0.05))
   c.model.vision = dict(
       hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
       image_size=224, patch_size=14, num_channels=3, projection_dim=768, layer_norm_eps=1e-5,

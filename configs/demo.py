@@ -46,6 +46,9 @@ def get_config():
       num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6,
       tie_word_embeddings=True, max_position_embeddings=512, dtype="float32",
       param_dtype="float32", remat=False,
+      # models/attention.py: "auto" = the CPU-tuned kernels on CPU, jax.nn.dot_product_attention
+      # on GPU / TPU; or "reference", "xla", "cudnn", "cpu_tuned".
+      attention_impl="auto",
       # The demo decoder starts from random weights, so it is trained in full (rank 0);
       # the real recipe (configs/affectgpt_r1_7b.py) uses LoRA r16 on a pretrained Qwen2.5.
       lora=base.lora_config(0, 0.0, 0.0))

@@ -11,7 +11,9 @@ def get_config():
       vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
       num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6,
       tie_word_embeddings=True, max_position_embeddings=512,
-      dtype="float32", param_dtype="float32", remat=False, lora=base.lora_config(4, 8.0, 0.0))
+      dtype="float32", param_dtype="float32", remat=False,
+      attention_impl="auto",          # models/attention.py (configs/demo.py says more)
+      lora=base.lora_config(4, 8.0, 0.0))
   c.model.vision = dict(
       hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
       image_size=32, patch_size=8, num_channels=3, projection_dim=24, layer_norm_eps=1e-5,

@@ -148,6 +148,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("model.*.num_hidden_layers", at_least(1)),
     ("model.*.num_attention_heads", at_least(1)),
     ("model.llm.num_key_value_heads", at_least(1)),
+    ("model.llm.attention_impl", one_of("auto", "reference", "xla", "cudnn", "cpu_tuned")),
     ("model.llm.lora.rank", at_least(0)),
     ("model.llm.lora.alpha", within(0, math.inf, high_open=True)),
     ("model.llm.lora.dropout", within(0, 1, high_open=True)),

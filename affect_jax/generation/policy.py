@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from affect_jax.models import affectgpt
+from affect_jax.models import qwen2
 from affect_jax.models.lora import lora_mask
 from affect_jax.models.qwen2 import Qwen2, Qwen2Config, init_cache
 
@@ -123,14 +124,14 @@ def completion_logps(policy: Policy, params: Mapping, batch: Mapping, completion
   flags = dict(use_lora=use_lora, deterministic=deterministic, rngs=rngs, return_hidden=True)
   prompt = policy.prompt_embeds(params, batch)
   cache = init_cache(cfg, b, p + n, dtype=prompt.dtype)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
+  positions = qwen2.positions_from_mask(prompt_mask)
   kv_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
   hidden_p, cache = model.apply(llm, embeds=prompt, positions=positions, cache=cache,
                                 cache_index=jnp.int32(0), kv_mask=kv_mask, **flags)
   rep = lambda x, axis=0: jnp.repeat(x, g, axis=axis)
   cache = jax.tree.map(lambda c: rep(c, 1), cache)
   comp_embeds = model.apply(llm, completion, method=Qwen2.embed).astype(prompt.dtype)
-  comp_positions = rep(positions[:, -1] + 1)[:, None] + jnp.arange(n, dtype=jnp.int32)[None]
+  comp_positions = rep(qwen2.continuation_positions(positions, n))
   kv_mask = jnp.concatenate([rep(prompt_mask), completion_mask.astype(bool)], axis=1)
   hidden_c, _ = model.apply(llm, embeds=comp_embeds, positions=comp_positions, cache=cache,
                             cache_index=jnp.int32(p), kv_mask=kv_mask, **flags)

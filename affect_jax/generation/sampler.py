@@ -33,9 +33,12 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from affect_jax import config_dataclass
 from affect_jax import sharding
+from affect_jax.models import attention
+from affect_jax.models import decode
 from affect_jax.models import qwen2
 from affect_jax.models.qwen2 import Qwen2, Qwen2Config, init_cache
 
@@ -81,6 +84,23 @@ class SampleOutput(NamedTuple):
   logps: jax.Array       # float32[B*G, N], 0 after the end
   lengths: jax.Array     # int32[B*G], tokens up to and including the EOS / stop sequence
   done: jax.Array        # bool[B*G], True if the row emitted an EOS or a stop sequence
+
+
+@struct.dataclass
+class DecodeState:
+  """The decode loop's state (R = B * G rows, N = max_new_tokens, V vocabulary)."""
+  step: jax.Array        # int32 scalar: tokens generated so far (the next output column)
+  caches: tuple          # per-layer KV caches in decode.cache_layout(config)
+  logits: jax.Array      # float32[R, V]: the next token's logits
+  tokens: jax.Array      # int32[R, N]: generated tokens, pad_id after a row's end
+  logps: jax.Array       # float32[R, N]: their log-probs, 0 after a row's end
+  done: jax.Array        # bool[R]: the row has emitted an EOS or a stop sequence
+  positions: jax.Array   # int32[R]: the rotary position of the next token
+  kv_mask: jax.Array     # bool[R, P + N]: cache slots holding real tokens
+  rng: jax.Array         # the key split for each step's draw
+  seen: jax.Array        # bool[R, V] tokens already in the row (repetition penalty), else [R, 0]
+  recent: jax.Array      # int32[R, W]: the row's last W tokens (W = longest stop sequence)
+  lengths: jax.Array     # int32[R]: tokens through the EOS / stop sequence (N while running)
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
@@ -134,8 +154,8 @@ _BLOCK = 128   # vocabulary block of the two-level inverse-CDF sampler
 def _argmax(x: jax.Array) -> jax.Array:
   """int32[B]: the first index of each row's maximum of float32[B, V].
 
-  Two plain reductions (max, then the smallest index holding it); XLA:CPU runs them several times
-  faster than jnp.argmax's (value, index) pair reduction over a 32k vocabulary.
+  Two plain reductions (max, then the smallest index holding it) rather than jnp.argmax's
+  (value, index) pair reduction, which XLA:CPU vectorises poorly.
   """
   v = x.shape[-1]
   top = jnp.max(x, axis=-1, keepdims=True)
@@ -167,8 +187,8 @@ def _categorical(logits: jax.Array, rng: jax.Array) -> jax.Array:
 
   Inverse-CDF sampling with one uniform per row, in two levels (blocks of _BLOCK tokens, then
   the tokens of the chosen block), so besides one exp pass over the logits all the work is on
-  [B, V / _BLOCK] and [B, _BLOCK] arrays. jax.random.categorical draws B x V Gumbel variates
-  instead, which costs ~50x more per decode step on CPU. Tokens of zero probability (masked to
+  [B, V / _BLOCK] and [B, _BLOCK] arrays, where jax.random.categorical would draw B x V Gumbel
+  variates. Tokens of zero probability (masked to
   -inf or the float32 minimum) are never drawn: the search is clamped to the positive range of
   each level.
   """
@@ -247,36 +267,26 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
     raise ValueError(f"sample: cache is for {cache['k'].shape[1]} rows x {cache['k'].shape[2]} "
                      f"slots, need {rows} x {total} (B*G x P+N).")
 
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
-  # The decode loop runs the layers one by one over per-layer weights (copied once, here) and
-  # per-layer cache buffers carried by the while_loop, so a step updates each cache in place and
-  # copies no weights or cache slices (a scan over the stacked layers would, every step).
-  layer_params = qwen2.unstack_layers(params)
-  layout = "decode"     # k [R, K, D, S], v [R, K, S, D]: decode attends them in place
+  positions = qwen2.positions_from_mask(prompt_mask)
+  layout = decode.cache_layout(config)
+  layer_params = decode.unstack_layers(params)      # hoisted: see models/decode.py
   # Prefill each prompt once on the first B rows' worth of cache, then repeat rows G times.
-  small = tuple(jax.tree.map(lambda x: x[:b], c)
-                for c in qwen2.split_cache(cache, layout))
+  small = tuple(jax.tree.map(lambda x: x[:b], c) for c in decode.split_cache(cache, layout))
   kv_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
-  hidden, small = qwen2.decode_forward(config, params, layer_params, tokens, embeds=embeds,
-                                       positions=positions, caches=small,
-                                       cache_index=jnp.int32(0), kv_mask=kv_mask,
-                                       use_lora=use_lora, return_hidden=True,
-                                       cache_layout=layout)
+  hidden, small = decode.decode_forward(config, params, layer_params, tokens, embeds=embeds,
+                                        positions=positions, caches=small,
+                                        cache_index=jnp.int32(0), kv_mask=kv_mask,
+                                        use_lora=use_lora, return_hidden=True, layout=layout)
   last = model.apply(variables, hidden[:, -1:], method=Qwen2.logits)[:, 0]      # [B, V]
   rep = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
-  caches = tuple({"k": sharding.constrain(rep(c["k"], 0), ("batch", "kv_heads", "head_dim",
-                                                            "kv_length")),
-                  "v": sharding.constrain(rep(c["v"], 0), ("batch", "kv_heads", "kv_length",
-                                                            "head_dim"))} for c in small)
-  logits = rep(last, 0)
-  kv_mask = rep(kv_mask, 0)
-  next_pos = rep(positions[:, -1] + 1, 0)
+  axes = attention.CACHE_AXES[layout]
+  caches = tuple({name: sharding.constrain(rep(c[name], 0), axes[name]) for name in ("k", "v")}
+                 for c in small)
   eos = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
   penalise = sampling.repetition_penalty != 1.0
-  seen = jnp.zeros((b, logits.shape[-1]) if penalise else (b, 0), bool)
+  seen = jnp.zeros((b, last.shape[-1]) if penalise else (b, 0), bool)
   if penalise and tokens is not None:
     seen = seen.at[jnp.arange(b)[:, None], tokens].max(prompt_mask)
-  seen = rep(seen, 0)
   stops = [jnp.asarray(s, jnp.int32) for s in sampling.stop_sequences]
   window = max((len(s) for s in sampling.stop_sequences), default=0)
 
@@ -289,43 +299,46 @@ def sample(params: Mapping, config: Qwen2Config, sampling: SamplingConfig, *,
         hit |= jnp.all(recent[:, window - len(s):] == s[None, :], axis=-1)
     return hit, recent
 
-  def cond(state):
-    t, done = state[0], state[5]
-    return (t < n) & ~jnp.all(done)
+  def cond(state: DecodeState):
+    return (state.step < n) & ~jnp.all(state.done)
 
-  def body(state):
-    t, caches, logits, out_tok, out_logp, done, pos, kv_mask, rng, seen, recent, length = state
-    rng, step_rng = jax.random.split(rng)
+  def body(state: DecodeState) -> DecodeState:
+    t, done = state.step, state.done
+    rng, step_rng = jax.random.split(state.rng)
+    logits = state.logits
     if penalise:
-      logits = apply_repetition_penalty(logits.astype(jnp.float32), seen,
+      logits = apply_repetition_penalty(logits.astype(jnp.float32), state.seen,
                                         sampling.repetition_penalty)
     token, logp = _choose(logits, step_rng, sampling)
     token = jnp.where(done, sampling.pad_id, token)
     logp = jnp.where(done, 0.0, logp)
-    out_tok = out_tok.at[:, t].set(token)
-    out_logp = out_logp.at[:, t].set(logp)
-    hit, recent = ends(token, recent)
-    length = jnp.where(hit & ~done, t + 1, length)
-    now_done = done | hit
+    hit, recent = ends(token, state.recent)
     slot = p + t
-    kv_mask = kv_mask.at[:, slot].set(~done)
-    new_logits, caches = qwen2.decode_forward(config, params, layer_params, token[:, None],
-                                              positions=pos[:, None], caches=caches,
-                                              cache_index=slot, kv_mask=kv_mask,
-                                              use_lora=use_lora, cache_layout=layout)
-    if penalise:
-      seen = seen.at[jnp.arange(rows), token].set(True)
-    return (t + 1, caches, new_logits[:, 0], out_tok, out_logp, now_done, pos + 1, kv_mask, rng,
-            seen, recent, length)
+    kv_mask = state.kv_mask.at[:, slot].set(~done)
+    new_logits, caches = decode.decode_forward(config, params, layer_params, token[:, None],
+                                               positions=state.positions[:, None],
+                                               caches=state.caches, cache_index=slot,
+                                               kv_mask=kv_mask, use_lora=use_lora,
+                                               layout=layout)
+    seen = state.seen.at[jnp.arange(rows), token].set(True) if penalise else state.seen
+    return DecodeState(step=t + 1, caches=caches, logits=new_logits[:, 0],
+                       tokens=state.tokens.at[:, t].set(token),
+                       logps=state.logps.at[:, t].set(logp), done=done | hit,
+                       positions=state.positions + 1, kv_mask=kv_mask, rng=rng, seen=seen,
+                       recent=recent, lengths=jnp.where(hit & ~done, t + 1, state.lengths))
 
-  state = (jnp.int32(0), caches, logits, jnp.full((rows, n), sampling.pad_id, jnp.int32),
-           jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), bool), next_pos, kv_mask, rng,
-           seen, jnp.full((rows, window), -1, jnp.int32), jnp.full((rows,), n, jnp.int32))
+  state = DecodeState(step=jnp.int32(0), caches=caches, logits=rep(last, 0),
+                      tokens=jnp.full((rows, n), sampling.pad_id, jnp.int32),
+                      logps=jnp.zeros((rows, n), jnp.float32), done=jnp.zeros((rows,), bool),
+                      positions=rep(qwen2.continuation_positions(positions, 1)[:, 0], 0),
+                      kv_mask=rep(kv_mask, 0), rng=rng, seen=rep(seen, 0),
+                      recent=jnp.full((rows, window), -1, jnp.int32),
+                      lengths=jnp.full((rows,), n, jnp.int32))
   state = jax.lax.while_loop(cond, body, state)
-  _, caches, _, out_tok, out_logp, done, _, _, _, _, _, lengths = state
   cache = jax.tree.map(lambda x: sharding.constrain(x, qwen2.CACHE_AXES),
-                       qwen2.stack_cache(caches, layout))
-  out = SampleOutput(tokens=out_tok, logps=out_logp, lengths=lengths, done=done)
+                       decode.stack_cache(state.caches, layout))
+  out = SampleOutput(tokens=state.tokens, logps=state.logps, lengths=state.lengths,
+                     done=state.done)
   return out, cache
 
 

@@ -2,7 +2,7 @@
 
 Public API:
   Qwen2Config                 frozen dataclass, HF field names + dtype, param_dtype, remat,
-                              remat_policy, lora (LoraConfig)
+                              remat_policy, attention_impl, lora (LoraConfig)
     .from_hf(hf_config: dict, **overrides) -> Qwen2Config     validates a HF config.json
     .to_hf() -> dict                                          config.json for transformers
     .from_dict(mapping) -> Qwen2Config                        plain dict / ml_collections
@@ -15,11 +15,7 @@ Public API:
   init_cache(config, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, K, D]
   CACHE_AXES                  logical names of the cache arrays (for shardings)
   positions_from_mask(mask bool[B, T]) -> int32[B, T]   rotary positions of a padded batch
-  unstack_layers(params) -> per-layer trees
-  split_cache(cache, layout) / stack_cache(caches, layout): [L, B, S, K, D] <-> per-layer caches
-  decode_forward(config, params, layer_params, tokens, *, positions, caches, cache_index,
-                 kv_mask, ..., cache_layout='decode') -> (logits, caches)
-                              the cached forward layer by layer, for decode loops
+  continuation_positions(positions int32[B, P], n) -> int32[B, n]   the n tokens after a prompt
   init_params(config, rng) -> params;  abstract_params(config) -> boxed ShapeDtypeStructs
   param_count(config, include_lora=False) -> int        computed abstractly (no allocation)
 
@@ -31,6 +27,9 @@ each new token attends slots s with kv_mask[b, s] and s <= cache_index + t; the 
 kv_mask (bool[B, S]) True for every slot holding a real token, the new ones included. The same
 call does prefill (T = prompt length, cache_index 0) and decode (T = 1); cache_index is a traced
 int32 scalar, so one compiled step serves a whole lax.while_loop.
+
+Decode loops run the same DecoderLayer layer by layer through models/decode.py (its docstring
+says why).
 
 `use_lora` and `deterministic` are static Python bools: use_lora=False runs the base model on the
 same parameters (LoRA skipped); deterministic=False enables LoRA dropout (rng 'dropout').
@@ -60,6 +59,7 @@ import jax.numpy as jnp
 from affect_jax import config_dataclass
 from affect_jax import sharding
 from affect_jax.errors import CheckpointError
+from affect_jax.models import attention
 from affect_jax.models import layers
 from affect_jax.models import lora as lora_lib
 
@@ -85,7 +85,8 @@ class Qwen2Config:
   num_key_value_heads defaults to num_attention_heads and head_dim to
   hidden_size // num_attention_heads. dtype is the compute dtype, param_dtype the storage dtype
   ('float32', 'bfloat16' or 'float16'). remat recomputes each layer in the backward pass with
-  jax.checkpoint_policies.<remat_policy>.
+  jax.checkpoint_policies.<remat_policy>. attention_impl names the attention implementation
+  (models/attention.py).
   """
   vocab_size: int
   hidden_size: int
@@ -105,6 +106,10 @@ class Qwen2Config:
   param_dtype: str = "float32"
   remat: bool = False
   remat_policy: str = "nothing_saveable"
+  # Which attention implementation runs (attention.IMPLEMENTATIONS): "auto" = "cpu_tuned" on
+  # CPU, jax.nn.dot_product_attention ("xla") on GPU / TPU; "cudnn" opts into cuDNN's fused
+  # attention (GPU, float16 / bfloat16).
+  attention_impl: str = "auto"
   lora: lora_lib.LoraConfig = lora_lib.LoraConfig()
 
   def __post_init__(self):
@@ -130,6 +135,9 @@ class Qwen2Config:
       raise ValueError(f"Qwen2Config.remat_policy={self.remat_policy!r} is not a "
                        "jax.checkpoint_policies name (e.g. 'nothing_saveable', "
                        "'dots_with_no_batch_dims_saveable').")
+    if self.attention_impl not in attention.IMPLEMENTATIONS:
+      raise ValueError(f"Qwen2Config.attention_impl={self.attention_impl!r}: use one of "
+                       f"{attention.IMPLEMENTATIONS}.")
     if isinstance(self.eos_token_id, list):
       set_("eos_token_id", tuple(self.eos_token_id))
     if not isinstance(self.lora, lora_lib.LoraConfig):
@@ -235,8 +243,8 @@ class Qwen2Config:
 class DecoderLayer(nn.Module):
   """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-  cache_layout: the layout of the layer cache it is called with (layers.CACHE_LAYOUTS); 'bskd'
-  inside Qwen2, 'decode' in decode_forward's loops. It changes no parameter.
+  cache_layout: the layout of the layer cache it is called with (attention.CACHE_LAYOUTS): 'bskd'
+  inside Qwen2, decode.py's choice in its decode loops. It changes no parameter.
   """
   config: Qwen2Config
   cache_layout: str = "bskd"
@@ -251,7 +259,8 @@ class DecoderLayer(nn.Module):
     h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **common)(hidden)
     h, cache = layers.Attention(
         c.num_attention_heads, c.num_key_value_heads, c.head_dim, lora=c.lora, kernel_init=init,
-        cache_layout=self.cache_layout, name="self_attn", **common)(
+        attention_impl=c.attention_impl, cache_layout=self.cache_layout, name="self_attn",
+        **common)(
             h, cos, sin, mask, cache, cache_index, **flags)
     hidden = sharding.constrain(hidden + h, ("batch", "length", "embed"))
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **common)(hidden)
@@ -286,7 +295,7 @@ class LMHead(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init,
                                                                ("embed", "vocab")),
                         (hidden.shape[-1], self.vocab_size), self.param_dtype)
-    # A 2-D matmul over [B*T, H]: see "Flat projections" in layers.py (faster backward).
+    # A 2-D matmul over [B*T, H]: flat projections, as in layers.py.
     lead = hidden.shape[:-1]
     out = jnp.dot(hidden.reshape(-1, hidden.shape[-1]).astype(self.dtype),
                   kernel.astype(self.dtype), preferred_element_type=jnp.float32)
@@ -369,7 +378,7 @@ class Qwen2(nn.Module):
       if cache_index is not None or kv_mask is not None:
         raise ValueError("Qwen2: cache_index / kv_mask were given without a cache; pass "
                          "cache=init_cache(...) or drop them (use attention_mask).")
-      mask = layers.causal_mask(attention_mask, b, t)
+      mask = attention.causal_mask(attention_mask, b, t)
     else:
       if cache_index is None or kv_mask is None:
         raise ValueError("Qwen2: with a cache, pass cache_index (int32 scalar) and kv_mask "
@@ -380,7 +389,7 @@ class Qwen2(nn.Module):
         raise ValueError(f"Qwen2: kv_mask has shape {tuple(kv_mask.shape)}; expected "
                          f"[B, S] = {(b, cache['k'].shape[2])} (the cache length).")
       cache_index = jnp.asarray(cache_index, jnp.int32)
-      mask = layers.cache_mask(kv_mask, cache_index, t)
+      mask = attention.cache_mask(kv_mask, cache_index, t)
     cos, sin = layers.rotary_tables(positions, c.head_dim, c.rope_theta)
     x, cache = self.layers(x, cache, cos, sin, mask, cache_index, use_lora, deterministic)
     x = self.norm(x)
@@ -397,106 +406,17 @@ def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype: Any = None)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def unstack_layers(params: Mapping) -> tuple[dict, ...]:
-  """params['layers'] (leading layer axis L) -> L per-layer parameter trees (DecoderLayer's).
-
-  Copies the layer weights once; call it outside a decode loop so every step reads each layer's
-  weights in place (a scanned layer stack slices, i.e. copies, them on every step on XLA:CPU).
-  """
-  layers_ = params["layers"]
-  num = jax.tree.leaves(layers_)[0].shape[0]
-  return tuple(jax.tree.map(lambda x, i=i: x[i], layers_) for i in range(num))
-
-
-_TO_DECODE = {"k": (0, 2, 3, 1), "v": (0, 2, 1, 3)}     # [B, S, K, D] -> decode layout
-_FROM_DECODE = {"k": (0, 3, 1, 2), "v": (0, 2, 1, 3)}
-
-
-def split_cache(cache: Mapping, layout: str = "bskd") -> tuple[dict, ...]:
-  """{'k', 'v'}: [L, B, S, K, D] -> L per-layer caches {'k', 'v'} in `layout`.
-
-  layout: 'bskd' ([B, S, K, D] slices of the stacked cache) or 'decode' (k [B, K, D, S],
-  v [B, K, S, D], transposed copies: what decode loops carry, see decode_forward).
-  """
-  _check_layout(layout)
-  take = lambda name, x: x if layout == "bskd" else x.transpose(_TO_DECODE[name])
-  return tuple({name: take(name, cache[name][i]) for name in ("k", "v")}
-               for i in range(cache["k"].shape[0]))
-
-
-def stack_cache(caches: tuple[Mapping, ...], layout: str = "bskd") -> dict:
-  """The inverse of split_cache: L per-layer caches in `layout` -> {'k', 'v'}: [L, B, S, K, D]."""
-  _check_layout(layout)
-  put = lambda name, x: x if layout == "bskd" else x.transpose(_FROM_DECODE[name])
-  return {name: jnp.stack([put(name, c[name]) for c in caches]) for name in ("k", "v")}
-
-
-def _check_layout(layout: str) -> None:
-  if layout not in layers.CACHE_LAYOUTS:
-    raise ValueError(f"cache layout {layout!r}: use one of {layers.CACHE_LAYOUTS}.")
-
-
-def decode_forward(config: Qwen2Config, params: Mapping, layer_params: tuple[Mapping, ...],
-                   tokens: jax.Array | None = None, *, embeds: jax.Array | None = None,
-                   positions: jax.Array, caches: tuple[Mapping, ...], cache_index: jax.Array,
-                   kv_mask: jax.Array, use_lora: bool = True, return_hidden: bool = False,
-                   cache_layout: str = "decode") -> tuple[jax.Array, tuple[dict, ...]]:
-  """Qwen2.__call__ with a cache, layer by layer over per-layer weights and caches.
-
-  The same computation as `Qwen2(config).apply({'params': params}, tokens, positions=...,
-  cache=stack_cache(caches, cache_layout), ...)` (deterministic), for decode loops: with
-  `layer_params` from unstack_layers (hoisted out of the loop) and one cache per layer in the
-  'decode' layout carried by the loop, a step updates each cache in place and copies no weights or
-  cache slices. (A scan over the stacked layers slices, i.e. copies, every layer's weights and
-  cache on every step on XLA:CPU, and a [B, S, K, D] cache gets reshaped/transposed copies for
-  the attention.)
-
-  Args:
-    params: the full parameter tree (its 'layers' entry is not read; it may be absent).
-    layer_params: unstack_layers(params).
-    tokens: int32[B, T], or embeds: float[B, T, H].
-    positions: int32[B, T].
-    caches: L per-layer caches {'k', 'v'} in cache_layout (split_cache(cache, cache_layout)).
-    cache_index: int32 scalar, the slot of the first new token.
-    kv_mask: bool[B, S], True for slots holding real tokens (new ones included).
-    use_lora: static; False runs the base projections.
-    return_hidden: static; return the final-normed hidden float[B, T, H] instead of logits.
-    cache_layout: static; 'decode' (k [B, K, D, S], v [B, K, S, D]; default) or 'bskd'.
-
-  Returns:
-    (logits float32[B, T, V] or hidden, the updated per-layer caches, same layout).
-  """
-  c = config
-  _check_layout(cache_layout)
-  if len(layer_params) != c.num_hidden_layers or len(caches) != c.num_hidden_layers:
-    raise ValueError(f"decode_forward: {len(layer_params)} layer params and {len(caches)} "
-                     f"caches for a {c.num_hidden_layers}-layer model.")
-  model = Qwen2(c)
-  outer = {"params": {k: v for k, v in params.items() if k != "layers"}}
-  if (tokens is None) == (embeds is None):
-    raise ValueError("decode_forward: pass exactly one of tokens or embeds.")
-  if embeds is None:
-    x = model.apply(outer, tokens, method=Qwen2.embed)
-  else:
-    x = sharding.constrain(embeds.astype(c.compute_dtype), ("batch", "length", "embed"))
-  t = x.shape[1]
-  cache_index = jnp.asarray(cache_index, jnp.int32)
-  mask = layers.cache_mask(kv_mask, cache_index, t)
-  cos, sin = layers.rotary_tables(positions, c.head_dim, c.rope_theta)
-  block = DecoderLayer(c, cache_layout=cache_layout)
-  new_caches = []
-  for lp, cache in zip(layer_params, caches):
-    x, cache = block.apply({"params": lp}, x, cache, cos, sin, mask, cache_index, use_lora, True)
-    new_caches.append(cache)
-  final = lambda m, h: m.norm(h) if return_hidden else m.logits(m.norm(h))
-  return model.apply(outer, x, method=final), tuple(new_caches)
-
-
 def positions_from_mask(mask: jax.Array) -> jax.Array:
   """mask: bool[B, T] (True = real token) -> int32[B, T]: 0, 1, ... over the real tokens of
   each row (HF generate's position_ids for padded batches; pad slots get 0)."""
   mask = mask.astype(jnp.int32)
   return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def continuation_positions(positions: jax.Array, length: int) -> jax.Array:
+  """positions: int32[B, P] of left-padded prompts (positions_from_mask) -> int32[B, length]:
+  the positions of the `length` tokens that follow each prompt."""
+  return positions[:, -1:] + 1 + jnp.arange(length, dtype=jnp.int32)[None]
 
 
 def _init_inputs():

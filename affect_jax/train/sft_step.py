@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from affect_jax import sharding
+from affect_jax.models import qwen2
 from affect_jax.models.qwen2 import Qwen2
 from affect_jax.optim import accumulate, state as train_state
 from affect_jax.generation import policy as policy_lib
@@ -37,7 +38,7 @@ def target_logps(policy: policy_lib.Policy, params: Mapping, batch: Mapping, *, 
   inputs = dict(batch, prompt_tokens=batch["tokens"], prompt_mask=batch["attention_mask"])
   embeds = policy.prompt_embeds(params, inputs)
   mask = batch["attention_mask"]
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+  positions = qwen2.positions_from_mask(mask)
   hidden, _ = model.apply(llm, embeds=embeds, positions=positions, attention_mask=mask,
                           deterministic=deterministic, rngs=rngs, return_hidden=True)
   head = lambda x: model.apply(llm, x, method=Qwen2.logits)

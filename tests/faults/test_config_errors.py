@@ -181,6 +181,7 @@ def test_real_recipe_needs_its_data_and_tokenizer_folders():
     ("unibench.llm.top_p", 0.0, "(0, 1]"),
     ("model.llm.lora.rank", -4, ">= 0"),
     ("model.llm.lora.dropout", 1.0, "[0, 1)"),
+    ("model.llm.attention_impl", "flash", "'cpu_tuned'"),
     ("mesh.tensor", 0, "-1"),
     ("data.builder.media", "rwa", "['raw', 'paths']"),
     ("grpo_loss.epsilon_low", 1.0, "[0, 1)"),
