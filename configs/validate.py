@@ -110,6 +110,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("grpo_loss.std_ddof", one_of(0, 1)),
     ("grpo_loss.normalizer_constant", above(0)),
     ("grpo_loss.num_iterations", at_least(1)),
+    ("grpo_loss.overlong_buffer", at_least(0)),
+    ("grpo_loss.overlong_penalty", within(0, math.inf, high_open=True)),
+    ("grpo_loss.oversample", at_least(1)),
     # Generation (sampling, eval, unibench and its LLM extractor).
     ("*max_new_tokens", at_least(1)),
     ("*temperature", above(0)),
