@@ -121,10 +121,11 @@ def overlong_penalty(lengths: jax.Array, cap: int, buffer: int, penalty: float) 
   return -jnp.clip(over, 0.0, 1.0) * penalty
 
 
-def select_groups(rewards: jax.Array, num_generations: int, keep: int) -> tuple[jax.Array, dict]:
+def select_groups(rewards: jax.Array, num_generations: int, keep: int
+                  ) -> tuple[jax.Array, jax.Array, dict]:
   """Dynamic sampling with static shapes: indices int32[keep] of the groups to train on,
-  informative groups (finite rewards of non-zero variance) first, each kind in batch order
-  (a stable sort), and int32 metrics: groups_rolled_out, groups_dropped (zero-variance groups),
+  informative groups (at least 2 finite rewards, not all equal) first, each kind in batch order
+  (a stable sort), whether each kept group is informative (bool[keep]), and int32 metrics: groups_rolled_out, groups_dropped (zero-variance groups),
   groups_kept (informative groups trained on, at most `keep`) and groups_short (the slots left
   to zero-variance groups, whose advantages are 0, when fewer than `keep` are informative)."""
   r = rewards.reshape(-1, num_generations)
@@ -136,7 +137,7 @@ def select_groups(rewards: jax.Array, num_generations: int, keep: int) -> tuple[
   n_inf = informative.sum().astype(jnp.int32)
   kept = jnp.minimum(n_inf, keep)
   total = jnp.asarray(r.shape[0], jnp.int32)
-  return order, dict(groups_rolled_out=total, groups_dropped=total - n_inf, groups_kept=kept,
+  return order, informative[order], dict(groups_rolled_out=total, groups_dropped=total - n_inf, groups_kept=kept,
                      groups_short=keep - kept)
 
 
@@ -180,7 +181,7 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
     # 2b. Dynamic sampling: keep batch / oversample groups, informative ones first.
     if lcfg.oversample > 1:
       keep = batch["prompt_mask"].shape[0] // lcfg.oversample
-      idx, ds_metrics = select_groups(rewards, g, keep)
+      idx, kept_informative, ds_metrics = select_groups(rewards, g, keep)
       extra.update({f"dynamic_sampling/{k}": v for k, v in ds_metrics.items()})
       take_rows = lambda x: x.reshape((-1, g) + x.shape[1:])[idx].reshape((-1,) + x.shape[1:])
       batch = jax.tree.map(lambda x: x[idx], dict(batch))
@@ -189,6 +190,8 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
       rewards, comp_mask = take_rows(rewards), take_rows(comp_mask)
     adv, adv_stats = losses.group_advantages(rewards, g, lcfg.advantage_scale,
                                              lcfg.advantage_eps, lcfg.std_ddof)
+    if lcfg.oversample > 1:   # filler groups of equal rewards train with advantage exactly 0
+      adv = jnp.where(jnp.repeat(kept_informative, g), adv, 0.0)
 
     logps_of = lambda p, **kw: policy_lib.completion_logps(
         policy, p, batch, out.tokens, comp_mask, chunk=lcfg.logprob_chunk, temperature=temp,

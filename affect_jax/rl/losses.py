@@ -30,8 +30,9 @@ from affect_jax import config_dataclass
 from affect_jax import sharding
 
 Array = jax.Array
-# name -> fn(centred[P, G], group_std[P, 1], batch_std[1], group_count[P, 1], eps) -> adv[P, G];
-# centred = r - mean_g over the finite rewards of each group, group_count = their number.
+# name -> fn(centred[P, G], group_std[P, 1], batch_std[1], group_count[P, 1], varies[P, 1], eps)
+# -> adv[P, G]; centred = r - mean_g over the finite rewards of each group, group_count = their
+# number, varies = they are not all equal (exact; a rounded mean_g can leave std_g > 0).
 ADVANTAGE_SCALES: dict[str, Callable[..., Array]] = {}
 # name -> fn(logps[B, N], old_logps[B, N], adv[B, 1], mask[B, N], cfg) -> PolicyTerms.
 POLICY_LOSSES: dict[str, Callable[..., "PolicyTerms"]] = {}
@@ -119,30 +120,30 @@ def _divide(centred: Array, std: Array, eps: float) -> Array:
 
 
 @_register(ADVANTAGE_SCALES, "group")
-def _group_scale(centred, group_std, batch_std, group_count, eps):
-  del batch_std, group_count
+def _group_scale(centred, group_std, batch_std, group_count, varies, eps):
+  del batch_std, group_count, varies
   return _divide(centred, group_std, eps)
 
 
 @_register(ADVANTAGE_SCALES, "batch")
-def _batch_scale(centred, group_std, batch_std, group_count, eps):
-  del group_count
+def _batch_scale(centred, group_std, batch_std, group_count, varies, eps):
+  del group_count, varies
   return _divide(centred, jnp.broadcast_to(batch_std, group_std.shape), eps)
 
 
 @_register(ADVANTAGE_SCALES, "none")
-def _no_scale(centred, group_std, batch_std, group_count, eps):
-  del batch_std, group_count, eps
-  return jnp.where(group_std > 0, centred, 0.0)   # exact zeros for a group of equal rewards
+def _no_scale(centred, group_std, batch_std, group_count, varies, eps):
+  del group_std, batch_std, group_count, eps
+  return jnp.where(varies, centred, 0.0)   # exact zeros for a group of equal rewards
 
 
 @_register(ADVANTAGE_SCALES, "rloo")
-def _rloo(centred, group_std, batch_std, group_count, eps):
+def _rloo(centred, group_std, batch_std, group_count, varies, eps):
   """r_i - mean_{j != i} r_j = c / (c - 1) * (r_i - mean_g) over the c finite rewards; exact
   zeros for a group whose rewards are all equal."""
-  del batch_std, eps
+  del group_std, batch_std, eps
   c = group_count.astype(jnp.float32)
-  return jnp.where(group_std > 0, centred * (c / jnp.maximum(c - 1.0, 1.0)), 0.0)
+  return jnp.where(varies, centred * (c / jnp.maximum(c - 1.0, 1.0)), 0.0)
 
 
 def _masked_moments(x: Array, valid: Array, axis, ddof: int) -> tuple[Array, Array, Array]:
@@ -209,7 +210,9 @@ def group_advantages(rewards: Array, num_generations: int, scale: str = "group",
   groups, vg = r.reshape(-1, num_generations), valid.reshape(-1, num_generations)
   mean_g, std_g, count_g = _masked_moments(groups, vg, axis=1, ddof=std_ddof)
   mean_b, std_b, _ = _masked_moments(r, valid, axis=0, ddof=std_ddof)
-  adv = ADVANTAGE_SCALES[scale](groups - mean_g, std_g, std_b, count_g, eps)
+  varies = (jnp.where(vg, groups, -jnp.inf).max(axis=1, keepdims=True)
+            > jnp.where(vg, groups, jnp.inf).min(axis=1, keepdims=True))
+  adv = ADVANTAGE_SCALES[scale](groups - mean_g, std_g, std_b, count_g, varies, eps)
   adv = jnp.where(vg & (count_g >= 2), adv, 0.0).reshape(-1)
   stats = dict(
       num_nan_rewards=(~valid).sum().astype(jnp.int32),

@@ -32,12 +32,14 @@ def test_overlong_penalty_matches_numpy(buffer):
 def test_select_groups_keeps_informative_groups_first_in_order():
   r = np.array([[1, 1], [0, 1], [np.nan, 1], [2, 3], [5, 5], [0, 0.5]], np.float32).reshape(-1)
   informative = [1, 3, 5]                 # finite rewards that differ; nan leaves one finite
-  idx, m = grpo_step.select_groups(jnp.asarray(r), 2, 2)
+  idx, kept_informative, m = grpo_step.select_groups(jnp.asarray(r), 2, 2)
   assert list(np.asarray(idx)) == informative[:2]
+  assert np.asarray(kept_informative).all()
   assert {k: int(v) for k, v in m.items()} == dict(groups_rolled_out=6, groups_dropped=3,
                                                    groups_kept=2, groups_short=0)
-  idx, m = grpo_step.select_groups(jnp.asarray(r), 2, 4)
+  idx, kept_informative, m = grpo_step.select_groups(jnp.asarray(r), 2, 4)
   assert list(np.asarray(idx)) == informative + [0]   # then zero-variance groups, in order
+  assert list(np.asarray(kept_informative)) == [True, True, True, False]
   assert int(m["groups_kept"]) == 3 and int(m["groups_short"]) == 1
 
 

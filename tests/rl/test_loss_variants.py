@@ -155,11 +155,16 @@ def test_rloo_advantages_match_numpy():
   assert int(stats["num_nan_rewards"]) == 4
 
 
-def test_none_gives_exact_zeros_for_equal_rewards():
-  rewards = jnp.full((8,), 0.1, jnp.float32).at[4:].set(jnp.asarray([0.1, 0.7, 0.3, 0.2]))
-  adv, _ = losses.group_advantages(rewards, 4, "none")
-  np.testing.assert_array_equal(np.asarray(adv)[:4], 0.0)
-  np.testing.assert_allclose(adv[4:], np_advantages(rewards[4:], 4, "none", 0.0, 1), rtol=1e-5)
+@pytest.mark.parametrize("scale", ["none", "rloo"])
+def test_equal_rewards_give_exact_zeros(scale):
+  """0.9 * 3 / 3 != 0.9 in float32: r - mean_g is not 0 unless the group is recognised as equal
+  (dynamic sampling relies on zero-variance groups having zero advantages)."""
+  rewards = jnp.asarray([0.9, 0.9, 0.9, 0.1, 0.7, 0.3], jnp.float32)
+  adv, _ = losses.group_advantages(rewards, 3, scale)
+  np.testing.assert_array_equal(np.asarray(adv)[:3], 0.0)
+  want = np_rloo(rewards[3:], 3) if scale == "rloo" else np_advantages(rewards[3:], 3, "none",
+                                                                       0.0, 1)
+  np.testing.assert_allclose(adv[3:], want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("field,value", [("policy_loss", "ppo"), ("dual_clip_c", 0.5),
