@@ -22,7 +22,7 @@ def get_grpo_loss_config(**overrides) -> ml_collections.ConfigDict:
   c.epsilon_low = 0.2
   c.epsilon_high = 0.2
   # Advantage: 'group' (r - mean_g) / (std_g + eps); 'batch' (r - mean_g) / (std_batch + eps);
-  # 'none' r - mean_g (Dr. GRPO).
+  # 'none' r - mean_g (Dr. GRPO); 'rloo' r_i - mean_{j != i} r_j (leave-one-out in the group).
   c.advantage_scale = "group"
   c.advantage_eps = 1e-4
   # Degrees of freedom of the std: 1 = unbiased (torch.std, as TRL's GRPOTrainer), 0 = population.
@@ -38,4 +38,22 @@ def get_grpo_loss_config(**overrides) -> ml_collections.ConfigDict:
   c.logprob_chunk = 256
   # Micro-batches of the rollout batch per gradient (lax.scan, gradients summed exactly).
   c.micro_batches = 1
+  # Policy loss: 'grpo' (PPO clipped surrogate per token); 'gspo' (the clipped surrogate on the
+  # sequence ratio exp(mean_t(logp - old_logp)); GSPO clips with small epsilons, e.g. 3e-4 /
+  # 4e-4); 'cispo' (-sg(clip(ratio, 1 - epsilon_low, 1 + epsilon_high)) * A * logp).
+  c.policy_loss = "grpo"
+  # Dual-clip cap c > 1 for negative advantages ('grpo', 'gspo'): the loss of a token with A < 0
+  # is at most -c * A; 0 turns it off.
+  c.dual_clip_c = 0.0
+  # DAPO's soft overlong penalty: a completion of length L > cap - overlong_buffer (cap =
+  # sampling.max_new_tokens) gets -min(1, (L - cap + buffer) / buffer) * overlong_penalty added
+  # to its reward; 0 turns it off.
+  c.overlong_buffer = 0
+  c.overlong_penalty = 1.0
+  # True leaves truncated completions (no EOS within the cap) out of the loss (their tokens get
+  # mask 0; they still count in the group's advantages).
+  c.mask_truncated = False
+  # Dynamic sampling (DAPO): the step rolls out its whole batch of prompts and trains on
+  # batch / oversample of them, informative groups (reward variance > 0) first. 1: every prompt.
+  c.oversample = 1
   return overrides_lib.apply(c, overrides, "get_grpo_loss_config")

@@ -110,6 +110,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("grpo_loss.std_ddof", one_of(0, 1)),
     ("grpo_loss.normalizer_constant", above(0)),
     ("grpo_loss.num_iterations", at_least(1)),
+    ("grpo_loss.overlong_buffer", at_least(0)),
+    ("grpo_loss.overlong_penalty", within(0, math.inf, high_open=True)),
+    ("grpo_loss.oversample", at_least(1)),
     # Generation (sampling, eval, unibench and its LLM extractor).
     ("*max_new_tokens", at_least(1)),
     ("*temperature", above(0)),
@@ -291,6 +294,16 @@ def _cross_errors(config, root: str, training: bool) -> list[str]:
     if llm.num_attention_heads % llm.num_key_value_heads:
       out.append(f"config.model.llm.num_attention_heads={llm.num_attention_heads} is not a "
                  f"multiple of config.model.llm.num_key_value_heads={llm.num_key_value_heads}.")
+  grpo, loss = _section(config, "grpo"), _section(config, "grpo_loss")
+  if grpo is not None and loss is not None and all(
+      _integer(v) and v >= 1 for v in (grpo.get("prompts_per_step"), loss.get("oversample"),
+                                       loss.get("micro_batches"))):
+    unit = loss.oversample * loss.micro_batches
+    if loss.oversample > 1 and grpo.prompts_per_step % unit:
+      out.append(f"config.grpo.prompts_per_step={grpo.prompts_per_step}: dynamic sampling trains "
+                 f"on prompts_per_step / config.grpo_loss.oversample={loss.oversample} prompts "
+                 f"in config.grpo_loss.micro_batches={loss.micro_batches} micro-batches; use a "
+                 f"multiple of {unit}.")
   prompt = _section(config, "prompt" if root == "data" else "data.prompt")
   if training and prompt is not None and _integer(prompt.get("max_length")):
     at = "prompt" if root == "data" else "data.prompt"

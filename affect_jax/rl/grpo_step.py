@@ -86,6 +86,52 @@ def check_batch(policy: policy_lib.Policy, batch: Mapping, cfg: StepConfig, mesh
                                  micro_what="grpo_loss.micro_batches", unit="prompts")
 
 
+def check_oversample(batch: Mapping, cfg: StepConfig, mesh=None) -> None:
+  """Dynamic sampling trains on batch / grpo_loss.oversample prompts: they must divide."""
+  b, k, micro = batch["prompt_mask"].shape[0], cfg.loss.oversample, cfg.loss.micro_batches
+  if k == 1:
+    return
+  if b % k:
+    raise ValueError(f"grpo_loss.oversample={k} does not divide the batch of {b} prompts; the "
+                     f"step rolls out the batch and trains on batch / oversample of its prompts.")
+  kept = b // k
+  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+  if kept % (micro * shards):
+    raise ValueError(f"the {kept} prompts kept by dynamic sampling (batch {b} / grpo_loss."
+                     f"oversample {k}) do not split into grpo_loss.micro_batches={micro} x data x "
+                     f"fsdp = {shards} devices; use a batch that is a multiple of "
+                     f"{k * micro * shards} prompts.")
+
+
+def overlong_penalty(lengths: jax.Array, cap: int, buffer: int, penalty: float) -> jax.Array:
+  """DAPO's soft overlong penalty float32[R]: -min(1, (L - (cap - buffer)) / buffer) * penalty
+  for L > cap - buffer, else 0; all zeros when buffer = 0."""
+  if not buffer:
+    return jnp.zeros(lengths.shape, jnp.float32)
+  over = (lengths.astype(jnp.float32) - (cap - buffer)) / buffer
+  return -jnp.clip(over, 0.0, 1.0) * penalty
+
+
+def select_groups(rewards: jax.Array, num_generations: int, keep: int
+                  ) -> tuple[jax.Array, jax.Array, dict]:
+  """Dynamic sampling with static shapes: indices int32[keep] of the groups to train on,
+  informative groups (at least 2 finite rewards, not all equal) first, each kind in batch order
+  (a stable sort), whether each kept group is informative (bool[keep]), and int32 metrics: groups_rolled_out, groups_dropped (zero-variance groups),
+  groups_kept (informative groups trained on, at most `keep`) and groups_short (the slots left
+  to zero-variance groups, whose advantages are 0, when fewer than `keep` are informative)."""
+  r = rewards.reshape(-1, num_generations)
+  valid = jnp.isfinite(r)
+  high = jnp.where(valid, r, -jnp.inf).max(-1)
+  low = jnp.where(valid, r, jnp.inf).min(-1)
+  informative = (valid.sum(-1) >= 2) & (high > low)
+  order = jnp.argsort(jnp.where(informative, 0, 1), stable=True)[:keep].astype(jnp.int32)
+  n_inf = informative.sum().astype(jnp.int32)
+  kept = jnp.minimum(n_inf, keep)
+  total = jnp.asarray(r.shape[0], jnp.int32)
+  return order, informative[order], dict(groups_rolled_out=total, groups_dropped=total - n_inf, groups_kept=kept,
+                     groups_short=keep - kept)
+
+
 def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.GradientTransformation,
               reward_fn: RewardFn, *, mesh=None, rules=None, state_sh=None, batch_sh=None
               ) -> Callable:
@@ -108,10 +154,35 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
     comp_mask = jnp.arange(n)[None, :] < out.lengths[:, None]
     rows = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), dict(batch))   # reward inputs
 
-    # 2. Rewards and group advantages.
+    # 2. Rewards (plus the overlong penalty) and group advantages.
     rewards, reward_metrics = reward_fn(out.tokens, out.lengths, rows)
+    extra = {}
+    if lcfg.overlong_buffer:
+      pen = overlong_penalty(out.lengths, cfg.sampling.max_new_tokens, lcfg.overlong_buffer,
+                             lcfg.overlong_penalty)
+      rewards = rewards + pen
+      extra["overlong/penalty_mean"] = pen.mean()
+    truncated = ~out.done
+    if lcfg.mask_truncated:
+      comp_mask = comp_mask & ~truncated[:, None]
+    if lcfg.overlong_buffer or lcfg.mask_truncated:
+      extra["overlong/truncated_frac"] = truncated.astype(jnp.float32).mean()
+
+    all_rewards, all_lengths, all_done = rewards, out.lengths, out.done   # for the metrics
+    # 2b. Dynamic sampling: keep batch / oversample groups, informative ones first.
+    if lcfg.oversample > 1:
+      keep = batch["prompt_mask"].shape[0] // lcfg.oversample
+      idx, kept_informative, ds_metrics = select_groups(rewards, g, keep)
+      extra.update({f"dynamic_sampling/{k}": v for k, v in ds_metrics.items()})
+      take_rows = lambda x: x.reshape((-1, g) + x.shape[1:])[idx].reshape((-1,) + x.shape[1:])
+      batch = jax.tree.map(lambda x: x[idx], dict(batch))
+      out = out._replace(tokens=take_rows(out.tokens), lengths=take_rows(out.lengths),
+                         done=take_rows(out.done))
+      rewards, comp_mask = take_rows(rewards), take_rows(comp_mask)
     adv, adv_stats = losses.group_advantages(rewards, g, lcfg.advantage_scale,
                                              lcfg.advantage_eps, lcfg.std_ddof)
+    if lcfg.oversample > 1:   # filler groups of equal rewards train with advantage exactly 0
+      adv = jnp.where(jnp.repeat(kept_informative, g), adv, 0.0)
 
     logps_of = lambda p, **kw: policy_lib.completion_logps(
         policy, p, batch, out.tokens, comp_mask, chunk=lcfg.logprob_chunk, temperature=temp,
@@ -166,18 +237,20 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
 
     new_state = dict(state, step=state["step"] + 1, trainable=trainable, opt_state=opt_state,
                      rng=rng)
-    lengths = out.lengths.astype(jnp.float32)
+    lengths = all_lengths.astype(jnp.float32)
     metrics = {
-        "reward": jnp.mean(jnp.where(jnp.isfinite(rewards), rewards, 0.0)),
+        "reward": jnp.mean(jnp.where(jnp.isfinite(all_rewards), all_rewards, 0.0)),
         "completion_length": lengths.mean(),
         "completion_length_max": lengths.max(),
-        "eos_fraction": out.done.astype(jnp.float32).mean(),
+        "eos_fraction": all_done.astype(jnp.float32).mean(),
         **{f"reward/{k}": v for k, v in reward_metrics.items()},
         **{f"advantage/{k}": v for k, v in adv_stats.items()},
         **loss_metrics,
+        **extra,
     }
     return new_state, metrics
 
   return sharding.jit_train_step(
       step, mesh=mesh, rules=rules, state_sh=state_sh, batch_sh=batch_sh,
-      check=lambda state, batch: check_batch(policy, batch, cfg, mesh))
+      check=lambda state, batch: (check_batch(policy, batch, cfg, mesh),
+                                  check_oversample(batch, cfg, mesh)))

@@ -1,7 +1,8 @@
 """The GRPO objective as small registered pure functions (DESIGN.md section 3).
 
   group_advantages   rewards[B*G] -> advantages[B*G]   (registry ADVANTAGE_SCALES)
-  grpo_loss          clipped surrogate + beta * KL      (registries KL_ESTIMATORS, AGGREGATIONS)
+  grpo_loss          policy loss + beta * KL            (registries POLICY_LOSSES, KL_ESTIMATORS,
+                                                         AGGREGATIONS)
   loss_normalizer    the full-batch denominators, so micro-batch losses add up exactly
 
 Every choice is a field of `GrpoLossConfig` (configs/grpo_loss.py). Errors are raised while
@@ -29,8 +30,12 @@ from affect_jax import config_dataclass
 from affect_jax import sharding
 
 Array = jax.Array
-# name -> fn(group_std[P, 1], batch_std[1]) -> divisor broadcastable to [P, G], or None.
-ADVANTAGE_SCALES: dict[str, Callable[[Array, Array], Array | None]] = {}
+# name -> fn(centred[P, G], group_std[P, 1], batch_std[1], group_count[P, 1], varies[P, 1], eps)
+# -> adv[P, G]; centred = r - mean_g over the finite rewards of each group, group_count = their
+# number, varies = they are not all equal (exact; a rounded mean_g can leave std_g > 0).
+ADVANTAGE_SCALES: dict[str, Callable[..., Array]] = {}
+# name -> fn(logps[B, N], old_logps[B, N], adv[B, 1], mask[B, N], cfg) -> PolicyTerms.
+POLICY_LOSSES: dict[str, Callable[..., "PolicyTerms"]] = {}
 # name -> fn(logps[B, N], ref_logps[B, N]) -> per-token KL estimate[B, N].
 KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {}
 # name -> fn(lengths[B], num_tokens, num_sequences, constant) -> (row_scale[B], denominator).
@@ -64,6 +69,12 @@ class GrpoLossConfig:
   num_iterations: int = 1
   logprob_chunk: int = 256
   micro_batches: int = 1
+  policy_loss: str = "grpo"
+  dual_clip_c: float = 0.0
+  overlong_buffer: int = 0
+  overlong_penalty: float = 1.0
+  mask_truncated: bool = False
+  oversample: int = 1
 
   def __post_init__(self):
     def bad(field, why):
@@ -79,11 +90,17 @@ class GrpoLossConfig:
       bad("std_ddof", "use 0 (population std) or 1 (unbiased std)")
     if not self.normalizer_constant > 0:
       bad("normalizer_constant", "must be > 0 (Dr. GRPO: the max completion length)")
-    for field in ("num_iterations", "logprob_chunk", "micro_batches"):
+    for field in ("num_iterations", "logprob_chunk", "micro_batches", "oversample"):
       if getattr(self, field) < 1:
         bad(field, "must be >= 1")
+    if self.dual_clip_c != 0 and not self.dual_clip_c > 1:
+      bad("dual_clip_c", "use 0 (off) or a cap c > 1 on the loss of negative advantages")
+    if self.overlong_buffer < 0:
+      bad("overlong_buffer", "must be >= 0 (0 turns the overlong penalty off)")
+    if not self.overlong_penalty >= 0:
+      bad("overlong_penalty", "must be >= 0")
     for field, table in (("advantage_scale", ADVANTAGE_SCALES), ("kl_estimator", KL_ESTIMATORS),
-                         ("loss_aggregation", AGGREGATIONS)):
+                         ("loss_aggregation", AGGREGATIONS), ("policy_loss", POLICY_LOSSES)):
       if getattr(self, field) not in table:
         bad(field, f"unknown; use one of {sorted(table)}")
 
@@ -97,21 +114,36 @@ class GrpoLossConfig:
 # Advantages.
 
 
+def _divide(centred: Array, std: Array, eps: float) -> Array:
+  """centred / (std + eps); a zero std (all rewards equal) gives exact zeros, even with eps = 0."""
+  return jnp.where(std > 0, centred / jnp.where(std > 0, std + eps, 1.0), 0.0)
+
+
 @_register(ADVANTAGE_SCALES, "group")
-def _group_scale(group_std: Array, batch_std: Array) -> Array:
-  del batch_std
-  return group_std
+def _group_scale(centred, group_std, batch_std, group_count, varies, eps):
+  del batch_std, group_count, varies
+  return _divide(centred, group_std, eps)
 
 
 @_register(ADVANTAGE_SCALES, "batch")
-def _batch_scale(group_std: Array, batch_std: Array) -> Array:
-  return jnp.broadcast_to(batch_std, group_std.shape)
+def _batch_scale(centred, group_std, batch_std, group_count, varies, eps):
+  del group_count, varies
+  return _divide(centred, jnp.broadcast_to(batch_std, group_std.shape), eps)
 
 
 @_register(ADVANTAGE_SCALES, "none")
-def _no_scale(group_std: Array, batch_std: Array) -> None:
-  del batch_std
-  return None
+def _no_scale(centred, group_std, batch_std, group_count, varies, eps):
+  del group_std, batch_std, group_count, eps
+  return jnp.where(varies, centred, 0.0)   # exact zeros for a group of equal rewards
+
+
+@_register(ADVANTAGE_SCALES, "rloo")
+def _rloo(centred, group_std, batch_std, group_count, varies, eps):
+  """r_i - mean_{j != i} r_j = c / (c - 1) * (r_i - mean_g) over the c finite rewards; exact
+  zeros for a group whose rewards are all equal."""
+  del group_std, batch_std, eps
+  c = group_count.astype(jnp.float32)
+  return jnp.where(varies, centred * (c / jnp.maximum(c - 1.0, 1.0)), 0.0)
 
 
 def _masked_moments(x: Array, valid: Array, axis, ddof: int) -> tuple[Array, Array, Array]:
@@ -132,6 +164,7 @@ def group_advantages(rewards: Array, num_generations: int, scale: str = "group",
     'group':  (r - mean_g) / (std_g + eps)
     'batch':  (r - mean_g) / (std_batch + eps), std_batch over all rewards of the batch
     'none':   r - mean_g (Dr. GRPO)
+    'rloo':   r_i - mean_{j != i} r_j (leave-one-out; 0 for a group of equal rewards)
 
   The std uses `std_ddof` degrees of freedom: 1 (default) is the unbiased std of torch.std, which
   TRL's GRPOTrainer (and the AffectGPT-R1 reimplementations built on it) use; 0 the population
@@ -177,10 +210,9 @@ def group_advantages(rewards: Array, num_generations: int, scale: str = "group",
   groups, vg = r.reshape(-1, num_generations), valid.reshape(-1, num_generations)
   mean_g, std_g, count_g = _masked_moments(groups, vg, axis=1, ddof=std_ddof)
   mean_b, std_b, _ = _masked_moments(r, valid, axis=0, ddof=std_ddof)
-  std = ADVANTAGE_SCALES[scale](std_g, std_b)
-  adv = groups - mean_g
-  if std is not None:   # a zero std (all rewards equal) gives exact zeros, even with eps = 0
-    adv = jnp.where(std > 0, adv / jnp.where(std > 0, std + eps, 1.0), 0.0)
+  varies = (jnp.where(vg, groups, -jnp.inf).max(axis=1, keepdims=True)
+            > jnp.where(vg, groups, jnp.inf).min(axis=1, keepdims=True))
+  adv = ADVANTAGE_SCALES[scale](groups - mean_g, std_g, std_b, count_g, varies, eps)
   adv = jnp.where(vg & (count_g >= 2), adv, 0.0).reshape(-1)
   stats = dict(
       num_nan_rewards=(~valid).sum().astype(jnp.int32),
@@ -253,6 +285,65 @@ def loss_normalizer(mask: Array, cfg: GrpoLossConfig | Mapping) -> Normalizer:
 
 
 # ----------------------------------------------------------------------------------------------
+# Policy losses: per-token policy-gradient losses l[b, t] (aggregated like the KL term).
+
+
+class PolicyTerms(NamedTuple):
+  """A policy loss's per-token pieces, each [B, N]."""
+  loss: Array        # l[b, t], differentiable
+  ratio: Array       # the importance ratio the loss clips (reported as ratio_mean)
+  clip_low: Array    # bool: clipped below (counted in clip_frac_low)
+  clip_high: Array   # bool: clipped above (counted in clip_frac_high)
+
+
+def _dual_clip(per_token: Array, adv: Array, cfg: GrpoLossConfig) -> Array:
+  """Dual-clip PPO: for A < 0 the loss is capped at -c * A (off when dual_clip_c = 0)."""
+  if not cfg.dual_clip_c:
+    return per_token
+  return jnp.where(adv < 0, jnp.minimum(per_token, -cfg.dual_clip_c * adv), per_token)
+
+
+@_register(POLICY_LOSSES, "grpo")
+def _grpo_policy(logps, old_logps, adv, mask, cfg) -> PolicyTerms:
+  """PPO's clipped surrogate per token, ratio = exp(logps - old_logps):
+  -min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A), dual-clipped."""
+  del mask
+  ratio = jnp.exp(logps - old_logps)
+  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
+  per_token = _dual_clip(-jnp.minimum(ratio * adv, clipped * adv), adv, cfg)
+  low = (ratio < 1.0 - cfg.epsilon_low) & (adv < 0)
+  high = (ratio > 1.0 + cfg.epsilon_high) & (adv > 0)
+  return PolicyTerms(per_token, ratio, low, high)
+
+
+@_register(POLICY_LOSSES, "gspo")
+def _gspo_policy(logps, old_logps, adv, mask, cfg) -> PolicyTerms:
+  """GSPO: the clipped surrogate on the sequence ratio s_b = exp(mean_t (logps - old_logps)) over
+  the completion's tokens, one value per sequence put on each of its tokens (so the
+  'sequence_mean_token_mean' aggregation gives GSPO's mean over sequences), dual-clipped."""
+  n = jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
+  s = jnp.exp(jnp.sum((logps - old_logps) * mask, -1, keepdims=True) / n)      # [B, 1]
+  clipped = jnp.clip(s, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
+  per_seq = _dual_clip(-jnp.minimum(s * adv, clipped * adv), adv, cfg)
+  shape = logps.shape
+  low = jnp.broadcast_to((s < 1.0 - cfg.epsilon_low) & (adv < 0), shape)
+  high = jnp.broadcast_to((s > 1.0 + cfg.epsilon_high) & (adv > 0), shape)
+  return PolicyTerms(jnp.broadcast_to(per_seq, shape), jnp.broadcast_to(s, shape), low, high)
+
+
+@_register(POLICY_LOSSES, "cispo")
+def _cispo_policy(logps, old_logps, adv, mask, cfg) -> PolicyTerms:
+  """CISPO: REINFORCE with clipped, stop-gradient importance weights,
+  -sg(clip(ratio, 1 - epsilon_low, 1 + epsilon_high)) * A * logps; every token keeps a gradient,
+  the clip fractions count the tokens whose weight was clipped (either sign of A)."""
+  del mask
+  ratio = jnp.exp(logps - old_logps)
+  weight = jax.lax.stop_gradient(jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high))
+  return PolicyTerms(-weight * adv * logps, ratio, ratio < 1.0 - cfg.epsilon_low,
+                     ratio > 1.0 + cfg.epsilon_high)
+
+
+# ----------------------------------------------------------------------------------------------
 # The loss.
 
 
@@ -278,11 +369,12 @@ def _check_loss_inputs(logps, old_logps, ref_logps, advantages, mask, cfg) -> No
 def grpo_loss(logps: Array, old_logps: Array | None, ref_logps: Array | None,
               advantages: Array, mask: Array, cfg: GrpoLossConfig | Mapping,
               normalizer: Normalizer | None = None) -> tuple[Array, dict[str, Array]]:
-  """Clipped GRPO surrogate plus beta * KL to the reference, aggregated over completion tokens.
+  """A policy loss plus beta * KL to the reference, aggregated over completion tokens.
 
-  Per token, with ratio = exp(logps - old_logps) and A = advantages[b]:
+  Per token, with ratio = exp(logps - old_logps) and A = advantages[b], the default policy loss
+  (cfg.policy_loss = 'grpo'; POLICY_LOSSES holds 'gspo' and 'cispo' too) is
     l = -min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A) + beta * kl
-  kl is cfg.kl_estimator (k3: exp(ref - logps) - (ref - logps) - 1); the aggregation over tokens
+  (with dual_clip_c = c > 1, l is capped at -c * A + beta * kl for A < 0). kl is cfg.kl_estimator (k3: exp(ref - logps) - (ref - logps) - 1); the aggregation over tokens
   is cfg.loss_aggregation (module docstring).
 
   Args:
@@ -304,7 +396,8 @@ def grpo_loss(logps: Array, old_logps: Array | None, ref_logps: Array | None,
     clip_frac_low, clip_frac_high, clip_frac) or sequence means (advantage_mean,
     completion_length), plus policy_loss (the loss without the KL term). clip_frac_low counts
     tokens where ratio < 1 - epsilon_low with A < 0, clip_frac_high ratio > 1 + epsilon_high with
-    A > 0 (where the clipped branch is taken and the token gives no policy gradient). kl is
+    A > 0 (where the clipped branch is taken and the token gives no policy gradient; GSPO counts
+    each token of a clipped sequence, CISPO each token whose weight was clipped). kl is
     reported whenever ref_logps is given.
   """
   cfg = GrpoLossConfig.from_config(cfg)
@@ -318,9 +411,8 @@ def grpo_loss(logps: Array, old_logps: Array | None, ref_logps: Array | None,
   old_logps = jax.lax.stop_gradient(old_logps.astype(jnp.float32))
   adv = jax.lax.stop_gradient(advantages.astype(jnp.float32))[:, None]
 
-  ratio = jnp.exp(logps - old_logps)
-  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
-  per_token_pg = -jnp.minimum(ratio * adv, clipped * adv)
+  terms = POLICY_LOSSES[cfg.policy_loss](logps, old_logps, adv, mask, cfg)
+  per_token_pg, ratio = terms.loss, terms.ratio
   per_token = per_token_pg
   kl = None
   if ref_logps is not None:
@@ -338,8 +430,7 @@ def grpo_loss(logps: Array, old_logps: Array | None, ref_logps: Array | None,
   def token_mean(x):
     return jax.lax.stop_gradient(jnp.sum(x * mask) / normalizer.num_tokens)
 
-  low = (ratio < 1.0 - cfg.epsilon_low) & (adv < 0)
-  high = (ratio > 1.0 + cfg.epsilon_high) & (adv > 0)
+  low, high = terms.clip_low, terms.clip_high
   metrics = dict(
       policy_loss=jax.lax.stop_gradient(jnp.sum(per_token_pg * weights)),
       ratio_mean=token_mean(ratio),

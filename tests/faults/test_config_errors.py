@@ -185,6 +185,8 @@ def test_real_recipe_needs_its_data_and_tokenizer_folders():
     ("mesh.tensor", 0, "-1"),
     ("data.builder.media", "rwa", "['raw', 'paths']"),
     ("grpo_loss.epsilon_low", 1.0, "[0, 1)"),
+    ("grpo_loss.oversample", 0, ">= 1"),
+    ("grpo_loss.overlong_buffer", -2, ">= 0"),
 ])
 def test_each_range_rule(path, value, needle):
   c = demo.get_config()
@@ -211,6 +213,16 @@ def test_cross_field_rules():
   for needle in ("at most one axis may be -1", "prompt_buckets", "sequence_buckets",
                  "num_key_value_heads=3", "did you mean 'ovmerdplus'?"):
     assert needle in text, text
+
+
+def test_dynamic_sampling_needs_prompts_per_step_to_divide():
+  c = demo.get_config()                    # 16 prompts per step
+  c.grpo_loss.oversample = 3
+  problems = validate.errors(c, training=True)
+  assert len(problems) == 1 and problems[0].startswith("config.grpo.prompts_per_step=16"), problems
+  assert "multiple of 3" in problems[0]
+  c.grpo_loss.oversample = 4
+  assert validate.errors(c, training=True) == []
 
 
 def test_library_checks_of_a_section_run_too():
