@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import qwen2_testlib as lib
+from tests.testlib import qwen2 as lib
 from affect_jax.checkpoints import hf_qwen2
 from affect_jax.generation import sampler
 from affect_jax.models import attention, qwen2
