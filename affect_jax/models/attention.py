@@ -73,22 +73,23 @@ def decode_layout(impl: str) -> str:
   return "decode" if resolve(impl) == "cpu_tuned" else "bskd"
 
 
-def to_layout(name: str, x: jax.Array, layout: str) -> jax.Array:
-  """A "bskd" cache array ('k' or 'v', [..., B, S, K, D] batched over leading axes) in `layout`."""
+def _permute(x: jax.Array, layout: str, axes: tuple) -> jax.Array:
+  """x's last 4 axes permuted by `axes` unless layout is "bskd" (leading axes kept)."""
   check_layout(layout)
   if layout == "bskd":
     return x
   lead = tuple(range(x.ndim - 4))
-  return x.transpose(lead + tuple(len(lead) + a for a in TO_DECODE[name]))
+  return x.transpose(lead + tuple(len(lead) + a for a in axes))
+
+
+def to_layout(name: str, x: jax.Array, layout: str) -> jax.Array:
+  """A "bskd" cache array ('k' or 'v', [..., B, S, K, D] batched over leading axes) in `layout`."""
+  return _permute(x, layout, TO_DECODE[name])
 
 
 def from_layout(name: str, x: jax.Array, layout: str) -> jax.Array:
   """The inverse of to_layout."""
-  check_layout(layout)
-  if layout == "bskd":
-    return x
-  lead = tuple(range(x.ndim - 4))
-  return x.transpose(lead + tuple(len(lead) + a for a in FROM_DECODE[name]))
+  return _permute(x, layout, FROM_DECODE[name])
 
 
 def causal_mask(attention_mask: jax.Array | None, batch: int, length: int) -> jax.Array:
