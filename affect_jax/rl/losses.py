@@ -114,21 +114,26 @@ class GrpoLossConfig:
 # Advantages.
 
 
-def _divide(centred: Array, std: Array, eps: float) -> Array:
-  """centred / (std + eps); a zero std (all rewards equal) gives exact zeros, even with eps = 0."""
-  return jnp.where(std > 0, centred / jnp.where(std > 0, std + eps, 1.0), 0.0)
+def _divide(centred: Array, std: Array, varies: Array, eps: float) -> Array:
+  """centred / (std + eps) where the group's rewards vary; exact zeros where they are all equal.
+
+  The test is `varies` (max > min over the finite rewards), not std > 0: the float32 mean of
+  equal rewards is rounded (0.9 x 3 gives a mean one ulp off), so std_g is then a few 1e-8, not
+  0, and (r - mean_g) / (std_g + eps) would give each row a spurious advantage of about 6e-4
+  (about 0.8 with eps = 0)."""
+  return jnp.where(varies & (std > 0), centred / jnp.where(std > 0, std + eps, 1.0), 0.0)
 
 
 @_register(ADVANTAGE_SCALES, "group")
 def _group_scale(centred, group_std, batch_std, group_count, varies, eps):
-  del batch_std, group_count, varies
-  return _divide(centred, group_std, eps)
+  del batch_std, group_count
+  return _divide(centred, group_std, varies, eps)
 
 
 @_register(ADVANTAGE_SCALES, "batch")
 def _batch_scale(centred, group_std, batch_std, group_count, varies, eps):
-  del group_count, varies
-  return _divide(centred, jnp.broadcast_to(batch_std, group_std.shape), eps)
+  del group_count
+  return _divide(centred, jnp.broadcast_to(batch_std, group_std.shape), varies, eps)
 
 
 @_register(ADVANTAGE_SCALES, "none")
@@ -219,7 +224,7 @@ def group_advantages(rewards: Array, num_generations: int, scale: str = "group",
       reward_mean=mean_b[0],
       reward_std=std_b[0],
       group_std_mean=std_g.mean(),
-      frac_zero_std_groups=(std_g[:, 0] == 0).mean(),
+      frac_zero_std_groups=(~varies[:, 0]).mean(),
   )
   return adv, stats
 

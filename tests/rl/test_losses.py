@@ -367,3 +367,19 @@ def test_accumulate_under_a_mesh_matches_unsharded(head_batch, accumulated):
   np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
   for k in ("w", "b"):
     np.testing.assert_allclose(grads[k], want_grads[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch"])
+@pytest.mark.parametrize("eps", [1e-4, 0.0])
+def test_equal_rewards_with_a_rounded_mean_give_exact_zeros(scale, eps):
+  # float32: (0.9 + 0.9 + 0.9) / 3 rounds to 0.90000004, so the group's std is ~4e-8, not 0.
+  # The advantages must still be exactly 0 and the group counted as without signal.
+  equal = np.full(3, 0.9, np.float32)
+  assert equal.sum(dtype=np.float32) / np.float32(3) != np.float32(0.9)
+  rewards = np.concatenate([equal, np.float32([0.1, 0.5, 0.9])])
+  adv, stats = jax.jit(functools.partial(
+      losses.group_advantages, num_generations=3, scale=scale, eps=eps))(rewards)
+  np.testing.assert_array_equal(np.asarray(adv)[:3], 0.0)
+  np.testing.assert_allclose(np.asarray(adv)[3:], np_advantages(rewards, 3, scale, eps, 1)[3:],
+                             rtol=1e-5, atol=1e-6)
+  assert float(stats["frac_zero_std_groups"]) == 0.5
