@@ -53,7 +53,8 @@ def get_grpo_loss_config(**overrides) -> ml_collections.ConfigDict:
   # True leaves truncated completions (no EOS within the cap) out of the loss (their tokens get
   # mask 0; they still count in the group's advantages).
   c.mask_truncated = False
-  # Dynamic sampling (DAPO): the step rolls out its whole batch of prompts and trains on
-  # batch / oversample of them, informative groups (reward variance > 0) first. 1: every prompt.
+  # Dynamic sampling (DAPO): each step rolls out oversample x grpo.prompts_per_step prompts and
+  # trains on prompts_per_step of them, informative groups (reward variance > 0) first.
+  # 1: off (every prompt rolled out is trained on).
   c.oversample = 1
   return overrides_lib.apply(c, overrides, "get_grpo_loss_config")

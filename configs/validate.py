@@ -298,12 +298,10 @@ def _cross_errors(config, root: str, training: bool) -> list[str]:
   if grpo is not None and loss is not None and all(
       _integer(v) and v >= 1 for v in (grpo.get("prompts_per_step"), loss.get("oversample"),
                                        loss.get("micro_batches"))):
-    unit = loss.oversample * loss.micro_batches
-    if loss.oversample > 1 and grpo.prompts_per_step % unit:
-      out.append(f"config.grpo.prompts_per_step={grpo.prompts_per_step}: dynamic sampling trains "
-                 f"on prompts_per_step / config.grpo_loss.oversample={loss.oversample} prompts "
-                 f"in config.grpo_loss.micro_batches={loss.micro_batches} micro-batches; use a "
-                 f"multiple of {unit}.")
+    if grpo.prompts_per_step % loss.micro_batches:
+      out.append(f"config.grpo.prompts_per_step={grpo.prompts_per_step}: the step trains on "
+                 f"these prompts in config.grpo_loss.micro_batches={loss.micro_batches} equal "
+                 f"micro-batches; use a multiple of {loss.micro_batches}.")
   prompt = _section(config, "prompt" if root == "data" else "data.prompt")
   if training and prompt is not None and _integer(prompt.get("max_length")):
     at = "prompt" if root == "data" else "data.prompt"

@@ -11,7 +11,7 @@ affect_jax/experiment.py), state and batch shardings from the config's sharding 
 inputs are jax.ShapeDtypeStruct with NamedShardings (params and optimizer state from
 jax.eval_shape), so it is lowered and compiled for the mesh and never run.
 
-Shapes come from the config: GRPO batch = grpo.prompts_per_step prompts of
+Shapes come from the config: GRPO batch = grpo.prompts_per_step x grpo_loss.oversample prompts of
 max(data.prompt.prompt_buckets) tokens, grpo_loss.num_generations completions each of
 sampling.max_new_tokens tokens; SFT batch = sft.batch_size rows of
 max(data.prompt.sequence_buckets) tokens; cached features: data.media.num_frames video rows of
@@ -124,7 +124,8 @@ def run(*, config: ml_collections.ConfigDict | None = None, mesh: str = "",
     lcfg = losses.GrpoLossConfig.from_config(c.grpo_loss)
     scfg = grpo_step.StepConfig(
         sampler.SamplingConfig.from_dict(dict(c.sampling, eos_ids=(), pad_id=0)), lcfg)
-    b, p = int(c.grpo.prompts_per_step), int(max(c.data.prompt.prompt_buckets))
+    b = int(c.grpo.prompts_per_step) * lcfg.oversample        # the rollout batch
+    p = int(max(c.data.prompt.prompt_buckets))
     n, g = scfg.sampling.max_new_tokens, lcfg.num_generations
     shapes = {"prompt_tokens": ((b, p), jnp.int32), "prompt_mask": ((b, p), jnp.bool_),
               **{k: ((b,) + s, d) for k, (s, d) in features.items()}}

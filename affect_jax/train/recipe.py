@@ -215,8 +215,9 @@ def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping) -> di
   state = place_state(grpo_step.init_state(policy, start_params, opt,
                                            jax.random.key(c.seed + 2)), state_sh)
   reward_fn, label_encoder = reward_fn_for(prep)
-  pcfg = experiment.loader_config(c.data.pipeline, local_rows(c.grpo.prompts_per_step),
-                                  c.seed + 1, True)
+  # Dynamic sampling rolls out oversample x the prompts and trains on prompts_per_step of them.
+  rollout_rows = c.grpo.prompts_per_step * lcfg.oversample
+  pcfg = experiment.loader_config(c.data.pipeline, local_rows(rollout_rows), c.seed + 1, True)
   loader = pipeline.prompt_loader(prep.sources["grpo"], prep.meta, prep.tokenizer, c.data, pcfg,
                                   label_encoder=label_encoder)
   step = grpo_step.make_step(policy, scfg, opt, reward_fn, mesh=prep.mesh, rules=prep.rules,

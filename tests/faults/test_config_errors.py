@@ -215,13 +215,14 @@ def test_cross_field_rules():
     assert needle in text, text
 
 
-def test_dynamic_sampling_needs_prompts_per_step_to_divide():
+def test_prompts_per_step_must_split_into_micro_batches():
   c = demo.get_config()                    # 16 prompts per step
-  c.grpo_loss.oversample = 3
+  c.grpo_loss.micro_batches = 3
   problems = validate.errors(c, training=True)
   assert len(problems) == 1 and problems[0].startswith("config.grpo.prompts_per_step=16"), problems
   assert "multiple of 3" in problems[0]
-  c.grpo_loss.oversample = 4
+  c.grpo_loss.micro_batches = 4
+  c.grpo_loss.oversample = 3               # rolls out 48 prompts, trains on 16: no constraint
   assert validate.errors(c, training=True) == []
 
 

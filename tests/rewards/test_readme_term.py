@@ -30,6 +30,8 @@ def test_readme_term_in_a_tiny_grpo_run(tmp_path):
   c = worker.tiny_config((1, 1, 1))
   c.data.cache_dir = str(tmp_path / "data")
   c.sft.steps, c.grpo.steps = 1, 2
+  # Dynamic sampling in the same run: roll out 2 x 8 prompts, train on 8 of them.
+  c.grpo_loss.oversample = 2
   exec(line, {"c": c})                                 # the README's one config line
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
   recipe.run(c, tmp_path / "run", mesh=mesh)
@@ -37,6 +39,9 @@ def test_readme_term_in_a_tiny_grpo_run(tmp_path):
           if json.loads(l)["phase"] == "grpo"]
   assert [r["step"] for r in grpo] == [1, 2]
   for r in grpo:
+    assert r["dynamic_sampling/groups_rolled_out"] == 2 * c.grpo.prompts_per_step
+    assert (r["dynamic_sampling/groups_kept"] + r["dynamic_sampling/groups_short"]
+            == c.grpo.prompts_per_step)
     assert 0.0 <= r["reward/brevity"] <= 1.0
     # total = accuracy + 0.1 format + 0.05 brevity (alignment, dual off; no penalty).
     want = r["reward/accuracy"] + 0.1 * r["reward/format"] + 0.05 * r["reward/brevity"]
