@@ -19,6 +19,10 @@ from configs.unibench import get_unibench_config
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # The demo trains one run per seed (affect_jax/train/seeds.py: <workdir>/seed_<s>, sharing the
+  # data) and reports each seed's held-out EW-F with the mean and spread; () = one run with
+  # c.seed in the workdir itself.
+  c.seeds = (0, 1, 2)
   c.ew_dir = ""                      # "" = the project's demo wheel
   # Start from a launch.convert checkpoint or another run's workdir ("" = random init / SFT).
   c.init_from = ""

@@ -73,6 +73,15 @@ def increasing(low: int = 1) -> Rule:
   return rule
 
 
+def seed_list() -> Rule:
+  def rule(v):
+    ok = (isinstance(v, (tuple, list)) and all(_integer(s) and s >= 0 for s in v)
+          and len(set(v)) == len(v))
+    return None if ok else ("must be a tuple of distinct integers >= 0, e.g. '(0, 1, 2)' ('()': "
+                            "one run with config.seed in the workdir itself)")
+  return rule
+
+
 def mesh_axis() -> Rule:
   return lambda v: None if _integer(v) and (v >= 1 or v == -1) else (
       "must be a positive integer or -1 (all remaining devices)")
@@ -86,6 +95,7 @@ def vocab() -> Rule:
 # (fnmatch pattern over the full dotted path, rule). Every field a pattern matches is checked.
 RULES: tuple[tuple[str, Rule], ...] = (
     ("seed", at_least(0)),
+    ("seeds", seed_list()),
     # Optimisation (sft, grpo).
     # (The first pattern that matches a field is its rule: end_learning_rate before the rest.)
     ("*.end_learning_rate", within(0, math.inf, high_open=True)),

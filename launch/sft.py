@@ -5,7 +5,9 @@ r"""Cold-start SFT (token loss on the "<think>..</think><answer>..</answer>" tar
   python -m launch.grpo --workdir=runs/sft --phases=grpo        # GRPO from this SFT run
 
 Writes checkpoints/sft/, metrics.jsonl, tensorboard/, curves.png and summary.json
-(sft_eval_ew_f); rerunning with the same workdir resumes. A config or flag error
+(sft_eval_ew_f); with config.seeds (the demo: 0, 1, 2) one such run per seed in
+<workdir>/seed_<s>, which `launch.grpo --phases=grpo` then continues seed by seed
+(affect_jax/train/seeds.py). Rerunning with the same workdir resumes. A config or flag error
 (configs/validate.py, checked before any work) ends with exit status 2 and "launch.sft: error: ...".
 """
 from __future__ import annotations
@@ -37,8 +39,13 @@ def main(argv):
   distributed.initialize()
   validate.check_mesh(FLAGS.config, ("sft",))
   logging.set_verbosity(logging.WARNING)
-  summary = recipe.run(FLAGS.config, FLAGS.workdir, phases=("sft",))
-  print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=1))
+  if FLAGS.config.get("seeds", ()):
+    from affect_jax.train import seeds
+    summary = seeds.run(FLAGS.config, FLAGS.workdir, FLAGS.config.seeds, phases=("sft",))
+  else:
+    summary = recipe.run(FLAGS.config, FLAGS.workdir, phases=("sft",))
+  print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))},
+                   indent=1))
 
 
 

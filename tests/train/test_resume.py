@@ -18,7 +18,7 @@ TINY = [
     "--config.grpo.log_every=1", "--config.grpo_loss.num_generations=2",
     "--config.sampling.max_new_tokens=24", "--config.eval.max_new_tokens=24",
     "--config.eval.batch_size=8", "--config.checkpoint.save_every_steps=2",
-    "--config.features.batch_size=8",
+    "--config.features.batch_size=8", "--config.seeds=()",
 ]
 TIMING = ("elapsed_s", "tokens_per_s")
 
