@@ -64,6 +64,9 @@ def define_flags():
   flags.DEFINE_string("cache_dir", None, "Where built sets and feature caches go.")
   flags.DEFINE_string("json_out", None, "Write the full JSON result here.")
   flags.DEFINE_string("predictions_out", None, "Folder for the per-set prediction CSVs.")
+  flags.DEFINE_string("ablate", None, "Modality ablations: comma list of audio, video, "
+                      "subtitle, multi ('+' joins several into one), each scored beside the "
+                      "full model (default config.unibench.ablate; '' = none).")
 
 
 def cache_root(config, checkpoint: str, flag: str | None) -> pathlib.Path:
@@ -81,13 +84,24 @@ def unibench_section(config):
   return config.unibench if "unibench" in config else unibench_config.get_unibench_config()
 
 
+def parse_ablations(config, ucfg, flag: str | None) -> tuple[tuple[str, ...], ...]:
+  """--ablate (else config.unibench.ablate) parsed and checked against the evaluated prompt's
+  blocks (affect_jax/eval/ablation.py)."""
+  from affect_jax.eval import ablation, unibench
+  source = "--ablate" if flag is not None else "--config.unibench.ablate"
+  ablations = ablation.parse(flag if flag is not None else ucfg.ablate, source)
+  ablation.check(ablations, unibench.data_config(config.data, ucfg).prompt.modalities, source)
+  return ablations
+
+
 def run(config, f) -> dict:
   from affect_jax.eval import llm_extract
   from affect_jax.emotion import wheel
-  from affect_jax.eval import model as eval_model, unibench
+  from affect_jax.eval import ablation, model as eval_model, unibench
   ucfg = unibench_section(config)
   ucfg = unibench.with_protocol(ucfg, f.protocol or ucfg.get("protocol", "r1"))
   sets = unibench.parse_sets(f.sets or ucfg.sets)
+  ablations = parse_ablations(config, ucfg, f.ablate)
   extractor = f.extractor or ucfg.extractor
   sentiment = f.sentiment or ucfg.sentiment
   ew_dir = f.ew_dir or config.get("ew_dir", "") or None
@@ -102,7 +116,11 @@ def run(config, f) -> dict:
   labeler = unibench.Labeler(extractor, sentiment, tables, ucfg, llm)
   root = cache_root(config, f.checkpoint, f.cache_dir)
   em = eval_model.load(config, f.checkpoint, root)
-  return unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out, ucfg)
+  result = unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out, ucfg,
+                             ablations=ablations)
+  if ablations:
+    result["ablations"] = ablation.summarize(result["sets"])
+  return result
 
 
 def main(argv):
@@ -112,7 +130,7 @@ def main(argv):
     raise app.UsageError("--checkpoint and --data_dir are required.")
   validate.check(FLAGS.config)
   from affect_jax import distributed
-  from affect_jax.eval import unibench
+  from affect_jax.eval import ablation, unibench
   distributed.initialize()
   import jax
   if jax.process_count() > 1:
@@ -124,6 +142,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   result = run(FLAGS.config, FLAGS)   # CheckpointError, WheelFileError, ...: cli.run_main
   result["markdown"] = unibench.markdown(result)
+  if result.get("ablations"):
+    result["markdown"] += "\n\n" + ablation.markdown(result)
   print(result["markdown"])
   if FLAGS.json_out:
     path = pathlib.Path(FLAGS.json_out)
@@ -132,8 +152,11 @@ def main(argv):
   summary = {"mean": result["mean"], "complete": result["table"]["complete"],
              "rows": result["table"]["rows"], "failed": {k: result["sets"][k]["error"]
                                                          for k in result["failed"]}}
+  if result.get("ablations"):
+    summary["ablations"] = {n: {k: a[k] for k in ("mean", "mean_delta", "failed")}
+                            for n, a in result["ablations"].items()}
   print(json.dumps(summary, sort_keys=True))
-  sys.exit(1 if result["failed"] else 0)
+  sys.exit(1 if result["failed"] or ablation.failed(result) else 0)
 
 
 if __name__ == "__main__":
