@@ -21,10 +21,15 @@ official prompts and answer reading; it needs --extractor_checkpoint). --extract
 iemocapfour, cmumosi, cmumosei, sims, simsv2, ovmerdplus; config.unibench.folders lists the
 names tried). Prints the markdown table, then one JSON line (the table, the mean, failed sets);
 --json_out writes every set's scores, --predictions_out the per-set CSVs for launch.score
-(affect_jax/eval/unibench.py). Built sets and feature caches go to --cache_dir (default
+(affect_jax/eval/unibench.py). --ablate=audio,video,subtitle,multi (default
+config.unibench.ablate; 'a+b' masks both in one pass) scores every set again per item with
+those inputs' prompt blocks left out, in a second table beside the full model ('score
+(delta)'), under 'ablations' in the JSON and in --predictions_out/no_NAME/
+(affect_jax/eval/ablation.py). Built sets and feature caches go to --cache_dir (default
 config.data.cache_dir, else the run's <workdir>/data, else runs/unibench_cache).
-Exit status: 0 when every requested set was scored, 1 when some failed (each is reported in the
-table and the JSON), 2 when nothing could run (bad flags, checkpoint, tokenizer).
+Exit status: 0 when every requested set was scored, 1 when some failed, ablated sets included
+(each is reported in the table and the JSON), 2 when nothing could run (bad flags, checkpoint,
+tokenizer).
 """
 from __future__ import annotations
 
@@ -84,12 +89,19 @@ def unibench_section(config):
   return config.unibench if "unibench" in config else unibench_config.get_unibench_config()
 
 
+def ablation_text(config, flag: str | None) -> tuple[str, str]:
+  """(the ablation list, where it came from): --ablate, else config.unibench.ablate."""
+  if flag is not None:
+    return flag, "--ablate"
+  return unibench_section(config).ablate, "--config.unibench.ablate"
+
+
 def parse_ablations(config, ucfg, flag: str | None) -> tuple[tuple[str, ...], ...]:
-  """--ablate (else config.unibench.ablate) parsed and checked against the evaluated prompt's
-  blocks (affect_jax/eval/ablation.py)."""
+  """The ablations (affect_jax/eval/ablation.py), checked against the evaluated prompt's
+  blocks."""
   from affect_jax.eval import ablation, unibench
-  source = "--ablate" if flag is not None else "--config.unibench.ablate"
-  ablations = ablation.parse(flag if flag is not None else ucfg.ablate, source)
+  text, source = ablation_text(config, flag)
+  ablations = ablation.parse(text, source)
   ablation.check(ablations, unibench.data_config(config.data, ucfg).prompt.modalities, source)
   return ablations
 
@@ -129,8 +141,10 @@ def main(argv):
   if not FLAGS.checkpoint or not FLAGS.data_dir:
     raise app.UsageError("--checkpoint and --data_dir are required.")
   validate.check(FLAGS.config)
+  from affect_jax.eval import ablation
+  ablation.parse(*ablation_text(FLAGS.config, FLAGS.ablate))   # names, before any work
   from affect_jax import distributed
-  from affect_jax.eval import ablation, unibench
+  from affect_jax.eval import unibench
   distributed.initialize()
   import jax
   if jax.process_count() > 1:

@@ -1,8 +1,8 @@
 """Modality ablation of the MER-UniBench evaluation: the sets scored again with inputs masked.
 
-  ablations = parse("audio,subtitle,audio+multi")   # (('audio',), ('subtitle',), ('multi', 'audio'))
-  ucfg_a = unibench_config(ucfg, prompt_cfg, ablations[0])   # the prompt without the audio block
-  result = unibench.evaluate(..., ablations=ablations)  # each set's entry gets 'ablations'
+  ablations = parse("audio,subtitle,audio+multi")  # (('audio',), ('subtitle',), ('multi', 'audio'))
+  ucfg_a = unibench_config(ucfg, prompt_cfg, ablations[0])  # the prompt without the audio block
+  result = unibench.evaluate(..., ablations=ablations)      # each set's entry gets 'ablations'
   result["ablations"] = summarize(result["sets"])           # launch.evaluate
   print(markdown(result))
 
@@ -23,8 +23,8 @@ the full `multiface_audio_face_text` / `multiframe_audio_frame_text` prompt:
   multi+audio+subtitle    -> `faceonly` / `frameonly`
 Where no official variant exists, the rule these variants follow is kept: the video sentence
 starts "Meanwhile, we ..." right after the audio block and "We ..." otherwise, so masking
-audio while keeping video uses `video_blocks_without_audio` (the official faceonly / frameonly
-sentence). The official `audio_text` / `face_text` / `frame_text` (multi+video, multi+audio
+audio while keeping video uses config.unibench.ablate_video_blocks (the official faceonly /
+frameonly sentence). The official `audio_text` / `face_text` / `frame_text` (multi+video, multi+audio
 masked) differ from every other variant in lacking "###Human: " (and frame_text writes "we"
 lowercase); here the prompt keeps "###Human: ", as the model under test was trained with it.
 The Multi token is fused from the audio and video features, so `audio` alone still lets audio
