@@ -113,6 +113,18 @@ def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
                  "doesn’t", "didn’t")
   c.negation_window = 2
   c.llm = llm_config()
+  # Modality ablation (default of --ablate; affect_jax/eval/ablation.py): a comma list of
+  # multi, audio, video, subtitle; each item is one more pass over every set with those
+  # inputs' prompt blocks left out ('+' masks several in one pass: 'audio+multi'), reported
+  # with its delta to the full model. '' = the full model only.
+  c.ablate = ""
+  # The video sentence of an ablation that masks audio but keeps video: the official faceonly /
+  # frameonly wording (base_dataset.py), which starts "We ..." where the full prompt's
+  # "Meanwhile, we ..." follows the audio block. '{token}' as in data.prompt.video_blocks.
+  c.ablate_video_blocks = dict(
+      faces=("We uniformly sample raw frames from the video and extract faces from these "
+             "frames: <Video>{token}</Video>. "),
+      frames="We uniformly sample raw frames from the video: <Video>{token}</Video>. ")
   # --protocol (default `protocol`): 'r1' keeps the fields above; 'affectgpt' overrides them
   # with the official AffectGPT evaluation (inference_hybird.py answer_sample: sampling,
   # temperature 1, top-p 0.9, 1,200 new tokens, stop at "###"; top-k 20 is the default of

@@ -21,10 +21,15 @@ official prompts and answer reading; it needs --extractor_checkpoint). --extract
 iemocapfour, cmumosi, cmumosei, sims, simsv2, ovmerdplus; config.unibench.folders lists the
 names tried). Prints the markdown table, then one JSON line (the table, the mean, failed sets);
 --json_out writes every set's scores, --predictions_out the per-set CSVs for launch.score
-(affect_jax/eval/unibench.py). Built sets and feature caches go to --cache_dir (default
+(affect_jax/eval/unibench.py). --ablate=audio,video,subtitle,multi (default
+config.unibench.ablate; 'a+b' masks both in one pass) scores every set again per item with
+those inputs' prompt blocks left out, in a second table beside the full model ('score
+(delta)'), under 'ablations' in the JSON and in --predictions_out/no_NAME/
+(affect_jax/eval/ablation.py). Built sets and feature caches go to --cache_dir (default
 config.data.cache_dir, else the run's <workdir>/data, else runs/unibench_cache).
-Exit status: 0 when every requested set was scored, 1 when some failed (each is reported in the
-table and the JSON), 2 when nothing could run (bad flags, checkpoint, tokenizer).
+Exit status: 0 when every requested set was scored, 1 when some failed, ablated sets included
+(each is reported in the table and the JSON), 2 when nothing could run (bad flags, checkpoint,
+tokenizer).
 """
 from __future__ import annotations
 
@@ -64,6 +69,9 @@ def define_flags():
   flags.DEFINE_string("cache_dir", None, "Where built sets and feature caches go.")
   flags.DEFINE_string("json_out", None, "Write the full JSON result here.")
   flags.DEFINE_string("predictions_out", None, "Folder for the per-set prediction CSVs.")
+  flags.DEFINE_string("ablate", None, "Modality ablations: comma list of audio, video, "
+                      "subtitle, multi ('+' joins several into one), each scored beside the "
+                      "full model (default config.unibench.ablate; '' = none).")
 
 
 def cache_root(config, checkpoint: str, flag: str | None) -> pathlib.Path:
@@ -81,13 +89,31 @@ def unibench_section(config):
   return config.unibench if "unibench" in config else unibench_config.get_unibench_config()
 
 
+def ablation_text(config, flag: str | None) -> tuple[str, str]:
+  """(the ablation list, where it came from): --ablate, else config.unibench.ablate."""
+  if flag is not None:
+    return flag, "--ablate"
+  return unibench_section(config).ablate, "--config.unibench.ablate"
+
+
+def parse_ablations(config, ucfg, flag: str | None) -> tuple[tuple[str, ...], ...]:
+  """The ablations (affect_jax/eval/ablation.py), checked against the evaluated prompt's
+  blocks."""
+  from affect_jax.eval import ablation, unibench
+  text, source = ablation_text(config, flag)
+  ablations = ablation.parse(text, source)
+  ablation.check(ablations, unibench.data_config(config.data, ucfg).prompt.modalities, source)
+  return ablations
+
+
 def run(config, f) -> dict:
   from affect_jax.eval import llm_extract
   from affect_jax.emotion import wheel
-  from affect_jax.eval import model as eval_model, unibench
+  from affect_jax.eval import ablation, model as eval_model, unibench
   ucfg = unibench_section(config)
   ucfg = unibench.with_protocol(ucfg, f.protocol or ucfg.get("protocol", "r1"))
   sets = unibench.parse_sets(f.sets or ucfg.sets)
+  ablations = parse_ablations(config, ucfg, f.ablate)
   extractor = f.extractor or ucfg.extractor
   sentiment = f.sentiment or ucfg.sentiment
   ew_dir = f.ew_dir or config.get("ew_dir", "") or None
@@ -102,7 +128,11 @@ def run(config, f) -> dict:
   labeler = unibench.Labeler(extractor, sentiment, tables, ucfg, llm)
   root = cache_root(config, f.checkpoint, f.cache_dir)
   em = eval_model.load(config, f.checkpoint, root)
-  return unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out, ucfg)
+  result = unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out, ucfg,
+                             ablations=ablations)
+  if ablations:
+    result["ablations"] = ablation.summarize(result["sets"])
+  return result
 
 
 def main(argv):
@@ -111,6 +141,8 @@ def main(argv):
   if not FLAGS.checkpoint or not FLAGS.data_dir:
     raise app.UsageError("--checkpoint and --data_dir are required.")
   validate.check(FLAGS.config)
+  from affect_jax.eval import ablation
+  ablation.parse(*ablation_text(FLAGS.config, FLAGS.ablate))   # names, before any work
   from affect_jax import distributed
   from affect_jax.eval import unibench
   distributed.initialize()
@@ -124,6 +156,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   result = run(FLAGS.config, FLAGS)   # CheckpointError, WheelFileError, ...: cli.run_main
   result["markdown"] = unibench.markdown(result)
+  if result.get("ablations"):
+    result["markdown"] += "\n\n" + ablation.markdown(result)
   print(result["markdown"])
   if FLAGS.json_out:
     path = pathlib.Path(FLAGS.json_out)
@@ -132,8 +166,11 @@ def main(argv):
   summary = {"mean": result["mean"], "complete": result["table"]["complete"],
              "rows": result["table"]["rows"], "failed": {k: result["sets"][k]["error"]
                                                          for k in result["failed"]}}
+  if result.get("ablations"):
+    summary["ablations"] = {n: {k: a[k] for k in ("mean", "mean_delta", "failed")}
+                            for n, a in result["ablations"].items()}
   print(json.dumps(summary, sort_keys=True))
-  sys.exit(1 if result["failed"] else 0)
+  sys.exit(1 if result["failed"] or ablation.failed(result) else 0)
 
 
 if __name__ == "__main__":

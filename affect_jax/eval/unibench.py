@@ -29,6 +29,10 @@ and the others still run. With out_dir, each set writes NAME.csv (name, openset:
 predictions), NAME_gt.csv (ov: name, openset; hit: name, label; sentiment: name, valence),
 NAME_sentiment.csv for sentiment sets (name, sentiment: positive / negative / neutral) and
 NAME_completions.jsonl, so that `python -m launch.score` rescores them.
+Ablations (`ablations`, affect_jax/eval/ablation.py): after the full model, each set is
+generated and scored again once per ablation, with the masked inputs' prompt blocks left out;
+each set's entry holds them under 'ablations' (scores and `delta`, ablated - full primary
+score), and their files go to out_dir/no_<name>/.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ from affect_jax.emotion import extract
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import metrics
 from affect_jax.generation import sampler
+from affect_jax.eval import ablation as ablation_lib
 from affect_jax.eval import heldout as evaluate_lib
 from affect_jax.eval.model import EvalModel
 
@@ -291,11 +296,46 @@ def write_set(out_dir: pathlib.Path, key: str, task: str, rows: SetRows, cells, 
   return {k: str(v) for k, v in files.items()}
 
 
+def evaluate_ablations(em: EvalModel, key: str, source, meta, generate_fn, labeler: Labeler,
+                       ucfg, full: dict, out_dir, ablations: Sequence[Sequence[str]]) -> dict:
+  """One set under each ablation (module doc 'Ablations'), after its full-model entry `full`;
+  returns {ablation name: entry or {error}}."""
+  out = {}
+  for masked in ablations:
+    t0 = time.perf_counter()
+    task = full["task"]
+    entry = {"dataset": full["dataset"], "task": task, "metric": full["metric"],
+             "masked": list(masked)}
+    try:
+      prompt_cfg = data_config(em.config.data, ucfg).prompt
+      rows = generate_set(em, source, meta, generate_fn,
+                          ablation_lib.unibench_config(ucfg, prompt_cfg, masked))
+      cells = labeler.cells(rows.completions)
+      polarity = labeler.polarity(cells) if task == "sentiment" else None
+      entry.update(score_set(task, rows, cells, polarity, labeler.tables),
+                   n_samples=len(rows.names),
+                   format_rate=100.0 * float(np.mean([labels_lib.format_ok(t)
+                                                      for t in rows.completions])))
+      entry["delta"] = entry["score"] - full["score"]
+      if out_dir:
+        entry["files"] = write_set(pathlib.Path(out_dir) / ablation_lib.folder(masked), key,
+                                   task, rows, cells, polarity)
+    except Exception as e:  # pylint: disable=broad-except  (reported; the others go on)
+      logging.warning("set %s, ablation %s failed:\n%s", key, ablation_lib.name(masked),
+                      traceback.format_exc())
+      entry["error"] = f"{type(e).__name__}: {e}"
+    entry["seconds"] = time.perf_counter() - t0
+    out[ablation_lib.name(masked)] = entry
+  return out
+
+
 def evaluate(em: EvalModel, data_dir: str, sets: Sequence[str], labeler: Labeler,
              cache_root: str | os.PathLike, out_dir: str | os.PathLike | None,
-             ucfg: ml_collections.ConfigDict) -> dict:
-  """Every set of `sets` (module doc) under ucfg (the unibench section, with_protocol's);
-  returns {sets: {key: result or {error}}, table, failed}."""
+             ucfg: ml_collections.ConfigDict, ablations: Sequence[Sequence[str]] = ()) -> dict:
+  """Every set of `sets` (module doc) under ucfg (the unibench section, with_protocol's), and
+  again under each of `ablations` (ablation.parse's tuples of masked inputs: each set's entry
+  then holds {ablation name: entry} under 'ablations'; ablation.summarize(result['sets'])
+  gathers them); returns {sets: {key: result or {error}}, table, failed}."""
   cache_root = pathlib.Path(cache_root)
   generate_fn = evaluate_lib.make_generate(em.model, sampling_config(em, ucfg))
   results = {}
@@ -320,6 +360,9 @@ def evaluate(em: EvalModel, data_dir: str, sets: Sequence[str], labeler: Labeler
       logging.warning("set %s failed:\n%s", key, traceback.format_exc())
       entry["error"] = f"{type(e).__name__}: {e}"
     entry["seconds"] = time.perf_counter() - t0
+    if ablations and "error" not in entry:
+      entry["ablations"] = evaluate_ablations(em, key, source, meta, generate_fn, labeler,
+                                              ucfg, entry, out_dir, ablations)
     results[key] = entry
   scores = {r["dataset"]: r["score"] for r in results.values() if "error" not in r}
   table = metrics.unibench_table(scores)

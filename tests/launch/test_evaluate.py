@@ -400,3 +400,53 @@ def test_a_config_without_unibench_section_gets_its_defaults_at_loading():
   del c["unibench"]
   assert evaluate.unibench_section(c).to_dict() == unibench_config.get_unibench_config().to_dict()
   assert evaluate.unibench_section(demo.get_config()).batch_size == 32     # demo's own section
+
+
+ABLATED_SETS = ("mer2023", "cmumosi", "ovmerdplus")    # one set of each task
+
+
+def test_ablation_scores_each_masked_prompt_beside_the_full_model(bench, full_run):
+  """--ablate=audio,subtitle: the full model as in the full run, then each set again with that
+  input's prompt block left out; every ablated score equals launch.score on its sub-folder's
+  files, and its delta is that score minus the full model's."""
+  out = bench / "ablate"
+  proc = _evaluate(bench, f"--data_dir={bench / 'data'}", "--extractor=rule",
+                   f"--sets={','.join(ABLATED_SETS)}", "--ablate=audio,subtitle",
+                   f"--json_out={out / 'r.json'}", f"--predictions_out={out / 'preds'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((out / "r.json").read_text())
+  full = {k: result["sets"][k]["score"] for k in ABLATED_SETS}
+  # The full model's scores are the full run's (same model, clips and seed).
+  assert full == pytest.approx({k: full_run[1]["sets"][k]["score"] for k in ABLATED_SETS},
+                               abs=1e-6)
+  assert list(result["ablations"]) == ["audio", "subtitle"]
+  changed = 0
+  for name in ("audio", "subtitle"):
+    summary = result["ablations"][name]
+    values = {}
+    for key in ABLATED_SETS:
+      task = result["sets"][key]["task"]
+      values[key], _ = _rescore(out / "preds" / f"no_{name}", key, task)
+      entry = result["sets"][key]["ablations"][name]
+      assert entry["score"] == pytest.approx(values[key], abs=1e-3)
+      assert summary["sets"][key]["delta"] == pytest.approx(values[key] - full[key], abs=1e-3)
+      read = lambda p: [json.loads(line)["completion"] for line in open(p, encoding="utf-8")]
+      changed += read(out / "preds" / f"no_{name}" / f"{key}_completions.jsonl") != read(
+          out / "preds" / f"{key}_completions.jsonl")
+    assert summary["mean"] == pytest.approx(np.mean(list(values.values())), abs=1e-3)
+    assert summary["mean_delta"] == pytest.approx(summary["mean"] - result["mean"], abs=1e-3)
+    assert summary["failed"] == [] and summary["complete"] is False
+  assert changed > 0                     # the masked prompts gave other completions
+  table = proc.stdout[proc.stdout.index("| set | dataset | metric | full |"):].splitlines()
+  assert table[0] == "| set | dataset | metric | full | no audio | no subtitle |"
+  mer = result["sets"]["mer2023"]
+  delta = mer["ablations"]["audio"]["delta"]
+  assert table[2].startswith(f"| mer2023 | MER2023 | HIT | {mer['score']:.2f} | "
+                             f"{mer['ablations']['audio']['score']:.2f} ({delta:+.2f}) |")
+  line = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert line["ablations"]["subtitle"]["mean"] == pytest.approx(
+      result["ablations"]["subtitle"]["mean"])
+  # An unknown input is one clear error, before any work.
+  proc = _evaluate(bench, f"--data_dir={bench / 'data'}", "--ablate=audio,face")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "launch.evaluate: error: --ablate=audio,face: unknown input(s) ['face']" in proc.stderr
