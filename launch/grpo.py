@@ -44,6 +44,7 @@ def main(argv):
   distributed.initialize()
   validate.check_mesh(FLAGS.config, phases)
   logging.set_verbosity(logging.WARNING)
+  cli.use_compilation_cache(FLAGS.workdir)
   if FLAGS.config.get("seeds", ()):
     from affect_jax.train import seeds
     summary = seeds.run(FLAGS.config, FLAGS.workdir, FLAGS.config.seeds, phases=phases)
