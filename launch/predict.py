@@ -91,9 +91,9 @@ def decoding_section(config, f):
   with ucfg.unlocked():
     for name in ("greedy", "temperature", "top_p", "top_k", "max_new_tokens", "seed",
                  "batch_size"):
-      if f[name].value is not None:
-        ucfg[name] = type(ucfg[name])(f[name].value)
-  given = [f"--{n}" for n in SAMPLING_FLAGS if f[n].value is not None]
+      if getattr(f, name) is not None:
+        ucfg[name] = type(ucfg[name])(getattr(f, name))
+  given = [f"--{n}" for n in SAMPLING_FLAGS if getattr(f, n) is not None]
   if given and ucfg.greedy:
     raise app.UsageError(f"{', '.join(given)} apply only when sampling; add --nogreedy (the "
                          f"'{ucfg.protocol}' protocol decodes greedily).")
@@ -116,7 +116,7 @@ def list_clips(f):
                            "in the folder or the CSV.")
     return predict.clips_from_inputs(f.inputs)
   name = os.path.splitext(os.path.basename(f.video))[0]
-  return [predict.Clip(name, f.video, f.audio or None, f.subtitle, "--video")]
+  return [predict.Clip(name, f.video, f.audio or None, f.subtitle)]
 
 
 def run(config, f):

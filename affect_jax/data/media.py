@@ -35,6 +35,9 @@ Rules (PAPER_NOTES.md sections 2 and 7, numbers in configs/data.py `media`):
   Wav2Vec2FeatureExtractor's normalisation (x - mean) / sqrt(var + epsilon) over the whole
   clip's K windows at once ('clip': AffectGPT passes the [K, W] array as one input, one clip
   per call at inference) or over each window ('window').
+- Audio tracks (`has_audio_track`): whether an mp4 / mov holds one is read from its boxes
+  (a moov/trak/mdia/hdlr handler 'soun', ISO/IEC 14496-12); the track itself is not decoded
+  (OpenCV reads only the video stream), so audio always comes from an audio file.
 """
 from __future__ import annotations
 

@@ -215,6 +215,11 @@ def needs_audio(prompt_cfg: ml_collections.ConfigDict) -> bool:
   return any(m in prompt_cfg.modalities for m in AUDIO_MODALITIES)
 
 
+def _label(clip: Clip) -> str:
+  """How messages name a clip: its name, and where it was listed (a CSV row, a folder file)."""
+  return f"clip '{clip.name}'" + (f" ({clip.where})" if clip.where else "")
+
+
 def _no_audio_message(clip: Clip) -> str:
   track = media.has_audio_track(clip.video) if os.path.isfile(clip.video) else None
   if track:
@@ -223,7 +228,7 @@ def _no_audio_message(clip: Clip) -> str:
   else:
     why = ("it has no audio: " + ("the video holds no audio track and " if track is False
                                   else "") + "no audio file was given; ")
-  return (f"clip '{clip.name}': {why}the model's prompt has audio (data.prompt.modalities), "
+  return (f"{_label(clip)}: {why}the model's prompt has audio (data.prompt.modalities), "
           "so give one (--audio, the CSV's audio column or <name>.wav beside the video), or "
           "pass --missing_audio=silence to feed silence instead.")
 
@@ -238,7 +243,7 @@ def clip_media(clip: Clip, dc: ml_collections.ConfigDict, missing_audio: str
   faces = clip.video.lower().endswith(FACE_SUFFIX)
   source = "faces" if faces else "frames"
   if source != dc.prompt.video_prompt:
-    raise ClipError(f"clip '{clip.name}': {clip.video} is {source} but the config's prompt "
+    raise ClipError(f"{_label(clip)}: {clip.video} is {source} but the config's prompt "
                     f"names {dc.prompt.video_prompt} (data.prompt.video_prompt); pass "
                     + ("face crops (.npy)" if dc.prompt.video_prompt == "faces" else
                        "a video file") + f" or --config.data.prompt.video_prompt={source}.")
@@ -259,7 +264,7 @@ def clip_media(clip: Clip, dc: ml_collections.ConfigDict, missing_audio: str
       if needs_audio(dc.prompt):
         notes.append("no audio: silence fed instead (--missing_audio=silence)")
   except media.MediaError as e:
-    raise ClipError(f"clip '{clip.name}': {e}") from e
+    raise ClipError(f"{_label(clip)}: {e}") from e
   out = pipeline.load_media({"name": clip.name, "frames": frames, "audio": wave}, m,
                             {"visual_source": source})
   return out, notes
@@ -271,18 +276,18 @@ def clip_prompt(clip: Clip, tokenizer, dc: ml_collections.ConfigDict) -> list[in
   subtitle = clip.subtitle
   if "subtitle" in dc.prompt.modalities:
     if subtitle is None:
-      raise ClipError(f"clip '{clip.name}': no subtitle; the model's prompt has one "
+      raise ClipError(f"{_label(clip)}: no subtitle; the model's prompt has one "
                       "(data.prompt.modalities). Give it (--subtitle=TEXT, the CSV's subtitle "
                       "column or <name>.txt beside the video); an empty one (--subtitle=) "
                       "marks a clip without speech.")
     inside = sorted({t for t in specials.values() if t and t in subtitle})
     if inside:
-      raise ClipError(f"clip '{clip.name}': the subtitle holds the tokenizer's special "
+      raise ClipError(f"{_label(clip)}: the subtitle holds the tokenizer's special "
                       f"token(s) {inside}; remove them from the text.")
   ids = prompts_lib.encode_prompt(tokenizer, subtitle or "", dc.prompt, specials)
   longest = max(dc.prompt.prompt_buckets)
   if len(ids) > longest:
-    raise ClipError(f"clip '{clip.name}': its prompt has {len(ids)} tokens, more than the "
+    raise ClipError(f"{_label(clip)}: its prompt has {len(ids)} tokens, more than the "
                     f"largest prompt bucket {longest} (data.prompt.prompt_buckets); shorten "
                     "the subtitle or add a larger bucket.")
   return ids

@@ -17,13 +17,16 @@ import re
 import struct
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
+from absl import app as absl_app
 
 from affect_jax import experiment, sharding
 from affect_jax.checkpoints import params_io
+from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.data import media
 from affect_jax.data import prompts as prompts_lib
 from affect_jax.data import tokenizer as tokenizer_lib
@@ -31,6 +34,7 @@ from affect_jax.emotion import wheel
 from affect_jax.eval import predict
 from affect_jax.models import affectgpt
 from configs import demo
+from launch import predict as predict_launcher
 from launch import score
 from tests.testlib import ew as ew_ref
 from tests.testlib import media as fixture_media
@@ -307,40 +311,82 @@ def test_csv_run_names_each_failed_clip_and_predicts_the_others(csv_run):
   assert names == ["good"] and rows[0]["openset"] == good["openset"]
 
 
-def test_folder_run_and_one_clip_agree(model_dir, tmp_path):
-  """--inputs=FOLDER with --missing_audio=silence predicts both clips (exit 0); --video on
-  the clip without audio track gives the same greedy answer as in the folder."""
+def test_one_clip_without_audio_track(model_dir, tmp_path):
+  """--video on an mp4 without audio track: with --missing_audio=silence it is predicted
+  (exit 0), and says that silence stood in for the audio."""
   _clips_folder(tmp_path)
-  folder = _predict(model_dir, f"--inputs={tmp_path}", "--missing_audio=silence",
-                    "--batch_size=1", f"--json_out={tmp_path / 'folder.json'}")
-  assert folder.returncode == 0, folder.stderr[-3000:]
-  by_name = {r["name"]: r for r in json.loads((tmp_path / "folder.json").read_text())}
-  assert sorted(by_name) == ["good", "silent"]
-  assert by_name["silent"]["notes"] and by_name["good"]["notes"] == []
-  assert "note: no audio: silence fed instead" in folder.stdout
-  one = _predict(model_dir, f"--video={tmp_path / 'silent.mp4'}", "--subtitle=I feel sad today.",
-                 "--missing_audio=silence", "--batch_size=1", f"--out={tmp_path / 'one.csv'}",
-                 f"--json_out={tmp_path / 'one.json'}")
-  assert one.returncode == 0, one.stderr[-3000:]
+  proc = _predict(model_dir, f"--video={tmp_path / 'silent.mp4'}", "--subtitle=I feel sad today.",
+                  "--missing_audio=silence", f"--out={tmp_path / 'one.csv'}",
+                  f"--json_out={tmp_path / 'one.json'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
   (record,) = json.loads((tmp_path / "one.json").read_text())
-  assert record["name"] == "silent"
-  assert record["completion"] == by_name["silent"]["completion"]
+  assert record["name"] == "silent" and record["audio"] is None
+  assert record["notes"] == ["no audio: silence fed instead (--missing_audio=silence)"]
+  assert f"== silent ({tmp_path / 'silent.mp4'}; audio: none)" in proc.stdout
+  assert "note: no audio: silence fed instead" in proc.stdout
+  assert record["labels"] == [x.lower() for x in
+                              ew_ref.official_list(_answer(record["completion"]))]
+  names, rows = score.read_rows(str(tmp_path / "one.csv"), ("name", "openset"))
+  assert names == ["silent"] and rows[0]["openset"] == record["openset"]
+  assert json.loads(proc.stdout.strip().splitlines()[-1])["failed"] == {}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--inputs=CSV"], r"clips.csv row 2, column video: '../x.mp4' leads outside"),
-    (["--video=a.mp4", "--inputs=CSV"], "not both"),
-    (["--video=a.mp4", "--temperature=0.5"], "add --nogreedy"),
-    (["--video=a.mp4", "--checkpoint=/nonexistent/ckpt"], "--checkpoint=/nonexistent/ckpt: no "
-     "such folder"),
-])
-def test_user_errors_exit_2(model_dir, tmp_path, args, message):
+def test_inputs_folder_or_csv(tmp_path):
+  _clips_folder(tmp_path)
+  fixture_media.write_csv(tmp_path / "clips.csv", ("name", "video"), [("x", "good.mp4")])
+  assert [c.name for c in predict.clips_from_inputs(str(tmp_path))] == ["good", "silent"]
+  assert [c.name for c in predict.clips_from_inputs(str(tmp_path / "clips.csv"))] == ["x"]
+  with pytest.raises(predict.InputsError, match="no such folder or CSV file"):
+    predict.clips_from_inputs(str(tmp_path / "nothing"))
+
+
+def test_inputs_leaving_their_folder_exit_2(model_dir, tmp_path):
   fixture_media.write_video(tmp_path / "x.mp4", 1)
   d = tmp_path / "set"
   d.mkdir()
   fixture_media.write_csv(d / "clips.csv", ("name", "video"), [("x", "../x.mp4")])
-  args = [a.replace("CSV", str(d / "clips.csv")) for a in args]
-  proc = _predict(model_dir, *args)
+  proc = _predict(model_dir, f"--inputs={d / 'clips.csv'}")
   assert proc.returncode == 2, proc.stderr[-3000:]
-  assert re.search(f"launch.predict: error: .*{message}", proc.stderr), proc.stderr[-3000:]
+  assert re.search(r"launch.predict: error: .*clips.csv row 2, column video: '../x.mp4' leads "
+                   r"outside", proc.stderr), proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
+
+
+def _flag_values(**given):
+  names = ("checkpoint video audio subtitle inputs protocol greedy temperature top_p top_k "
+           "max_new_tokens seed batch_size extractor extractor_checkpoint ew_dir cache_dir")
+  values = dict.fromkeys(names.split(), None)
+  return types.SimpleNamespace(**{**values, "missing_audio": "error", **given})
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"video": "a.mp4", "inputs": "clips.csv"}, "not both"),
+    ({}, "not both"),
+    ({"inputs": "d", "subtitle": "hi"}, "--audio and --subtitle go with --video"),
+    ({"video": "a.mp4", "temperature": 0.5}, "add --nogreedy"),
+    ({"video": "a.mp4", "greedy": False, "top_p": 0.0}, "0 < top_p <= 1"),
+])
+def test_flag_errors(given, message):
+  """Bad flag combinations are usage errors (cli.run_main: exit 2) before the model loads."""
+  config = _config("unused")
+  with pytest.raises(absl_app.UsageError, match=re.escape(message)):
+    predict_launcher.run(config, _flag_values(checkpoint="/nonexistent", **given))
+
+
+def test_decoding_flags_override_the_protocol():
+  config = _config("unused")
+  ucfg = predict_launcher.decoding_section(config, _flag_values(
+      greedy=False, temperature=0.7, top_p=0.9, max_new_tokens=5, batch_size=3))
+  assert (ucfg.greedy, ucfg.temperature, ucfg.top_p, ucfg.max_new_tokens, ucfg.batch_size) == (
+      False, 0.7, 0.9, 5, 3)
+  official = predict_launcher.decoding_section(config, _flag_values(protocol="affectgpt"))
+  assert (official.greedy, official.temperature, official.top_p, official.max_new_tokens) == (
+      False, 1.0, 0.9, 1200)                 # inference_hybird.py answer_sample
+  assert config.unibench.greedy          # the config itself is left as it was
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+  fixture_media.write_video(tmp_path / "a.mp4", 1)
+  with pytest.raises(CheckpointError, match="--checkpoint=.*nonexistent: no such folder"):
+    predict_launcher.run(_config("unused"), _flag_values(
+        checkpoint=str(tmp_path / "nonexistent"), video=str(tmp_path / "a.mp4")))
