@@ -7,7 +7,8 @@
 Inputs (`launch.predict --inputs=`):
 - a folder: every file directly in it whose suffix is a video one (mer.VIDEO_EXTENSIONS) is a
   clip named by its stem; its audio is <stem>.wav (or .flac / .ogg, mer.AUDIO_EXTENSIONS) and
-  its subtitle the text of <stem>.txt (UTF-8, stripped), both beside it and optional.
+  its subtitle the text of <stem>.txt (UTF-8, stripped), both beside it and optional. A file
+  among them that resolves (symlinks followed) outside the folder is an `InputsError`.
 - a CSV (UTF-8, header row): columns name and video, optionally audio and subtitle; one clip a
   row. video and audio are paths relative to the CSV's folder; a path that is absolute, leaves
   the folder through '..' or resolves (symlinks followed) outside it is an `InputsError`
@@ -138,9 +139,15 @@ def clips_from_folder(folder: str | os.PathLike) -> list[Clip]:
     seen[stem] = file
     audio = next((os.path.join(folder, stem + ext) for ext in mer.AUDIO_EXTENSIONS
                   if os.path.isfile(os.path.join(folder, stem + ext))), None)
-    subtitle = None
     text = os.path.join(folder, stem + SUBTITLE_SUFFIX)
-    if os.path.isfile(text) and _inside(root, text):
+    text = text if os.path.isfile(text) else None
+    for path in (os.path.join(folder, file), audio, text):
+      if path is not None and not _inside(root, path):
+        raise InputsError(f"--inputs={folder}: {os.path.basename(path)} is a link to "
+                          f"{os.path.realpath(path)}, outside the folder; place the file in "
+                          "the folder instead.")
+    subtitle = None
+    if text is not None:
       subtitle = pathlib.Path(text).read_text(encoding="utf-8", errors="replace").strip()
     clips.append(Clip(stem, os.path.join(folder, file), audio, subtitle, f"{folder}/{file}"))
   if not clips:
@@ -220,7 +227,8 @@ def _label(clip: Clip) -> str:
   return f"clip '{clip.name}'" + (f" ({clip.where})" if clip.where else "")
 
 
-def _no_audio_message(clip: Clip) -> str:
+def no_audio_message(clip: Clip) -> str:
+  """Why a clip without an audio file cannot be predicted, and the fixes."""
   track = media.has_audio_track(clip.video) if os.path.isfile(clip.video) else None
   if track:
     why = ("no audio file was given and the video's own audio track is not decoded here; "
@@ -258,7 +266,7 @@ def clip_media(clip: Clip, dc: ml_collections.ConfigDict, missing_audio: str
     if clip.audio is not None and needs_audio(dc.prompt):
       wave = media.read_audio(clip.audio, m.sample_rate)
     elif needs_audio(dc.prompt) and missing_audio == "error":
-      raise ClipError(_no_audio_message(clip))
+      raise ClipError(no_audio_message(clip))
     else:
       wave = np.zeros(window, np.float32)
       if needs_audio(dc.prompt):

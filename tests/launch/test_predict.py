@@ -144,17 +144,26 @@ def test_has_audio_track(tmp_path):
 
 
 def test_folder_clips(tmp_path):
-  _clips_folder(tmp_path)
-  (tmp_path / "notes.md").write_text("not a clip")
-  clips = predict.clips_from_folder(tmp_path)
+  d = tmp_path / "clips"
+  d.mkdir()
+  _clips_folder(d)
+  (d / "notes.md").write_text("not a clip")
+  clips = predict.clips_from_folder(d)
   assert [c.name for c in clips] == ["good", "silent"]
   good, silent = clips
-  assert good.video == str(tmp_path / "good.mp4") and good.audio == str(tmp_path / "good.wav")
+  assert good.video == str(d / "good.mp4") and good.audio == str(d / "good.wav")
   assert good.subtitle == "I feel happy today."
   assert silent.audio is None and silent.subtitle == "I feel sad today."
-  fixture_media.write_video(tmp_path / "good.avi", 4)
+  # A subtitle file that links out of the folder is never read.
+  (tmp_path / "elsewhere.txt").write_text("a secret")
+  os.remove(d / "good.txt")
+  os.symlink(tmp_path / "elsewhere.txt", d / "good.txt")
+  with pytest.raises(predict.InputsError, match="good.txt is a link to .*elsewhere.txt, outside"):
+    predict.clips_from_folder(d)
+  os.remove(d / "good.txt")
+  fixture_media.write_video(d / "good.avi", 4)
   with pytest.raises(predict.InputsError, match="good.avi.*good.mp4|good.mp4.*good.avi"):
-    predict.clips_from_folder(tmp_path)
+    predict.clips_from_folder(d)
 
 
 def test_csv_clips_relative_paths_and_subtitles(tmp_path):
@@ -230,6 +239,17 @@ def pipeline_paths(example, dc):
   """A dataset clip in paths mode, as the training pipeline loads it."""
   from affect_jax.data import pipeline
   return pipeline.load_media(dict(example, name="v"), dc.media, {"visual_source": "frames"})
+
+
+def test_no_audio_message_says_whether_the_mp4_holds_a_track(tmp_path):
+  ftyp = _box(b"ftyp", b"isom\0\0\0\0isommp41")
+  (tmp_path / "av.mp4").write_bytes(ftyp + _box(b"moov", _track(b"vide") + _track(b"soun")))
+  (tmp_path / "clip.avi").write_bytes(b"RIFF\x10\0\0\0AVI LIST" + b"\0" * 16)
+  with_track = predict.no_audio_message(predict.Clip("av", str(tmp_path / "av.mp4")))
+  assert with_track.startswith("clip 'av': ") and "ffmpeg -i" in with_track
+  assert "no audio track" not in with_track
+  unknown = predict.no_audio_message(predict.Clip("c", str(tmp_path / "clip.avi"), where="x.csv row 2"))
+  assert unknown.startswith("clip 'c' (x.csv row 2): it has no audio: no audio file was given")
 
 
 def test_clip_media_undecodable_video_names_the_clip(tmp_path):
