@@ -27,7 +27,7 @@ from absl import app as absl_app
 from affect_jax import experiment, sharding
 from affect_jax.checkpoints import params_io
 from affect_jax.checkpoints.safetensors_io import CheckpointError
-from affect_jax.data import media
+from affect_jax.data import media, pipeline
 from affect_jax.data import prompts as prompts_lib
 from affect_jax.data import tokenizer as tokenizer_lib
 from affect_jax.emotion import wheel
@@ -235,10 +235,9 @@ def test_clip_media_missing_audio_follows_the_official_inference(tmp_path):
   assert notes == [] and np.abs(with_audio["windows"]).max() > 0
 
 
-def pipeline_paths(example, dc):
+def pipeline_paths(example, dc, source="frames"):
   """A dataset clip in paths mode, as the training pipeline loads it."""
-  from affect_jax.data import pipeline
-  return pipeline.load_media(dict(example, name="v"), dc.media, {"visual_source": "frames"})
+  return pipeline.load_media(dict(example, name="v"), dc.media, {"visual_source": source})
 
 
 def test_no_audio_message_says_whether_the_mp4_holds_a_track(tmp_path):
@@ -250,6 +249,19 @@ def test_no_audio_message_says_whether_the_mp4_holds_a_track(tmp_path):
   assert "no audio track" not in with_track
   unknown = predict.no_audio_message(predict.Clip("c", str(tmp_path / "clip.avi"), where="x.csv row 2"))
   assert unknown.startswith("clip 'c' (x.csv row 2): it has no audio: no audio file was given")
+
+
+def test_face_crops_follow_the_prompts_video_sentence(tmp_path):
+  fixture_media.write_faces(tmp_path / "f.npy", 1)
+  fixture_media.write_audio(tmp_path / "f.wav", 2)
+  clip = predict.Clip("f", str(tmp_path / "f.npy"), str(tmp_path / "f.wav"))
+  with pytest.raises(predict.ClipError, match="clip 'f': .*f.npy is faces but the config's "
+                     "prompt names frames .*--config.data.prompt.video_prompt=faces"):
+    predict.clip_media(clip, _config("unused").data, "error")
+  dc = _config("unused", **{"data.prompt.video_prompt": "faces"}).data
+  inputs, _ = predict.clip_media(clip, dc, "error")
+  want = pipeline_paths({"visual_path": clip.video, "audio_path": clip.audio}, dc, "faces")
+  np.testing.assert_array_equal(inputs["frames"], want["frames"])
 
 
 def test_clip_media_undecodable_video_names_the_clip(tmp_path):
