@@ -247,7 +247,8 @@ def test_no_audio_message_says_whether_the_mp4_holds_a_track(tmp_path):
   with_track = predict.no_audio_message(predict.Clip("av", str(tmp_path / "av.mp4")))
   assert with_track.startswith("clip 'av': ") and "ffmpeg -i" in with_track
   assert "no audio track" not in with_track
-  unknown = predict.no_audio_message(predict.Clip("c", str(tmp_path / "clip.avi"), where="x.csv row 2"))
+  unknown = predict.no_audio_message(predict.Clip("c", str(tmp_path / "clip.avi"),
+                                                  where="x.csv row 2"))
   assert unknown.startswith("clip 'c' (x.csv row 2): it has no audio: no audio file was given")
 
 
