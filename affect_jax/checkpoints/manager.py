@@ -479,8 +479,11 @@ def _restore_training_params(train_dir: pathlib.Path, want: dict) -> dict:
       found = {}
       for item, key in (("frozen", "frozen"), ("state", "trainable")):
         if item in meta["items"] and key in meta["keys"][item]:
+          # Orbax reads an item's metadata only through an absolute path (a relative one
+          # gives None, as if the item were missing).
           found.update(_restore_matching(
-              ocp.PyTreeCheckpointer(), train_dir / str(step) / item, want, train_dir,
+              ocp.PyTreeCheckpointer(), (train_dir / str(step) / item).absolute(), want,
+              train_dir,
               prefix=(key,), saved_checksums=meta.get("checksums", {}).get(item)))
       return found
     except _UsageError:

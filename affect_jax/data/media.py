@@ -35,6 +35,9 @@ Rules (PAPER_NOTES.md sections 2 and 7, numbers in configs/data.py `media`):
   Wav2Vec2FeatureExtractor's normalisation (x - mean) / sqrt(var + epsilon) over the whole
   clip's K windows at once ('clip': AffectGPT passes the [K, W] array as one input, one clip
   per call at inference) or over each window ('window').
+- Audio tracks (`has_audio_track`): whether an mp4 / mov holds one is read from its boxes
+  (a moov/trak/mdia/hdlr handler 'soun', ISO/IEC 14496-12); the track itself is not decoded
+  (OpenCV reads only the video stream), so audio always comes from an audio file.
 """
 from __future__ import annotations
 
@@ -293,6 +296,78 @@ def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
   g = math.gcd(int(rate_in), int(rate_out))
   out = scipy.signal.resample_poly(np.asarray(wave, np.float64), rate_out // g, rate_in // g)
   return out.astype(np.float32)
+
+
+# ISO base media files (mp4, mov, m4a, 3gp) start with one of these top-level boxes.
+ISO_BMFF_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pdin")
+# Boxes on the way from the file's top level to a track's handler (moov/trak/mdia/hdlr).
+_TRACK_PATH = (b"moov", b"trak", b"mdia")
+# The largest moov box read into memory (its tables grow with the clip's length: a few MiB
+# for hours of video); a larger one is not inspected.
+MAX_MOOV_BYTES = 256 * 2 ** 20
+
+
+def _boxes(data: bytes, start: int, end: int):
+  """(type, payload start, payload end) of the ISO BMFF boxes in data[start:end]."""
+  while start + 8 <= end:
+    size, kind = struct.unpack(">I4s", data[start:start + 8])
+    header = 8
+    if size == 1:
+      if start + 16 > end:
+        return
+      size = struct.unpack(">Q", data[start + 8:start + 16])[0]
+      header = 16
+    elif size == 0:
+      size = end - start
+    if size < header or start + size > end:
+      return
+    yield kind, start + header, start + size
+    start += size
+
+
+def _handler_types(data: bytes, start: int, end: int, depth: int = 0) -> list[bytes]:
+  """The handler types (b'vide', b'soun', ...) of the tracks under data[start:end]."""
+  out = []
+  for kind, lo, hi in _boxes(data, start, end):
+    if depth < len(_TRACK_PATH) and kind == _TRACK_PATH[depth]:
+      out += _handler_types(data, lo, hi, depth + 1)
+    elif depth == len(_TRACK_PATH) and kind == b"hdlr" and hi - lo >= 12:
+      out.append(data[lo + 8:lo + 12])     # after version/flags and pre_defined
+  return out
+
+
+def has_audio_track(path) -> bool | None:
+  """Whether a video file holds an audio track: True / False for ISO base media files (mp4,
+  mov: a track whose handler is 'soun'), None when the container is another one (avi, mkv,
+  webm) or its moov box cannot be read. The audio itself is not decoded (OpenCV reads only
+  the video stream)."""
+  try:
+    with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      offset = 0
+      while offset + 8 <= size:
+        f.seek(offset)
+        head = f.read(16)
+        box_size, kind = struct.unpack(">I4s", head[:8])
+        if offset == 0 and kind not in ISO_BMFF_FIRST_BOXES:
+          return None
+        header = 8
+        if box_size == 1 and len(head) == 16:
+          box_size, header = struct.unpack(">Q", head[8:16])[0], 16
+        elif box_size == 0:
+          box_size = size - offset
+        if box_size < header:
+          return None
+        if kind == b"moov":
+          if box_size > MAX_MOOV_BYTES:
+            return None
+          f.seek(offset)
+          data = f.read(box_size)
+          return b"soun" in _handler_types(data, 0, len(data))
+        offset += box_size
+  except (OSError, struct.error):
+    return None
+  return None
 
 
 def read_audio(path, sample_rate: int = 16000) -> np.ndarray:

@@ -305,6 +305,19 @@ def test_load_initial_params_from_a_run_workdir(tmp_path, real_state):
   _assert_same(got, policy_lib.merge(grpo["trainable"], params))
 
 
+def test_load_initial_params_from_a_relative_run_workdir(tmp_path, real_state, monkeypatch):
+  """`--checkpoint=runs/demo` / `init_from=runs/sft` as typed: a path relative to the working
+  directory reads the same params as the absolute one."""
+  host, _, params = real_state
+  sft = dict(host, trainable=jax.tree.map(lambda x: x + 1, host["trainable"]))
+  with manager.Checkpointer(tmp_path / "runs" / "x" / "checkpoints" / "sft", _cfg()) as ckpt:
+    ckpt.save(2, sft)
+  monkeypatch.chdir(tmp_path)
+  target = manager.abstract(jax.device_put(params, jax.devices()[0]))
+  got = manager.load_initial_params(pathlib.Path("runs") / "x", target, init=params)
+  _assert_same(got, policy_lib.merge(sft["trainable"], params))
+
+
 def test_preemption_flag_second_signal_and_handler_restore():
   before = signal.getsignal(signal.SIGINT)
   with preemption.Preemption(signals=("SIGTERM", "SIGINT")) as stop:
