@@ -152,5 +152,8 @@ def test_mesh_and_processes_equal_one_device(runs):
                                                           name != "one"))
       assert 0.0 <= entry["padding_fraction"] < 1.0
       assert entry["clips_per_s"] > 0 and entry["tokens_per_s"] > 0
+      print(f"{name} {key}: {entry['clips_per_s']:.2f} clips/s, {entry['tokens_per_s']:.1f} "
+            f"tokens/s, padding {entry['padding_fraction']:.3f}, {entry['batches']} batches "
+            f"of {rows} rows, {entry['generate_s']:.1f} s")
   # Process 1 neither prints the table nor writes (one result.json, from process 0).
   assert "| **mean**" in logs["processes0"] and "| **mean**" not in logs["processes1"]
