@@ -13,8 +13,9 @@ same steps:
 - `make_tokenizer` / `model_config`: the tokenizer, and the model section with the fields it
   leaves to the tokenizer (-1) filled in (`fixed_model_config` without a tokenizer, for
   --bench=plan; `text_model`: a HF Qwen2 checkpoint, for the other model benchmarks);
-- `init_params` and `encoders`: parameters on their shardings, and the frozen encoders as
-  functions of clips; `feature_key` names those encoders in the feature caches;
+- `param_shardings`, `init_params` and `encoders`: the params' shardings, parameters on them,
+  and the frozen encoders as functions of clips; `feature_key` names those encoders in the
+  feature caches;
 - `feature_source`: one split's records with its cached features (data/features.py);
 - `feature_stats` / `standardize`: the train features' per-dimension mean and std, and a
   batch's features z-scored with them;
@@ -249,16 +250,22 @@ def init_fn(model: affectgpt.AffectGPTConfig) -> Callable:
   return lambda k: sharding.unbox(affectgpt.init(model, k))
 
 
+def param_shardings(model: affectgpt.AffectGPTConfig, mesh: jax.sharding.Mesh, rules: tuple
+                    ) -> tuple[Any, Any]:
+  """(shardings, abstract): the params' NamedShardings on `mesh` under `rules` and their boxed
+  ShapeDtypeStructs; a parameter the mesh cannot split is an error (nothing is allocated)."""
+  abstract = jax.eval_shape(lambda k: affectgpt.init(model, k), jax.random.key(0))
+  sharding.check_divisible(abstract, mesh, rules)
+  return sharding.shardings(abstract, mesh, rules), abstract
+
+
 def init_params(model: affectgpt.AffectGPTConfig, seed: int, mesh: jax.sharding.Mesh,
                 rules: tuple) -> tuple[dict, Any]:
   """(params, abstract): the random init of `seed` made straight onto the params' logical-axis
   shardings, and their boxed ShapeDtypeStructs; a parameter the mesh cannot split is an error
   before anything is allocated."""
-  rng = jax.random.key(seed)
-  abstract = jax.eval_shape(lambda k: affectgpt.init(model, k), rng)
-  sharding.check_divisible(abstract, mesh, rules)
-  param_sh = sharding.shardings(abstract, mesh, rules)
-  return jax.jit(init_fn(model), out_shardings=param_sh)(rng), abstract
+  param_sh, abstract = param_shardings(model, mesh, rules)
+  return jax.jit(init_fn(model), out_shardings=param_sh)(jax.random.key(seed)), abstract
 
 
 def feature_key(config: ml_collections.ConfigDict, model: affectgpt.AffectGPTConfig) -> str:

@@ -86,7 +86,10 @@ def get_unibench_config(**overrides) -> ml_collections.ConfigDict:
                    cmumosei=("cmumosei", "mosei"), sims=("sims", "chsims"),
                    simsv2=("simsv2", "chsimsv2"), ovmerdplus=("ovmerdplus", "ovmerd"))
   # Generation (the zero-shot answer of the model under test).
-  c.batch_size = 16
+  c.batch_size = 16             # clips per batch (compiled rows: rounded up to the mesh)
+  # Batch clips whose prompts pad to the same data.prompt.prompt_buckets length together (less
+  # padding); False = batches in set order. Outputs keep the set's order either way.
+  c.bucket_by_length = True
   c.max_new_tokens = 512
   c.greedy = True
   c.temperature = 1.0           # used when greedy is False

@@ -5,6 +5,7 @@ r"""Benchmarks; prints ONE JSON object as the last line of stdout (and writes it
   python -m launch.benchmark --bench=train_step --hf_dir=DIR --prompts=P.npy [--batch=B] ...
   python -m launch.benchmark --bench=plan --config=configs/affectgpt_r1_7b.py \
       --mesh=data=1,fsdp=16,tensor=1 --cpu_devices=16 [--config.grpo.prompts_per_step=16]
+      [--program=evaluate: launch.evaluate's generation at config.unibench's settings]
 
 BENCHES maps a --bench name to "module:function"; the function takes the flag values as
 keyword arguments (ignoring the ones it does not use) and returns a JSON-ready dict. Adding
@@ -82,6 +83,8 @@ def define_flags():
   flags.DEFINE_string("mesh", "", "Mesh (plan): 'data=1,fsdp=16,tensor=1' or '1,16,1'; "
                       "empty = the config's mesh.")
   flags.DEFINE_enum("plan_step", "grpo", ["grpo", "sft"], "Which step --bench=plan compiles.")
+  flags.DEFINE_enum("program", "train", ["train", "evaluate"], "What --bench=plan compiles: "
+                    "the training step (--plan_step) or launch.evaluate's generation.")
   flags.DEFINE_enum("reward_compiler", "tuned", sorted(xla_options.REWARD),
                     "XLA options of the jitted reward (reward), per backend "
                     "(launch/xla_options.py).")
@@ -89,7 +92,7 @@ def define_flags():
 
 _SHARED = ("batch", "ew_dir", "tokenizer_dir", "runs", "host_samples", "seed", "hf_dir",
            "prompts", "num_generations", "new_tokens", "greedy", "tokens_out", "steps",
-           "lora_rank", "seq_len", "logprob_chunk", "mesh", "plan_step", "dtype")
+           "lora_rank", "seq_len", "logprob_chunk", "mesh", "plan_step", "program", "dtype")
 
 
 def resolve(name: str):

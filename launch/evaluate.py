@@ -30,6 +30,14 @@ config.data.cache_dir, else the run's <workdir>/data, else runs/unibench_cache).
 Exit status: 0 when every requested set was scored, 1 when some failed, ablated sets included
 (each is reported in the table and the JSON), 2 when nothing could run (bad flags, checkpoint,
 tokenizer).
+
+It runs on config.mesh (--config.mesh.data=, fsdp=, tensor=; -1 = all remaining devices) with
+config.sharding_rules, as training does: the parameters (and the LLM extractor's) are restored
+onto their shardings and each batch's prompts split over data x fsdp. Started as several
+jax.distributed processes (a TPU pod slice, or AFFECT_JAX_COORDINATOR / _NUM_PROCESSES /
+_PROCESS_ID), each process reads its share of each set's clips; all get every completion and
+score alike; process 0 prints and writes --json_out / --predictions_out. Per set the JSON also
+holds clips_per_s, tokens_per_s, padding_fraction (affect_jax/eval/batches.py) and generate_s.
 """
 from __future__ import annotations
 
@@ -107,6 +115,7 @@ def parse_ablations(config, ucfg, flag: str | None) -> tuple[tuple[str, ...], ..
 
 
 def run(config, f) -> dict:
+  from affect_jax import experiment, sharding
   from affect_jax.eval import llm_extract
   from affect_jax.emotion import wheel
   from affect_jax.eval import ablation, model as eval_model, unibench
@@ -124,10 +133,13 @@ def run(config, f) -> dict:
       raise ValueError(f"--extractor={extractor} --sentiment={sentiment} need "
                        "--extractor_checkpoint=DIR (a Qwen2.5-Instruct folder or its "
                        "launch.convert checkpoint).")
-    llm = llm_extract.LlmExtractor.load(f.extractor_checkpoint, ucfg.llm)
+  mesh = experiment.make_mesh(config)
+  rules = sharding.rules_from_config(config.sharding_rules)
+  if "llm" in (extractor, sentiment):
+    llm = llm_extract.LlmExtractor.load(f.extractor_checkpoint, ucfg.llm, mesh, rules)
   labeler = unibench.Labeler(extractor, sentiment, tables, ucfg, llm)
   root = cache_root(config, f.checkpoint, f.cache_dir)
-  em = eval_model.load(config, f.checkpoint, root)
+  em = eval_model.load(config, f.checkpoint, root, mesh, rules)
   result = unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out, ucfg,
                              ablations=ablations)
   if ablations:
@@ -147,15 +159,11 @@ def main(argv):
   from affect_jax.eval import unibench
   distributed.initialize()
   import jax
-  if jax.process_count() > 1:
-    # EvalModel holds the checkpoint on one device (affect_jax/eval/model.py).
-    print(f"launch.evaluate: error: it evaluates on one device of one process but was started "
-          f"as {jax.process_count()} processes; run it as a single process (without the "
-          f"AFFECT_JAX_* variables, on one host).", file=sys.stderr)
-    sys.exit(2)
   logging.set_verbosity(logging.WARNING)
   result = run(FLAGS.config, FLAGS)   # CheckpointError, WheelFileError, ...: cli.run_main
   result["markdown"] = unibench.markdown(result)
+  if jax.process_index() != 0:        # every process scored alike; process 0 reports
+    sys.exit(1 if result["failed"] or ablation.failed(result) else 0)
   if result.get("ablations"):
     result["markdown"] += "\n\n" + ablation.markdown(result)
   print(result["markdown"])

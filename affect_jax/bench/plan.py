@@ -21,6 +21,11 @@ can be overridden with --config.a.b=v. The GRPO reward is a token statistic (the
 ids, as --bench=grpo_step): the EW reward needs the decoder's tokenizer for its tables, which
 hold a few MB; nothing else in the program depends on it.
 
+--program=evaluate compiles launch.evaluate's generation instead (`run_evaluate`: the model's
+parameters on their shardings, a batch of unibench.batch_size clips rounded up to the mesh,
+prompts of max(data.prompt.prompt_buckets) tokens, unibench.max_new_tokens new tokens; no
+optimizer state).
+
 Reports per device: memory from compiled.memory_analysis() (arguments, outputs, aliased
 (donated), temporaries, generated code, total = arguments + outputs - aliased + temporaries +
 code) and whether that fits each chip of flops.HBM_BYTES; XLA's FLOPs (compiled.cost_analysis(),
@@ -41,12 +46,15 @@ import ml_collections
 from affect_jax import experiment, sharding
 from affect_jax.bench import flops as flops_lib
 from affect_jax.bench.grpo_bench import even_share_reward
+from affect_jax.eval import batches as eval_batches
+from affect_jax.eval import heldout
 from affect_jax.models import affectgpt
 from affect_jax.rl import grpo_step, losses
 from affect_jax.generation import policy as policy_lib, sampler
 from affect_jax.train import sft_step
 
 STEPS = ("grpo", "sft")
+PROGRAMS = ("train", "evaluate")
 
 
 def make_mesh(mesh: str, config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -93,10 +101,14 @@ def _cost(compiled) -> dict:
 
 
 def run(*, config: ml_collections.ConfigDict | None = None, mesh: str = "",
-        plan_step: str = "grpo", **_) -> dict:
+        plan_step: str = "grpo", program: str = "train", **_) -> dict:
   if config is None:
     raise ValueError("--bench=plan needs --config=configs/X.py (e.g. "
                      "--config=configs/affectgpt_r1_7b.py).")
+  if program not in PROGRAMS:
+    raise ValueError(f"--program={program!r}: use one of {PROGRAMS}.")
+  if program == "evaluate":
+    return run_evaluate(config, mesh)
   if plan_step not in STEPS:
     raise ValueError(f"--plan_step={plan_step!r}: use one of {STEPS}.")
   c = config
@@ -163,6 +175,13 @@ def run(*, config: ml_collections.ConfigDict | None = None, mesh: str = "",
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
 
+  return _report(compiled, m, model, abstract, state, plan_step, shape_report, analytic,
+                 abstract_s, lower_s, compile_s)
+
+
+def _report(compiled, m, model, abstract, state, step: str, shape_report: dict,
+            analytic: dict, abstract_s: float, lower_s: float, compile_s: float) -> dict:
+  """The JSON of a compiled program (module doc)."""
   devices = m.devices.size
   memory = _memory(compiled)
   total = memory.get("total_bytes")
@@ -170,7 +189,7 @@ def run(*, config: ml_collections.ConfigDict | None = None, mesh: str = "",
           if total is not None else {})
   counts = affectgpt.param_counts(model)
   return {
-      "bench": "plan", "step": plan_step, "mesh": dict(m.shape), "devices": devices,
+      "bench": "plan", "step": step, "mesh": dict(m.shape), "devices": devices,
       "backend": jax.default_backend(), "shapes": shape_report,
       "memory_per_device": memory,
       "memory_per_device_gib": {k.replace("_bytes", ""): v / 2**30 for k, v in memory.items()},
@@ -183,6 +202,56 @@ def run(*, config: ml_collections.ConfigDict | None = None, mesh: str = "",
       "note": "memory compiled for XLA:CPU approximates TPU/GPU figures; XLA's FLOPs count a "
               "while-loop body once",
   }
+
+
+def run_evaluate(config: ml_collections.ConfigDict, mesh: str) -> dict:
+  """--program=evaluate: launch.evaluate's generation program (eval/heldout.py make_generate
+  on the mesh, as eval/unibench.py runs it) at config.unibench's settings: a batch of
+  unibench.batch_size clips rounded up to the mesh (eval/batches.py compiled_rows), prompts of
+  max(data.prompt.prompt_buckets) tokens, unibench.max_new_tokens new tokens, every parameter
+  (decoder, LoRA, fusion and the encoders, which launch.evaluate holds too) on its sharding."""
+  c = config
+  if "unibench" not in c:
+    raise ValueError("--program=evaluate plans config.unibench's generation; the config has no "
+                     "unibench section (add c.unibench = unibench.get_unibench_config()).")
+  u = c.unibench
+  model = experiment.fixed_model_config(c, "--bench=plan")
+  m = make_mesh(mesh, c)
+  rules = sharding.rules_from_config(c.sharding_rules)
+  t0 = time.perf_counter()
+  shardings, abstract = experiment.param_shardings(model, m, rules)
+  params = _with_shardings(sharding.unbox(abstract), shardings)
+  b = eval_batches.compiled_rows(int(u.batch_size), m)
+  p = int(max(c.data.prompt.prompt_buckets))
+  media = c.data.media
+  frames, windows = int(media.num_frames), int(media.num_windows)
+  batch = _batch({"prompt_tokens": ((b, p), jnp.int32), "prompt_mask": ((b, p), jnp.bool_),
+                  "video": ((b, frames, model.fusion.video_dim), jnp.float32),
+                  "audio": ((b, windows, model.fusion.audio_dim), jnp.float32)}, m, rules)
+  extra = {"repetition_penalty": float(u.repetition_penalty)} if float(
+      u.repetition_penalty) else {}
+  sampling = sampler.SamplingConfig.from_dict(dict(
+      c.sampling, greedy=bool(u.greedy), temperature=float(u.temperature),
+      top_p=float(u.top_p), top_k=int(u.top_k), max_new_tokens=int(u.max_new_tokens),
+      eos_ids=(), pad_id=0, **extra))
+  generate = heldout.make_generate(model, sampling, mesh=m)
+  abstract_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  with sharding.active(m, rules):
+    lowered = generate.lower(params, batch, jax.random.key(0))
+  lower_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  n = sampling.max_new_tokens
+  count = flops_lib.rollout(model.llm, b, 1, p, n)
+  analytic = {"prefill": count["prefill_flops"], "decode": count["decode_flops"],
+              "fusion": flops_lib.fusion_flops(model.fusion, b, frames, windows)}
+  analytic["total"] = sum(analytic.values())
+  shape_report = {"clips": int(u.batch_size), "rows": b, "prompt_len": p, "new_tokens": n,
+                  "greedy": bool(u.greedy)}
+  return _report(compiled, m, model, abstract, params, "evaluate", shape_report, analytic,
+                 abstract_s, lower_s, compile_s)
 
 
 def _state_bytes_per_device(state: Any) -> int:

@@ -208,8 +208,12 @@ class FeatureSource:
     """The clip name of every record, in record order (the cache's names.json)."""
     return list(self._names)
 
+  def text_record(self, index: int) -> dict[str, Any]:
+    """source[index] without its features (no cache read)."""
+    return {k: v for k, v in self._base[index].items() if k not in MEDIA_KEYS}
+
   def __getitem__(self, index: int) -> dict[str, Any]:
-    ex = {k: v for k, v in self._base[index].items() if k not in MEDIA_KEYS}
+    ex = self.text_record(index)
     name = pipeline.decode_example({"name": ex["name"]})["name"]
     if name != self._names[index]:
       raise ValueError(f"{self._path}: record {index} is {name!r} but the cache row is "

@@ -148,15 +148,24 @@ class EncodePrompt(grain.transforms.Map):
     self._meta = dict(meta)
     self._label_encoder = label_encoder
 
-  def map(self, element):
+  def text(self, element) -> dict[str, Any]:
+    """The example's fields without media (prompt_ids, name, gt_text, basic_label, valence):
+    what an evaluation needs of every clip before it reads any clip's media."""
     ex = decode_example(element)
     ids = prompts.encode_prompt(self._tokenizer, ex["subtitle"], self._cfg.prompt,
                                 dict(self._cfg.tokenizer.special_tokens))
-    out = dict(prompt_ids=np.asarray(ids, np.int32), name=ex["name"],
-               gt_text=self._cfg.prompt.label_separator.join(ex["labels"]),
-               basic_label=ex.get("basic_label", ""),
-               valence=np.float32(ex.get("valence", np.nan)),
-               **load_media(ex, self._cfg.media, self._meta))
+    return dict(prompt_ids=np.asarray(ids, np.int32), name=ex["name"],
+                gt_text=self._cfg.prompt.label_separator.join(ex["labels"]),
+                basic_label=ex.get("basic_label", ""),
+                valence=np.float32(ex.get("valence", np.nan)))
+
+  def media(self, element) -> dict[str, np.ndarray]:
+    """The example's media inputs (load_media)."""
+    return load_media(decode_example(element), self._cfg.media, self._meta)
+
+  def map(self, element):
+    ex = decode_example(element)
+    out = dict(self.text(ex), **load_media(ex, self._cfg.media, self._meta))
     if self._label_encoder is not None:
       encoded = self._label_encoder(list(ex["labels"]))
       if isinstance(encoded, Mapping):

@@ -13,7 +13,9 @@ template, after settings.system_message when it is set (with none the template a
 default system message, as the official evaluation's vLLM calls do; a tokenizer without a
 template gets the prompt as plain text), and answered with the official settings: temperature
 0.7, top-p 0.8, repetition penalty 1.05, at most 512 new tokens (affect_jax/generation/sampler.py;
-settings.greedy for argmax decoding).
+settings.greedy for argmax decoding). With a mesh (launch.evaluate passes config.mesh) the
+weights lie on their shardings under the rules and each batch's prompts are split over the
+data axes (its rows rounded up to split evenly, eval/batches.py compiled_rows).
 Reading the answers (settings.parsing):
 - 'official' (AffectGPT evaluation.py): each answer goes through `official_postprocess`
   (func_postprocess_qwen: strip; each of OFFICIAL_PREFIXES, in its order, removed once when
@@ -38,11 +40,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from affect_jax import distributed, sharding
 from affect_jax.checkpoints import hf, hf_qwen2, params_io
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.data import tokenizer as tokenizer_lib
 from affect_jax.emotion import extract
 from affect_jax.emotion import labels as labels_lib
+from affect_jax.eval import batches
 from affect_jax.models import qwen2
 from affect_jax.models.lora import LoraConfig
 from affect_jax.generation import sampler
@@ -141,7 +145,8 @@ class LlmExtractor:
   """A local LLM answering the official extraction prompts (module doc)."""
 
   def __init__(self, config: qwen2.Qwen2Config, params, tokenizer,
-               settings: ml_collections.ConfigDict):
+               settings: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
+               rules: tuple | None = None):
     unknown = [c for c in settings.sentiments if c not in POLARITY]
     if unknown:
       raise ValueError(f"unibench.llm.sentiments: {unknown} are not among {sorted(POLARITY)}.")
@@ -162,12 +167,26 @@ class LlmExtractor:
         top_p=float(settings.top_p), greedy=bool(settings.greedy),
         repetition_penalty=float(settings.repetition_penalty), eos_ids=tuple(sorted(eos)),
         pad_id=int(pad), buckets=tuple(settings.buckets))
-    self._generate = jax.jit(lambda p, t, m, r: sampler.sample(
-        p, config, self.sampling, prompt_mask=m, rng=r, tokens=t)[0])
+    self.mesh, self.rules = mesh, rules
+    self.rows = batches.compiled_rows(int(settings.batch_size), mesh)
+    sample = lambda p, t, m, r: sampler.sample(p, config, self.sampling, prompt_mask=m, rng=r,
+                                               tokens=t)[0]
+    if mesh is None:
+      self._generate = jax.jit(sample)
+    else:       # the weights on their shardings, the prompts split over the data axes
+      self.rules = tuple(rules) if rules is not None else sharding.DEFAULT_RULES
+      boxed = qwen2.abstract_params(config)
+      sharding.check_divisible(boxed, mesh, self.rules, where="config.sharding_rules (the "
+                               "LLM extractor)")
+      self.params = distributed.put(params, sharding.shardings(boxed, mesh, self.rules))
+      self._generate = jax.jit(sample, out_shardings=sharding.replicated(mesh))
 
   @classmethod
-  def load(cls, path: str, settings: ml_collections.ConfigDict) -> "LlmExtractor":
-    return cls(*load_llm(path, settings), settings)
+  def load(cls, path: str, settings: ml_collections.ConfigDict,
+           mesh: jax.sharding.Mesh | None = None, rules: tuple | None = None
+           ) -> "LlmExtractor":
+    """The extractor of `path`; with a mesh its weights lie on their shardings there."""
+    return cls(*load_llm(path, settings), settings, mesh, rules)
 
   def messages(self, text: str) -> list[dict]:
     """The chat of one prompt: the system message when set, then the prompt."""
@@ -182,17 +201,28 @@ class LlmExtractor:
     return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
   def answers(self, prompts: Sequence[str]) -> list[str]:
-    """The LLM's answer to each prompt (special tokens dropped)."""
+    """The LLM's answer to each prompt (special tokens dropped). Batches of settings.batch_size
+    prompts, compiled with `rows` rows (filler rows: copies of the first prompt); on a mesh
+    every process passes the same prompts and feeds its own rows of each batch."""
     size = int(self.settings.batch_size)
     out = []
     for start in range(0, len(prompts), size):
       ids = [self.prompt_ids(p) for p in prompts[start:start + size]]
       n = len(ids)
-      ids += [ids[0]] * (size - n)          # one compiled batch shape
+      ids += [ids[0]] * (self.rows - n)     # one compiled batch shape
       tokens, mask = sampler.pad_prompts(ids, self.sampling)
-      result = self._generate(self.params, jnp.asarray(tokens), jnp.asarray(mask),
-                              jax.random.key(int(self.settings.seed) + start))
-      toks, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
+      if self.mesh is None:
+        tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+      else:
+        mine = distributed.local_rows(self.rows)
+        batch = distributed.global_batch({"t": tokens[mine], "m": mask[mine]}, self.mesh,
+                                         self.rules)
+        tokens, mask = batch["t"], batch["m"]
+      with sharding.active(self.mesh, self.rules):
+        result = self._generate(self.params, tokens, mask,
+                                jax.random.key(int(self.settings.seed) + start))
+      toks = distributed.host_value(result.tokens)
+      lengths = distributed.host_value(result.lengths)
       out += [self.tokenizer.decode(toks[j, :lengths[j]], skip_special_tokens=True)
               for j in range(n)]
     return out

@@ -13,6 +13,12 @@ training); a parameter checkpoint holding every leaf is read alone (no random in
 config.features.standardize the features are z-scored with the statistics of
 config.data.sources.sft's split, computed as training computes them (reusing a run's cache
 when `cache_root` is its <workdir>/data).
+
+With a mesh (launch.evaluate passes config.mesh and config.sharding_rules) the parameters are
+initialised and restored straight onto their logical-axis shardings
+(experiment.param_shardings), so no device ever holds the whole model, and the encoders read
+the towers where they lie; with several processes every process calls `load` alike. Without
+one everything lies on the first device.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from affect_jax import experiment
+from affect_jax import distributed, experiment, sharding
 from affect_jax.checkpoints import manager
 from affect_jax.checkpoints.safetensors_io import CheckpointError
 from affect_jax.data import features as features_lib
@@ -47,6 +53,8 @@ class EvalModel:
   video_fn: Callable     # frames float32[B, F, S, S, 3] -> float32[B, F, Dv]
   audio_fn: Callable     # windows float32[B, K, W] -> float32[B, K, Da]
   feature_stats: tuple   # (video mean, video std, audio mean, audio std)
+  mesh: jax.sharding.Mesh | None = None   # where the params lie (None: the first device)
+  rules: tuple | None = None              # the logical-axis rules of their shardings
 
 
 def _has_steps(path: pathlib.Path) -> bool:
@@ -91,22 +99,39 @@ def _load_params(path, params: dict, what: str, init: bool = True) -> dict:
         "config.tokenizer_dir, sets the vocabulary size).") from e
 
 
-_same = jax.jit(lambda a, b: jnp.all(jnp.stack([jnp.array_equal(x, y) for x, y in
-                                                zip(jax.tree.leaves(a), jax.tree.leaves(b))])))
+def _same_fn(a, b):
+  return jnp.all(jnp.stack([jnp.array_equal(x, y) for x, y in
+                            zip(jax.tree.leaves(a), jax.tree.leaves(b))]))
 
 
-def load(config: ml_collections.ConfigDict, checkpoint: str, cache_root: str | os.PathLike
-         ) -> EvalModel:
-  """The model of `checkpoint` under `config` (module doc); caches under cache_root."""
+def _same(a, b, mesh) -> bool:
+  """True when the trees are equal leaf by leaf (on a mesh: every process gets the answer)."""
+  if mesh is None:
+    return bool(jax.jit(_same_fn)(a, b))
+  out = jax.jit(_same_fn, out_shardings=sharding.replicated(mesh))(a, b)
+  return bool(distributed.host_value(out))
+
+
+def load(config: ml_collections.ConfigDict, checkpoint: str, cache_root: str | os.PathLike,
+         mesh: jax.sharding.Mesh | None = None, rules: tuple | None = None) -> EvalModel:
+  """The model of `checkpoint` under `config` (module doc); caches under cache_root.
+  mesh / rules: where the parameters go (None: the first device)."""
   root = pathlib.Path(cache_root)
   folder = resolve_checkpoint(checkpoint)
   experiment.resolve_media(config)
-  tok = experiment.make_tokenizer(config, root)
+  with distributed.main_process_first("tokenizer"):
+    tok = experiment.make_tokenizer(config, root)
   model = experiment.model_config(config, tok)
   init = experiment.init_fn(model)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          jax.eval_shape(init, jax.random.key(config.seed)))
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            jax.eval_shape(init, jax.random.key(config.seed)))
+  else:
+    rules = tuple(rules) if rules is not None else sharding.DEFAULT_RULES
+    shardings, boxed = experiment.param_shardings(model, mesh, rules)
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                            sharding.unbox(boxed), shardings)
   key = experiment.feature_key(config, model)
   own_key = features_lib.checkpoint_key(key, str(folder.resolve()),
                                         str(os.stat(folder).st_mtime_ns))
@@ -114,17 +139,22 @@ def load(config: ml_collections.ConfigDict, checkpoint: str, cache_root: str | o
     params = _load_params(folder, abstract, "--checkpoint", init=False)
     key = own_key            # the checkpoint's own encoders
   else:
-    params = jax.jit(init)(jax.random.key(config.seed))
+    if mesh is None:
+      params = jax.jit(init)(jax.random.key(config.seed))
+    else:
+      params = experiment.init_params(model, config.seed, mesh, rules)[0]
     if config.get("init_from", ""):
       params = _load_params(config.init_from, params, "config.init_from")
     base_encoders = {k: params[k] for k in ("vision", "audio")}
     params = _load_params(folder, params, "--checkpoint")
-    if not bool(_same(base_encoders, {k: params[k] for k in ("vision", "audio")})):
+    if not _same(base_encoders, {k: params[k] for k in ("vision", "audio")}, mesh):
       key = own_key          # the checkpoint brings its own encoders
-  video_fn, audio_fn = experiment.encoders(params, model)
+  video_fn, audio_fn = experiment.encoders(params, model, mesh)
   stats = experiment.IDENTITY_STATS
   if config.features.standardize:
-    path, split = experiment.build_datasets(config.data, root)["sft"]
+    with distributed.main_process_first("datasets"):
+      path, split = experiment.build_datasets(config.data, root)["sft"]
     source, _ = experiment.feature_source(path, split, key, video_fn, audio_fn, config)
     stats = experiment.feature_stats(source, True)
-  return EvalModel(config, model, params, tok, str(folder), key, video_fn, audio_fn, stats)
+  return EvalModel(config, model, params, tok, str(folder), key, video_fn, audio_fn, stats,
+                   mesh, rules)

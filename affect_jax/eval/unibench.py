@@ -33,6 +33,13 @@ Ablations (`ablations`, affect_jax/eval/ablation.py): after the full model, each
 generated and scored again once per ablation, with the masked inputs' prompt blocks left out;
 each set's entry holds them under 'ablations' (scores and `delta`, ablated - full primary
 score), and their files go to out_dir/no_<name>/.
+
+On a mesh (EvalModel.mesh) the prompts of each batch are split over the data axes and, with
+several processes, each process reads the media of its own rows (eval/batches.py: clips of one
+prompt bucket batched together, filler rows to split the mesh, never scored); the completions
+come back to every process, which all label and score the whole set alike; only process 0
+writes files. Each set's entry also reports the generation's throughput and padding
+(`generate_set`: clips_per_s, tokens_per_s, padding_fraction, ...).
 """
 from __future__ import annotations
 
@@ -47,18 +54,21 @@ import time
 import traceback
 from typing import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from affect_jax import experiment
+from affect_jax import distributed, experiment, sharding
 from affect_jax.data import pipeline
+from affect_jax.data import prompts as prompts_lib
 from affect_jax.data.builders import mer
 from affect_jax.emotion import extract
 from affect_jax.emotion import labels as labels_lib
 from affect_jax.emotion import metrics
 from affect_jax.generation import sampler
 from affect_jax.eval import ablation as ablation_lib
+from affect_jax.eval import batches as batches_lib
 from affect_jax.eval import heldout as evaluate_lib
 from affect_jax.eval.model import EvalModel
 
@@ -156,6 +166,7 @@ class SetRows:
   gt_text: list          # open-set ground truth ('a, b'; '' = neutral)
   basic_label: list
   valence: list
+  stats: dict = dataclasses.field(default_factory=dict)   # generation figures (generate_set)
 
 
 def stop_sequences(tokenizer, stop_text: str, lead: str = "a") -> tuple[tuple[int, ...], ...]:
@@ -200,12 +211,18 @@ def load_set(em: EvalModel, key: str, folder: str, cache_root: pathlib.Path, ucf
   """(feature source, metadata, build report) of one set (module doc step 1)."""
   dc = em.config.data
   split = ucfg.splits[key]
-  try:
-    report = mer.build(f"unibench:{key}", folder, str(cache_root / "built"), dc,
-                       splits=(split,))
-  except (FileNotFoundError, ValueError) as e:
-    raise type(e)(f"{e} [set {key}, folder {folder}, split {split} "
-                  f"(--config.unibench.splits.{key})]") from e
+  error = None
+  with distributed.main_process_first(f"build {key}"):   # the others then find it built
+    try:
+      report = mer.build(f"unibench:{key}", folder, str(cache_root / "built"), dc,
+                         splits=(split,))
+    except Exception as e:  # pylint: disable=broad-except  (raised below, after the barrier)
+      error = e
+  if isinstance(error, (FileNotFoundError, ValueError)):
+    raise type(error)(f"{error} [set {key}, folder {folder}, split {split} "
+                      f"(--config.unibench.splits.{key})]") from error
+  if error is not None:
+    raise error
   source, meta = experiment.feature_source(report["path"], split, em.feature_key, em.video_fn,
                                            em.audio_fn, em.config)
   return source, meta, report
@@ -229,26 +246,57 @@ def data_config(dc: ml_collections.ConfigDict, ucfg) -> ml_collections.ConfigDic
 
 
 def generate_set(em: EvalModel, source, meta, generate_fn, ucfg) -> SetRows:
-  """Module doc step 2, in record order."""
-  pcfg = experiment.loader_config(em.config.data.pipeline, int(ucfg.batch_size), int(ucfg.seed),
-                                  train=False)
-  loader = pipeline.prompt_loader(source, meta, em.tokenizer, data_config(em.config.data, ucfg),
-                                  pcfg)
-  rows = SetRows([], [], [], [], [])
-  batches = []
-  for batch in loader:
-    real = np.asarray(batch["example_mask"])
-    rows.names += [str(v) for v in batch["names"][real]]
-    rows.gt_text += [str(v) for v in batch["gt_text"][real]]
-    rows.basic_label += [str(v) for v in batch["basic_label"][real]]
-    rows.valence += [float(v) for v in batch["valence"][real]]
-    video, audio = experiment.standardize(batch["video"][real], batch["audio"][real],
+  """Module doc step 2; rows in record order, with the generation's figures in `stats`.
+
+  The clips' prompts are read first (text only); the batches follow eval/batches.py (grouped
+  by prompt bucket when ucfg.bucket_by_length, compiled with batch_size rounded up to the mesh
+  and the process count); each process reads the media of its own rows of each batch only.
+  The completions come back to every process (make_generate's replicated output).
+  """
+  dc = data_config(em.config.data, ucfg)
+  pipeline.check_video_prompt(dc.prompt, meta)
+  encode = pipeline.EncodePrompt(em.tokenizer, dc, meta)
+  read_text = getattr(source, "text_record", source.__getitem__)
+  texts = [encode.text(read_text(i)) for i in range(len(source))]
+  if not texts:
+    raise ValueError("the set has no clips; check its build report (skipped rows).")
+  lengths = [len(t["prompt_ids"]) for t in texts]
+  buckets = tuple(dc.prompt.prompt_buckets)
+  batch_size = int(ucfg.batch_size)
+  plan = batches_lib.plan_batches(lengths, buckets, batch_size, bool(ucfg.bucket_by_length))
+  rows = batches_lib.compiled_rows(batch_size, em.mesh)
+  pad_id = int(em.tokenizer.convert_tokens_to_ids(dc.tokenizer.special_tokens["pad"]))
+  completions: list = [None] * len(texts)
+  new_tokens = 0
+  t0 = time.perf_counter()
+  for b, batch in enumerate(plan):
+    mine = batches_lib.local_indices(batch, rows, em.mesh)
+    width = prompts_lib.bucket_length(max(lengths[i] for i in batch), buckets)
+    tokens, mask = prompts_lib.pad_left([texts[i]["prompt_ids"] for i in mine], width, pad_id)
+    media = [encode.media(source[int(i)]) for i in mine]
+    video, audio = experiment.standardize(np.stack([m["video"] for m in media]),
+                                          np.stack([m["audio"] for m in media]),
                                           em.feature_stats)
-    batches.append({"prompt_tokens": batch["prompt_tokens"][real],
-                    "prompt_mask": batch["prompt_mask"][real], "video": video, "audio": audio})
-  rows.completions = [cut_response(t, ucfg) for t in evaluate_lib.generate(
-      em.params, generate_fn, batches, em.tokenizer, int(ucfg.batch_size), seed=int(ucfg.seed))]
-  return rows
+    inputs = {"prompt_tokens": tokens, "prompt_mask": mask, "video": video, "audio": audio}
+    if em.mesh is not None:
+      inputs = distributed.global_batch(inputs, em.mesh, em.rules)
+    with sharding.active(em.mesh, em.rules):
+      out = generate_fn(em.params, inputs, jax.random.key(int(ucfg.seed) + b))
+    out_tokens = distributed.host_value(out.tokens)
+    out_lengths = distributed.host_value(out.lengths)
+    for j, i in enumerate(batch):       # the real rows lead; the filler rows are dropped
+      completions[i] = em.tokenizer.decode(out_tokens[j, :out_lengths[j]],
+                                           skip_special_tokens=True)
+      new_tokens += int(out_lengths[j])
+  seconds = time.perf_counter() - t0
+  stats = dict(batches_lib.padding_stats(plan, lengths, buckets, rows), compiled_rows=rows,
+               generate_s=seconds, new_tokens=new_tokens,
+               clips_per_s=len(texts) / seconds, tokens_per_s=new_tokens / seconds,
+               bucketed=bool(ucfg.bucket_by_length))
+  return SetRows([str(t["name"]) for t in texts],
+                 [cut_response(t, ucfg) for t in completions],
+                 [str(t["gt_text"]) for t in texts], [str(t["basic_label"]) for t in texts],
+                 [float(t["valence"]) for t in texts], stats)
 
 
 def score_set(task: str, rows: SetRows, cells: Sequence[str], polarity, tables) -> dict:
@@ -317,7 +365,7 @@ def evaluate_ablations(em: EvalModel, key: str, source, meta, generate_fn, label
                    format_rate=100.0 * float(np.mean([labels_lib.format_ok(t)
                                                       for t in rows.completions])))
       entry["delta"] = entry["score"] - full["score"]
-      if out_dir:
+      if out_dir and jax.process_index() == 0:
         entry["files"] = write_set(pathlib.Path(out_dir) / ablation_lib.folder(masked), key,
                                    task, rows, cells, polarity)
     except Exception as e:  # pylint: disable=broad-except  (reported; the others go on)
@@ -337,7 +385,7 @@ def evaluate(em: EvalModel, data_dir: str, sets: Sequence[str], labeler: Labeler
   then holds {ablation name: entry} under 'ablations'; ablation.summarize(result['sets'])
   gathers them); returns {sets: {key: result or {error}}, table, failed}."""
   cache_root = pathlib.Path(cache_root)
-  generate_fn = evaluate_lib.make_generate(em.model, sampling_config(em, ucfg))
+  generate_fn = evaluate_lib.make_generate(em.model, sampling_config(em, ucfg), mesh=em.mesh)
   results = {}
   for key in sets:
     t0 = time.perf_counter()
@@ -350,11 +398,11 @@ def evaluate(em: EvalModel, data_dir: str, sets: Sequence[str], labeler: Labeler
       cells = labeler.cells(rows.completions)
       polarity = labeler.polarity(cells) if task == "sentiment" else None
       entry.update(score_set(task, rows, cells, polarity, labeler.tables), folder=folder,
-                   n_samples=len(rows.names),
+                   n_samples=len(rows.names), **rows.stats,
                    skipped=report["splits"][ucfg.splits[key]]["skipped_by_reason"],
                    format_rate=100.0 * float(np.mean([labels_lib.format_ok(t)
                                                       for t in rows.completions])))
-      if out_dir:
+      if out_dir and jax.process_index() == 0:
         entry["files"] = write_set(pathlib.Path(out_dir), key, task, rows, cells, polarity)
     except Exception as e:  # pylint: disable=broad-except  (reported; the other sets go on)
       logging.warning("set %s failed:\n%s", key, traceback.format_exc())

@@ -74,3 +74,23 @@ def test_plan_sft_step():
   assert out["memory_per_device"]["total_bytes"] > 0
   f = out["analytic_flops"]      # LoRA: frozen matmuls 2x, adapters / attention / fusion 3x
   assert 2 * f["forward"] < f["total"] < 3 * f["forward"]
+
+
+def test_plan_evaluate_program():
+  """--program=evaluate: launch.evaluate's generation at config.unibench's settings, 3 clips
+  rounded up to the mesh's data x fsdp (8 rows on fsdp=8; 3 on one device)."""
+  n = jax.device_count()
+  config = tiny_plan.get_config()
+  config.unibench.batch_size = 3
+  config.unibench.max_new_tokens = 4
+  out = plan.run(config=config, mesh=f"fsdp={n}", program="evaluate")
+  assert out["step"] == "evaluate"
+  assert out["shapes"] == {"clips": 3, "rows": -(-3 // n) * n, "prompt_len": 16,
+                           "new_tokens": 4, "greedy": True}
+  mem = out["memory_per_device"]
+  # The arguments hold every parameter's shard (at least 1 / n of all parameter bytes).
+  assert mem["argument_bytes"] >= out["param_bytes"] / n > 0
+  assert mem["total_bytes"] >= mem["argument_bytes"]
+  assert out["analytic_flops"]["decode"] > 0 and out["analytic_flops"]["prefill"] > 0
+  with pytest.raises(ValueError, match="--program='predict'"):
+    plan.run(config=config, mesh="", program="predict")

@@ -73,6 +73,27 @@ def test_answers_equal_transformers_generate(folder):
                                          for a in sentiment]
 
 
+def test_extractor_on_a_mesh_equals_transformers_generate(folder):
+  """On 8 fake devices, mesh (2, 4, 1): the weights lie on their shardings, each batch of 2
+  prompts is compiled with 8 rows (6 filler rows, never answered), and the answers still equal
+  transformers' generate prompt by prompt."""
+  import jax
+  from affect_jax import sharding
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (tests/conftest.py fakes them)")
+  root, hf, tok = folder
+  settings = _settings()
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+  llm = llm_extract.LlmExtractor.load(str(root / "hf"), settings, mesh, sharding.DEFAULT_RULES)
+  assert llm.rows == 8
+  embed = llm.params["embed_tokens"]["embedding"]
+  assert embed.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")   # vocab, embed
+  texts = ["<think>calm voice</think><answer>happy</answer>", "She looks sad.", "x"]
+  prompts = [settings.label_prompt.format(text=t) for t in texts]
+  expect = [_hf_answer(hf, tok, p, settings.repetition_penalty) for p in prompts]
+  assert llm.answers(prompts) == expect
+
+
 def test_answer_reading():
   assert llm_extract.response_cell("Output: [Happy, 'sad']") == "happy, sad"
   assert llm_extract.response_cell("the list is [worried, tense] and more") == "worried, tense"
