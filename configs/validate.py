@@ -73,6 +73,10 @@ def increasing(low: int = 1) -> Rule:
   return rule
 
 
+def boolean() -> Rule:
+  return lambda v: None if isinstance(v, bool) else "must be True or False"
+
+
 def mesh_axis() -> Rule:
   return lambda v: None if _integer(v) and (v >= 1 or v == -1) else (
       "must be a positive integer or -1 (all remaining devices)")
@@ -101,6 +105,11 @@ RULES: tuple[tuple[str, Rule], ...] = (
     # Batch sizes (global rows; the mesh check below splits them).
     ("*batch_size", at_least(1)),
     ("grpo.prompts_per_step", at_least(1)),
+    # GRPO diagnostics (configs/demo.py).
+    ("grpo.label_histogram", boolean()),
+    ("grpo.samples_every", at_least(0)),
+    ("grpo.samples_per_log", at_least(1)),
+    ("grpo.eval_every", at_least(0)),
     # GRPO objective (configs/grpo_loss.py).
     ("grpo_loss.num_generations", at_least(2)),
     ("grpo_loss.beta", within(0, math.inf, high_open=True)),
