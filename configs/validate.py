@@ -73,10 +73,6 @@ def increasing(low: int = 1) -> Rule:
   return rule
 
 
-def boolean() -> Rule:
-  return lambda v: None if isinstance(v, bool) else "must be True or False"
-
-
 def mesh_axis() -> Rule:
   return lambda v: None if _integer(v) and (v >= 1 or v == -1) else (
       "must be a positive integer or -1 (all remaining devices)")
@@ -106,7 +102,6 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("*batch_size", at_least(1)),
     ("grpo.prompts_per_step", at_least(1)),
     # GRPO diagnostics (configs/demo.py).
-    ("grpo.label_histogram", boolean()),
     ("grpo.samples_every", at_least(0)),
     ("grpo.samples_per_log", at_least(1)),
     ("grpo.eval_every", at_least(0)),

@@ -3,49 +3,22 @@ TensorBoard scalar, the label-count histogram, the sampled-completions table (sa
 TensorBoard text), held-out EW-F every grpo.eval_every steps, and training metrics bit-identical
 to a run with every diagnostic off."""
 import json
-import pathlib
-import struct
 
 import jax
 import numpy as np
 import pytest
-from tensorboardX.proto import event_pb2
 
 from affect_jax import sharding
 from affect_jax.train import recipe
 from affect_jax.train import run_log as run_logging
 from configs import demo
+from tests.testlib.tensorboard import summaries
 from tests.train import recipe_mesh_worker as worker
 
 GRPO_STEPS, EVERY = 4, 2
 PROMPTS, G = 8, 2
 ROWS = PROMPTS * G
 TIMING = ("elapsed_s", "tokens_per_s")
-
-
-def events(folder: pathlib.Path) -> list:
-  """Every Event of the TensorBoard event files in `folder` (TFRecord: length u64, its crc u32,
-  the record, its crc u32)."""
-  out = []
-  for path in sorted(folder.glob("events.out.tfevents.*")):
-    data = path.read_bytes()
-    at = 0
-    while at < len(data):
-      (n,) = struct.unpack("<Q", data[at:at + 8])
-      event = event_pb2.Event()
-      event.ParseFromString(data[at + 12:at + 12 + n])
-      out.append(event)
-      at += 12 + n + 4
-  return out
-
-
-def summaries(folder: pathlib.Path) -> dict:
-  """tag -> [(step, summary value)]."""
-  out = {}
-  for e in events(folder):
-    for v in e.summary.value:
-      out.setdefault(v.tag, []).append((e.step, v))
-  return out
 
 
 def diagnostics_config(on: bool):
