@@ -16,7 +16,8 @@
    (samples.jsonl and TensorBoard text; `grpo_diagnostics`).
 4. `write_summary`: curves.png and summary.json.
 The workdir gets checkpoints/{sft,grpo}/, metrics.jsonl, tensorboard/, curves.png,
-samples.jsonl (when on) and summary.json; rerunning with the same workdir resumes (finished phases are not redone).
+samples.jsonl (when on) and summary.json; rerunning with the same workdir resumes (finished
+phases are not redone).
 
 Every phase runs on the mesh of config.mesh (one axis may be -1 = all remaining devices) with
 config.sharding_rules: the parameters are initialised (or restored) straight onto their
