@@ -74,6 +74,10 @@ def get_config():
   c.grpo.steps = 1000
   c.grpo.prompts_per_step = 8
   c.grpo.learning_rate = 1e-5
+  # Diagnostics: a sampled-completions table every 50 steps, held-out EW-F every 200 (each
+  # evaluation generates the whole eval split).
+  c.grpo.samples_every = 50
+  c.grpo.eval_every = 200
   c.grpo_loss.num_generations = 8
   c.grpo_loss.beta = 0.04
   c.grpo_loss.normalizer_constant = 1024.0

@@ -96,6 +96,16 @@ def get_config():
   c.grpo.weight_decay = 0.0
   c.grpo.grad_clip = 1.0
   c.grpo.log_every = 5
+  # Diagnostics (README "Diagnostics"), none of which changes the training. label_histogram:
+  # log reward/n_pred_hist, the completions per predicted-label count 0..reward.ew.max_labels
+  # (+ one bin for more), as a TensorBoard histogram. samples_every: every N steps write
+  # samples_per_log sampled completions (whole groups first) with their reward terms to
+  # samples.jsonl and TensorBoard text (0 = off). eval_every: held-out EW-F every N GRPO
+  # steps besides the end (0 = only at the end).
+  c.grpo.label_histogram = True
+  c.grpo.samples_every = 20
+  c.grpo.samples_per_log = 8
+  c.grpo.eval_every = 20
   c.grpo_loss = get_grpo_loss_config(num_generations=8, beta=0.04, logprob_chunk=64,
                                      loss_aggregation="token_mean")
   # Rollouts at temperature 0.7: samples near the greedy policy that evaluation uses.

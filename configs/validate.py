@@ -111,6 +111,10 @@ RULES: tuple[tuple[str, Rule], ...] = (
     # Batch sizes (global rows; the mesh check below splits them).
     ("*batch_size", at_least(1)),
     ("grpo.prompts_per_step", at_least(1)),
+    # GRPO diagnostics (configs/demo.py).
+    ("grpo.samples_every", at_least(0)),
+    ("grpo.samples_per_log", at_least(1)),
+    ("grpo.eval_every", at_least(0)),
     # GRPO objective (configs/grpo_loss.py).
     ("grpo_loss.num_generations", at_least(2)),
     ("grpo_loss.beta", within(0, math.inf, high_open=True)),

@@ -259,6 +259,21 @@ def make_reward_fn(resources: dict, cfg: RewardConfig, compiler_options: dict | 
                  compiler_options=compiler_options)
 
 
+# The key of the GRPO reward's metrics that holds per-completion values (every term, the
+# penalty, the total and n_pred, each [R]) rather than a logged mean; the GRPO step reads it
+# for its sampled-completions table and logs nothing under it.
+PER_ROW = "per_row"
+# The metric holding the label-count histogram (grpo_reward's label_histogram).
+LABEL_HISTOGRAM = "n_pred_hist"
+
+
+def label_counts(n_pred, max_labels: int) -> jax.Array:
+  """int32[max_labels + 2]: how many completions predict 0, 1, ..., max_labels answer items;
+  the last bin counts those over max_labels (which score 0 on every EW term)."""
+  bins = jnp.clip(jnp.asarray(n_pred, jnp.int32), 0, max_labels + 1)
+  return jnp.sum(jax.nn.one_hot(bins, max_labels + 2, dtype=jnp.int32), axis=0)
+
+
 @dataclasses.dataclass(frozen=True)
 class GrpoReward:
   """The reward as the GRPO step takes it: fn(tokens, lengths, rows) -> (total, metrics);
@@ -268,20 +283,29 @@ class GrpoReward:
   metrics: tuple
 
 
-def grpo_reward(section, tokenizer, wheel, *, mesh=None, batch_axes=None) -> GrpoReward:
+def grpo_reward(section, tokenizer, wheel, *, mesh=None, batch_axes=None,
+                label_histogram: bool = False) -> GrpoReward:
   """The reward of config section `section` for the fused GRPO step: each device scores its
   own rows (shard_map over batch_axes of mesh), metrics = metric_names, means over the
-  batch."""
+  batch, plus metrics[PER_ROW]: the per-completion values behind them (terms, penalty, total
+  and the analyses' stats). label_histogram: also metrics[LABEL_HISTOGRAM], the
+  label_counts of n_pred over reward.ew.max_labels (when the EW analysis runs)."""
   from affect_jax.rewards.terms import emotion_wheel as ew_term
   cfg = RewardConfig.from_config(section)
   resources = setup(cfg, registry.Context(tokenizer, wheel))
   names = metric_names(cfg)
-  max_gt = dict(cfg.analyses).get("ew", ew_term.EwConfig()).max_gt_labels
+  ew_cfg = dict(cfg.analyses).get("ew", ew_term.EwConfig())
+  max_gt = ew_cfg.max_gt_labels
+  histogram = label_histogram and "n_pred" in names
 
   def fn(tokens, lengths, rows):
     out = row_local_rewards(tokens, lengths, rows, resources, cfg,
                             mesh=mesh if batch_axes else None, batch_axes=batch_axes)
-    return out["total"], {k: jnp.mean(out[k].astype(jnp.float32)) for k in names}
+    metrics = {k: jnp.mean(out[k].astype(jnp.float32)) for k in names}
+    if histogram:
+      metrics[LABEL_HISTOGRAM] = label_counts(out["n_pred"], ew_cfg.max_labels)
+    metrics[PER_ROW] = {k: out[k] for k in names + ("total",)}
+    return out["total"], metrics
 
   def label_encoder(labels):
     ids, n = ew_term.gt_arrays([", ".join(labels)], wheel, max_gt)

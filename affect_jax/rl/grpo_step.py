@@ -10,7 +10,10 @@ bool[B, P] left-padded, plus reward inputs such as ground-truth label ids), shar
 batch axis. Each prompt gets G = grpo_loss.num_generations samples (rows p0 g0..gG-1, p1 ...).
 
 reward_fn(tokens int32[R, N], lengths int32[R], rows) -> (rewards float32[R], metrics dict), a
-jittable function; `rows` is the batch with every leaf repeated G times.
+jittable function; `rows` is the batch with every leaf repeated G times. Its metrics are logged
+as reward/<name> (scalars, or 1-D count arrays such as the label-count histogram); the entry
+metrics[rewards.total.PER_ROW], if any, holds per-completion values {name: [R]} that only the
+sampled-completions table reads.
 
 The reference policy is the policy at the start of GRPO, frozen: `state['reference']` is a copy
 of the trainable leaves `init_state` was given (the SFT result, or the checkpoint GRPO starts
@@ -19,7 +22,10 @@ Under LoRA the trainable leaves are the adapters, fusion MLPs and projectors, so
 small (never a second decoder); under full fine-tuning it is a full copy. The checkpoints leave
 it out (manager.FROZEN_KEYS): a resumed run rebuilds it from the same starting parameters.
 Metrics (each reward term, KL, clip fractions, lengths, entropy, ...) come back as
-device scalars.
+device scalars. With step_config.samples = k > 0, metrics[SAMPLES] also holds the first k
+completion rows the step trained on (whole groups, p0 g0..gG-1, p1 ...): their token ids,
+lengths, prompt index in the batch, reward, advantage and per-row reward terms, for a table
+of sampled completions; a few rows, so the step's cost does not change.
 """
 from __future__ import annotations
 
@@ -32,18 +38,29 @@ import optax
 
 from affect_jax import sharding
 from affect_jax.optim import accumulate, state as train_state
+from affect_jax.rewards import total as reward_total
 from affect_jax.rl import losses
 from affect_jax.generation import policy as policy_lib, sampler
 
 RewardFn = Callable[[jax.Array, jax.Array, Mapping], tuple[jax.Array, Mapping[str, jax.Array]]]
 
 
+# The metrics entry holding the sampled completions (module doc).
+SAMPLES = "samples"
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
+  """sampling: the rollout; loss: the objective; samples: completion rows returned in
+  metrics[SAMPLES] each step (0 = none; at most the rows trained on)."""
   sampling: sampler.SamplingConfig
   loss: losses.GrpoLossConfig
+  samples: int = 0
 
   def __post_init__(self):
+    if self.samples < 0:
+      raise ValueError(f"samples={self.samples}: the rows of sampled completions to return "
+                       "must be >= 0 (0 = none).")
     if self.loss.num_generations < 2:
       raise ValueError(f"grpo_loss.num_generations={self.loss.num_generations}: GRPO needs at "
                        "least 2 samples per prompt (advantages are relative to the group).")
@@ -156,6 +173,10 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
 
     # 2. Rewards (plus the overlong penalty) and group advantages.
     rewards, reward_metrics = reward_fn(out.tokens, out.lengths, rows)
+    reward_metrics = dict(reward_metrics)
+    per_row = reward_metrics.pop(reward_total.PER_ROW, {})
+    prompt_of = (jnp.repeat(jnp.arange(batch["prompt_mask"].shape[0], dtype=jnp.int32), g)
+                 if cfg.samples else None)      # each row's prompt, for the samples
     extra = {}
     if lcfg.overlong_buffer:
       pen = overlong_penalty(out.lengths, cfg.sampling.max_new_tokens, lcfg.overlong_buffer,
@@ -179,6 +200,7 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
       out = out._replace(tokens=take_rows(out.tokens), lengths=take_rows(out.lengths),
                          done=take_rows(out.done))
       rewards, comp_mask = take_rows(rewards), take_rows(comp_mask)
+      prompt_of, per_row = jax.tree.map(take_rows, (prompt_of, per_row))
     adv, adv_stats = losses.group_advantages(rewards, g, lcfg.advantage_scale,
                                              lcfg.advantage_eps, lcfg.std_ddof)
     if lcfg.oversample > 1:   # filler groups of equal rewards train with advantage exactly 0
@@ -248,6 +270,11 @@ def make_step(policy: policy_lib.Policy, cfg: StepConfig, optimizer: optax.Gradi
         **loss_metrics,
         **extra,
     }
+    if cfg.samples:
+      k = min(cfg.samples, out.tokens.shape[0])
+      metrics[SAMPLES] = dict(tokens=out.tokens[:k], lengths=out.lengths[:k],
+                              prompt=prompt_of[:k], reward=rewards[:k], advantage=adv[:k],
+                              terms={name: v[:k] for name, v in per_row.items()})
     return new_state, metrics
 
   return sharding.jit_train_step(

@@ -9,7 +9,9 @@ exactly; a run that already finished returns at once. Every `checkpoint.save_eve
 steps (and at the end) a checkpoint is written in the background. SIGTERM makes the loop save
 and stop cleanly (result.preempted). A save on a full disk stops the loop with one
 manager.CheckpointNoSpace; the steps saved before it stay. Metrics go to W/metrics.jsonl,
-TensorBoard and a progress bar every `log_every` steps.
+TensorBoard and a progress bar every `log_every` steps. `on_step(step, state, metrics, batch,
+log)`, if given, runs after every step (and its checkpoint save) on every process, before the
+next step takes the state: the recipe's held-out evaluation and sampled-completions table.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def train(*, phase: str, step_fn: Callable, state: dict, loader: Iterable,
           total_steps: int, workdir: str | os.PathLike, config, log_every: int,
           to_device: Callable[[Mapping], Mapping] = lambda b: b,
           tokens_per_step: Callable[[Mapping], float] | None = None,
-          show: tuple[str, ...] = ("loss",)) -> LoopResult:
+          show: tuple[str, ...] = ("loss",),
+          on_step: Callable[..., None] | None = None) -> LoopResult:
   """Runs `step_fn(state, batch) -> (state, metrics)` up to `total_steps` (see module doc)."""
   workdir = pathlib.Path(workdir)
   ckpt = manager.Checkpointer(workdir / "checkpoints" / phase, config.checkpoint, config=config)
@@ -67,11 +70,13 @@ def train(*, phase: str, step_fn: Callable, state: dict, loader: Iterable,
         if step % log_every == 0 or step == total_steps:
           tokens = tokens_per_step(batch) if tokens_per_step else None
           log.write(step, metrics, tokens=tokens)
-        ckpt.save(step, _frozen_free(state), data=data_arg, metrics=metrics,
-                  force=step == total_steps)
+        ckpt.save(step, _frozen_free(state), data=data_arg,
+                  metrics=run_logging.scalars(metrics), force=step == total_steps)
+        if on_step is not None:
+          on_step(step, state, metrics, batch, log)
         if stop.should_stop(step) and step < total_steps:
-          ckpt.save(step, _frozen_free(state), data=data_arg, metrics=metrics, force=True,
-                    wait=True)
+          ckpt.save(step, _frozen_free(state), data=data_arg,
+                    metrics=run_logging.scalars(metrics), force=True, wait=True)
           preempted = True
           break
   finally:
@@ -79,5 +84,5 @@ def train(*, phase: str, step_fn: Callable, state: dict, loader: Iterable,
       log.close()
     finally:
       ckpt.close()     # waits for the last save; a full disk it already raised is not raised again
-  host = {k: float(jax.device_get(v)) for k, v in metrics.items()} if metrics else {}
+  host = {k: float(jax.device_get(v)) for k, v in run_logging.scalars(metrics).items()}
   return LoopResult(state=state, step=step, preempted=preempted, last_metrics=host)

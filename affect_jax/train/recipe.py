@@ -11,9 +11,13 @@
 2. `run_sft`: cold-start SFT on "<think>reason</think><answer>labels</answer>" targets (train
    split, MER-Caption+-like noisy labels), then `run_eval`: held-out EW-F.
 3. `run_grpo`: GRPO on the rl split with the on-device EW reward (+ format), then `run_eval`.
+   Every config.grpo.eval_every GRPO steps it also runs `run_eval` (eval_grpo_step<N>.jsonl),
+   and every config.grpo.samples_every steps it writes a table of sampled completions
+   (samples.jsonl and TensorBoard text; `grpo_diagnostics`).
 4. `write_summary`: curves.png and summary.json.
-The workdir gets checkpoints/{sft,grpo}/, metrics.jsonl, tensorboard/, curves.png and
-summary.json; rerunning with the same workdir resumes (finished phases are not redone).
+The workdir gets checkpoints/{sft,grpo}/, metrics.jsonl, tensorboard/, curves.png,
+samples.jsonl (when on) and summary.json; rerunning with the same workdir resumes (finished
+phases are not redone).
 
 Every phase runs on the mesh of config.mesh (one axis may be -1 = all remaining devices) with
 config.sharding_rules: the parameters are initialised (or restored) straight onto their
@@ -46,6 +50,7 @@ from affect_jax.generation import policy as policy_lib
 from affect_jax.rewards import total as reward_total
 from affect_jax.eval import heldout as evaluate
 from affect_jax.train import loop, sft_step
+from affect_jax.train import samples as samples_lib
 from affect_jax.train import run_log as run_logging
 
 TRAIN_PHASES = ("sft", "grpo")
@@ -77,7 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     summary.update(sft_eval_ew_f=scores["ew_f"], sft_eval=scores, sft_steps=config.sft.steps,
                    sft_skipped=sft["skipped"])
   if "grpo" in phases:
-    grpo = run_grpo(prep, workdir, params)
+    grpo = run_grpo(prep, workdir, params, eval_step0=config.sft.steps * ("sft" in phases))
     if grpo["preempted"]:
       return {"preempted": "grpo", "step": grpo["step"]}
     params = grpo["params"]
@@ -199,17 +204,21 @@ def reward_fn_for(prep: Prepared):
   batch_axes = sharding.named(prep.mesh, ("batch",), prep.rules).spec
   reward = reward_total.grpo_reward(prep.config.reward, prep.tokenizer, prep.ew_tables,
                                     mesh=prep.mesh,
-                                    batch_axes=batch_axes[0] if len(batch_axes) else None)
+                                    batch_axes=batch_axes[0] if len(batch_axes) else None,
+                                    label_histogram=prep.config.grpo.label_histogram)
   return reward.fn, reward.label_encoder
 
 
-def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping) -> dict:
+def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping,
+             eval_step0: int = 0) -> dict:
   """GRPO for config.grpo.steps from `start_params` (resumed from the workdir's checkpoint);
-  the trained params."""
+  the trained params. eval_step0: the step its held-out evaluations are logged after (the
+  SFT steps of the same run)."""
   c = prep.config
   policy = policy_lib.AffectGPTPolicy(prep.model)
   lcfg = losses.GrpoLossConfig.from_config(c.grpo_loss)
-  scfg = grpo_step.StepConfig(experiment.sampling_config(c, prep.tokenizer), lcfg)
+  scfg = grpo_step.StepConfig(experiment.sampling_config(c, prep.tokenizer), lcfg,
+                              samples=c.grpo.samples_per_log if c.grpo.samples_every else 0)
   opt = experiment.optimizer(c.grpo, c.grpo.steps)
   state_sh = grpo_step.state_shardings(policy, prep.abstract, opt, prep.mesh, prep.rules)
   state = place_state(grpo_step.init_state(policy, start_params, opt,
@@ -226,9 +235,29 @@ def run_grpo(prep: Prepared, workdir: pathlib.Path, start_params: Mapping) -> di
                       total_steps=c.grpo.steps, workdir=workdir, config=c,
                       log_every=c.grpo.log_every, to_device=to_mesh(prep, GRPO_BATCH_KEYS),
                       tokens_per_step=None,
-                      show=("reward", "reward/accuracy", "kl"))
+                      show=("reward", "reward/accuracy", "kl"),
+                      on_step=grpo_diagnostics(prep, workdir, eval_step0))
   return {"params": trained_params(result), "preempted": result.preempted,
           "step": result.step}
+
+
+def grpo_diagnostics(prep: Prepared, workdir: pathlib.Path, eval_step0: int):
+  """The GRPO loop's on_step: every config.grpo.samples_every steps the step's sampled
+  completions (grpo_step.SAMPLES) decoded into samples.jsonl and a TensorBoard table; every
+  config.grpo.eval_every steps before the last (which run() evaluates) the held-out EW-F of
+  the current policy, logged at eval_step0 + step. Neither touches the state or its RNG."""
+  g = prep.config.grpo
+  first_prompt = distributed.local_rows(g.prompts_per_step).start
+
+  def on_step(step, state, metrics, batch, log):
+    if g.samples_every and step % g.samples_every == 0 and log.enabled:
+      log.write_samples(step, samples_lib.completion_rows(
+          metrics[grpo_step.SAMPLES], batch["names"], prep.tokenizer, first_prompt))
+    if g.eval_every and step % g.eval_every == 0 and step < g.steps:
+      params = policy_lib.merge(state["trainable"], state["frozen"])
+      run_eval(prep, params, workdir, f"grpo_step{step}", eval_step0 + step)
+
+  return on_step
 
 
 def run_eval(prep: Prepared, params: Mapping, workdir: pathlib.Path, tag: str, step: int) -> dict:

@@ -2,9 +2,13 @@
 
   log = RunLog(workdir, total_steps, phase="grpo", show=("reward", "loss"))
   log.write(step, {"reward": 0.4, ...}, tokens=4096)   # JSONL + TensorBoard + progress bar
+  log.write_samples(step, rows)                        # samples.jsonl + a TensorBoard table
   log.close()
   plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
 
+A metric is a scalar (a TensorBoard scalar <phase>/<name>) or a 1-D integer array of counts,
+bin i counting the value i (a TensorBoard histogram <phase>/<name>, and the list of counts in
+metrics.jsonl); mappings (the GRPO step's sampled completions) are left to write_samples.
 Only process 0 writes (the other processes of a multi-host run get a silent RunLog). Values are
 pulled to the host once per logged step (never inside the jitted step).
 """
@@ -27,6 +31,47 @@ def _scalar(v) -> float | None:
   except (TypeError, ValueError):
     return None
   return x if math.isfinite(x) else None
+
+
+def is_counts(v) -> bool:
+  """A 1-D integer array: a histogram of counts (module doc)."""
+  if isinstance(v, Mapping):
+    return False
+  a = v if hasattr(v, "dtype") else np.asarray(v)      # a device array stays on the device
+  return a.ndim == 1 and np.issubdtype(a.dtype, np.integer)
+
+
+def scalars(metrics: Mapping) -> dict:
+  """The scalar entries of a metrics dict (no histograms, no sampled completions)."""
+  return {k: v for k, v in metrics.items() if not isinstance(v, Mapping) and np.ndim(v) == 0}
+
+
+def histogram_args(counts) -> dict | None:
+  """TensorBoard add_histogram_raw arguments for counts[i] of the integer value i (buckets
+  (i - 0.5, i + 0.5]); None when nothing was counted."""
+  c = np.asarray(counts, np.int64)
+  if c.sum() == 0:
+    return None
+  values = np.arange(len(c))
+  seen = values[c > 0]
+  return dict(min=float(seen.min()), max=float(seen.max()), num=int(c.sum()),
+              sum=float((values * c).sum()), sum_squares=float((values ** 2 * c).sum()),
+              bucket_limits=[float(v) + 0.5 for v in values], bucket_counts=c.tolist())
+
+
+def samples_markdown(rows: list[dict]) -> str:
+  """A markdown table of sampled completions: name, completion, each reward term, reward,
+  advantage (the keys of write_samples' rows)."""
+  terms = list(rows[0]["terms"]) if rows else []
+  cell = lambda x: (f"{x:.4g}" if isinstance(x, float) else str(x)).replace(
+      "|", "\\|").replace("\n", " ")
+  head = ["name", "completion", *terms, "reward", "advantage"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    values = [r["name"], r["completion"], *[r["terms"][t] for t in terms], r["reward"],
+              r["advantage"]]
+    lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+  return "\n".join(lines)
 
 
 class RunLog:
@@ -55,7 +100,13 @@ class RunLog:
   def write(self, step: int, metrics: Mapping, tokens: float | None = None, **extra) -> dict:
     """Logs one step; returns the host-side record written."""
     record = {"phase": self.phase, "step": int(step)}
+    histograms = {}
     for k, v in metrics.items():
+      if isinstance(v, Mapping):
+        continue
+      if is_counts(v):
+        histograms[k] = record[k] = np.asarray(jax.device_get(v)).tolist()
+        continue
       x = _scalar(v)
       if x is not None:
         record[k] = x
@@ -73,12 +124,27 @@ class RunLog:
     for k, v in record.items():
       if isinstance(v, (int, float)) and k not in ("step",):
         self._writer.add_scalar(f"{self.phase}/{k}", v, step)
+    for k, counts in histograms.items():
+      args = histogram_args(counts)
+      if args is not None:
+        self._writer.add_histogram_raw(f"{self.phase}/{k}", global_step=step, **args)
     shown = {k: f"{record[k]:.4g}" for k in self.show if k in record}
     if "tokens_per_s" in record:
       shown["tok/s"] = f"{record['tokens_per_s']:.0f}"
     self._bar.set_postfix(shown, refresh=False)
     self._bar.update(max(step - self._bar.n, 0))
     return record
+
+  def write_samples(self, step: int, rows: list[dict]) -> None:
+    """Sampled completions (dicts with name, completion, terms {name: value}, reward,
+    advantage, ...): one JSON line each in samples.jsonl (with phase and step) and a
+    markdown table as TensorBoard text <phase>/samples."""
+    if not self.enabled or not rows:
+      return
+    with open(self.workdir / "samples.jsonl", "a", encoding="utf-8") as f:
+      for r in rows:
+        f.write(json.dumps({"phase": self.phase, "step": int(step), **r}) + "\n")
+    self._writer.add_text(f"{self.phase}/samples", samples_markdown(rows), step)
 
   def close(self) -> None:
     if self.enabled:

@@ -187,6 +187,9 @@ def test_real_recipe_needs_its_data_and_tokenizer_folders():
     ("grpo_loss.epsilon_low", 1.0, "[0, 1)"),
     ("grpo_loss.oversample", 0, ">= 1"),
     ("grpo_loss.overlong_buffer", -2, ">= 0"),
+    ("grpo.samples_every", -1, ">= 0"),
+    ("grpo.samples_per_log", 0, ">= 1"),
+    ("grpo.eval_every", -5, ">= 0"),
 ])
 def test_each_range_rule(path, value, needle):
   c = demo.get_config()

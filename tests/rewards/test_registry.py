@@ -1,5 +1,6 @@
 """The reward registry: terms by name, the weighted total, normalisation, penalties, metrics."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -94,3 +95,10 @@ def test_errors_name_the_field():
   with pytest.raises(ValueError, match="the batch rows lack \\['n_gt'\\]"):
     total.completion_rewards(np.zeros((1, 2), np.int32), np.ones(1, np.int32), {}, {},
                              _config({"brevity": {}}))
+
+
+def test_label_counts_is_a_bincount_with_an_overflow_bin():
+  n_pred = np.array([0, 2, 2, 16, 17, 40, 1], np.int32)
+  got = np.asarray(total.label_counts(jnp.asarray(n_pred), 16))
+  want = np.bincount(np.minimum(n_pred, 17), minlength=18)
+  assert got.dtype == np.int32 and got.tolist() == want.tolist()
