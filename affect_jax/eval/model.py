@@ -73,6 +73,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
   for phase in RUN_PHASES:
     if _has_steps(p / "checkpoints" / phase):
       return p / "checkpoints" / phase
+  seeds = sorted(q.name for q in p.glob("seed_*")
+                 if any(_has_steps(q / "checkpoints" / phase) for phase in RUN_PHASES))
+  if seeds:
+    raise CheckpointError(
+        f"--checkpoint={p}: a multi-seed run (config.seeds) with one run per seed "
+        f"({', '.join(seeds)}); pass one of them, e.g. --checkpoint={p / seeds[0]}.")
   raise CheckpointError(
       f"--checkpoint={p}: neither a launch.convert checkpoint (meta.json + params/) nor a run "
       f"(checkpoints/{{{','.join(RUN_PHASES)}}}/<step>) nor a folder of numbered steps; check "

@@ -274,6 +274,13 @@ def test_checkpoint_forms(tmp_path):
   assert eval_model.resolve_checkpoint(run / "checkpoints" / "sft") == run / "checkpoints" / "sft"
   with pytest.raises(CheckpointError, match="no such folder"):
     eval_model.resolve_checkpoint(tmp_path / "missing")
+  multi = tmp_path / "demo"                        # launch.grpo with config.seeds
+  for seed in (0, 1):
+    (multi / f"seed_{seed}" / "checkpoints" / "grpo" / "10" / "meta").mkdir(parents=True)
+  with pytest.raises(CheckpointError, match=r"multi-seed run .*\(seed_0, seed_1\).*"
+                                            r"--checkpoint=.*seed_0"):
+    eval_model.resolve_checkpoint(multi)
+  assert eval_model.resolve_checkpoint(multi / "seed_1") == multi / "seed_1/checkpoints/grpo"
 
 
 def test_set_names_and_folders(tmp_path):
