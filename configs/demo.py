@@ -90,7 +90,7 @@ def get_config():
   c.sft.log_every = 10
 
   c.grpo = ml_collections.ConfigDict()
-  c.grpo.steps = 30
+  c.grpo.steps = 45
   c.grpo.prompts_per_step = 16
   c.grpo.learning_rate = 2e-4
   c.grpo.weight_decay = 0.0
@@ -103,9 +103,9 @@ def get_config():
   # samples.jsonl and TensorBoard text (0 = off). eval_every: held-out EW-F every N GRPO
   # steps besides the end (0 = only at the end).
   c.grpo.label_histogram = True
-  c.grpo.samples_every = 10
+  c.grpo.samples_every = 15
   c.grpo.samples_per_log = 8
-  c.grpo.eval_every = 10
+  c.grpo.eval_every = 15
   c.grpo_loss = get_grpo_loss_config(num_generations=8, beta=0.04, logprob_chunk=64,
                                      loss_aggregation="token_mean")
   # Rollouts at temperature 0.7: samples near the greedy policy that evaluation uses.
