@@ -26,7 +26,8 @@ config.unibench.ablate; 'a+b' masks both in one pass) scores every set again per
 those inputs' prompt blocks left out, in a second table beside the full model ('score
 (delta)'), under 'ablations' in the JSON and in --predictions_out/no_NAME/
 (affect_jax/eval/ablation.py). Built sets and feature caches go to --cache_dir (default
-config.data.cache_dir, else the run's <workdir>/data, else runs/unibench_cache).
+config.data.cache_dir, else the run's <workdir>/data, for a seed of a multi-seed run the data
+its seeds share, else runs/unibench_cache).
 Exit status: 0 when every requested set was scored, 1 when some failed, ablated sets included
 (each is reported in the table and the JSON), 2 when nothing could run (bad flags, checkpoint,
 tokenizer).
@@ -87,8 +88,13 @@ def cache_root(config, checkpoint: str, flag: str | None) -> pathlib.Path:
     return pathlib.Path(flag)
   if config.data.get("cache_dir", ""):
     return pathlib.Path(config.data.cache_dir)
-  if (pathlib.Path(checkpoint) / "checkpoints").is_dir():
-    return pathlib.Path(checkpoint) / "data"     # a run's workdir: reuse its caches
+  run = pathlib.Path(checkpoint)
+  if (run / "checkpoints").is_dir():
+    # A seed of a multi-seed run (affect_jax/train/seeds.py) shares <workdir>/data.
+    if (not (run / "data").is_dir() and run.name.startswith("seed_")
+        and (run.parent / "data").is_dir()):
+      return run.parent / "data"
+    return run / "data"     # a run's workdir: reuse its caches
   return pathlib.Path(DEFAULT_CACHE)
 
 

@@ -445,3 +445,19 @@ def test_ablation_scores_each_masked_prompt_beside_the_full_model(bench, full_ru
   proc = _evaluate(bench, f"--data_dir={bench / 'data'}", "--ablate=audio,face")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "launch.evaluate: error: --ablate=audio,face: unknown input(s) ['face']" in proc.stderr
+
+
+def test_cache_root_of_a_seed_run_is_the_shared_data(tmp_path):
+  """launch.evaluate / launch.predict on runs/demo/seed_0 reuse the data the seeds share
+  (runs/demo/data) instead of building the sets again in the seed's folder."""
+  from launch import evaluate as evaluate_cli
+  config = demo.get_config()
+  seed = tmp_path / "demo" / "seed_0"
+  (seed / "checkpoints").mkdir(parents=True)
+  assert evaluate_cli.cache_root(config, str(seed), None) == seed / "data"   # no shared data yet
+  (tmp_path / "demo" / "data").mkdir()
+  assert evaluate_cli.cache_root(config, str(seed), None) == tmp_path / "demo" / "data"
+  assert evaluate_cli.cache_root(config, str(seed), "/x") == pathlib.Path("/x")
+  single = tmp_path / "run"                      # a one-seed run keeps its own data folder
+  (single / "checkpoints").mkdir(parents=True)
+  assert evaluate_cli.cache_root(config, str(single), None) == single / "data"
