@@ -168,32 +168,54 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
   return rows
 
 
-def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
-                panels: Iterable[tuple[str, str]] = (("sft", "loss"), ("grpo", "reward"),
-                                                     ("eval", "ew_f"))) -> pathlib.Path | None:
-  """One panel per (phase, metric) found in metrics.jsonl; returns the PNG path (None if empty)."""
+PANELS = (("sft", "loss"), ("grpo", "reward"), ("eval", "ew_f"))
+
+
+def plot_curves(metrics: str | os.PathLike | Mapping[str, str | os.PathLike],
+                out_png: str | os.PathLike,
+                panels: Iterable[tuple[str, str]] = PANELS) -> pathlib.Path | None:
+  """One panel per (phase, metric) found; returns the PNG path (None if nothing was found).
+
+  metrics: one run's metrics.jsonl (its curve, plus a moving average over a tenth of the points
+  for curves longer than 10), or {label: metrics.jsonl} of several runs (one line each, the
+  moving average for long curves, with a legend; e.g. the seeds of affect_jax/train/seeds.py).
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  rows = read_metrics(metrics_path)
+  runs = dict(metrics) if isinstance(metrics, Mapping) else {None: metrics}
+  rows = {label: read_metrics(path) for label, path in runs.items()}
   series = []
   for phase, key in panels:
-    pts = [(r["step"], r[key]) for r in rows if r.get("phase") == phase and key in r]
-    if pts:
-      series.append((phase, key, pts))
+    lines = {}
+    for label, rs in rows.items():
+      pts = sorted((r["step"], r[key]) for r in rs if r.get("phase") == phase and key in r)
+      if pts:
+        lines[label] = pts
+    if lines:
+      series.append((phase, key, lines))
   if not series:
     return None
-  fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.4), squeeze=False)
-  for ax, (phase, key, pts) in zip(axes[0], series):
-    steps, values = zip(*sorted(pts))
-    ax.plot(steps, values, marker="o" if len(pts) < 30 else None, lw=1.2)
-    if len(values) > 10:
-      w = max(len(values) // 10, 2)
-      smooth = np.convolve(values, np.ones(w) / w, mode="valid")
-      ax.plot(steps[w - 1:], smooth, lw=2.2)
+  fig, axes = plt.subplots(1, len(series), figsize=(4.8 * len(series), 3.6), squeeze=False)
+  for ax, (phase, key, lines) in zip(axes[0], series):
+    for label, pts in lines.items():
+      steps, values = map(np.asarray, zip(*pts))
+      smooth = None
+      if len(values) > 10:
+        w = max(len(values) // 10, 2)
+        smooth = steps[w - 1:], np.convolve(values, np.ones(w) / w, mode="valid")
+      if label is None:                      # one run: the curve and its moving average
+        ax.plot(steps, values, marker="o" if len(values) < 30 else None, lw=1.2)
+        if smooth is not None:
+          ax.plot(*smooth, lw=2.2)
+      else:                                  # several: one (averaged) line each
+        steps, values = smooth if smooth is not None else (steps, values)
+        ax.plot(steps, values, marker="o" if len(values) < 30 else None, lw=1.5, label=label)
     ax.set_title(f"{phase}: {key}")
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
+    if any(label is not None for label in lines):
+      ax.legend(fontsize=8)
   fig.tight_layout()
   out_png = pathlib.Path(out_png)
   fig.savefig(out_png, dpi=110)

@@ -118,45 +118,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, seeds: Se
   return out
 
 
-PANELS = (("sft", "loss"), ("grpo", "reward"), ("eval", "ew_f"))
-
-
-def plot_seeds(metrics: Mapping[int, str | os.PathLike], out_png: str | os.PathLike,
-               panels: Sequence[tuple[str, str]] = PANELS) -> pathlib.Path | None:
-  """One panel per (phase, metric), one line per seed (a moving average over a tenth of the
-  points for long curves); held-out EW-F is drawn against the global step, so each seed's line
-  joins its evaluations after SFT and after GRPO (and any in between)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  rows = {s: run_log.read_metrics(p) for s, p in metrics.items()}
-  series = []
-  for phase, key in panels:
-    lines = {}
-    for seed, rs in rows.items():
-      pts = sorted((r["step"], r[key]) for r in rs if r.get("phase") == phase and key in r)
-      if pts:
-        lines[seed] = pts
-    if lines:
-      series.append((phase, key, lines))
-  if not series:
-    return None
-  fig, axes = plt.subplots(1, len(series), figsize=(4.8 * len(series), 3.6), squeeze=False)
-  for ax, (phase, key, lines) in zip(axes[0], series):
-    for seed, pts in lines.items():
-      steps, values = map(np.asarray, zip(*pts))
-      if len(values) > 10:
-        w = max(len(values) // 10, 2)
-        values = np.convolve(values, np.ones(w) / w, mode="valid")
-        steps = steps[w - 1:]
-      ax.plot(steps, values, marker="o" if len(values) < 30 else None, lw=1.5,
-              label=f"seed {seed}")
-    ax.set_title(f"{phase}: {key}")
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  out_png = pathlib.Path(out_png)
-  fig.savefig(out_png, dpi=110)
-  plt.close(fig)
-  return out_png
+def plot_seeds(metrics: Mapping[int, str | os.PathLike], out_png: str | os.PathLike
+               ) -> pathlib.Path | None:
+  """Every seed's curves in one figure (run_log.plot_curves, one line per seed); held-out EW-F
+  is drawn against the global step, so each seed's line joins its evaluations after SFT,
+  every grpo.eval_every GRPO steps and at the end."""
+  return run_log.plot_curves({f"seed {s}": path for s, path in metrics.items()}, out_png)
