@@ -193,5 +193,4 @@ def use_compilation_cache(workdir: str | os.PathLike) -> str | None:
     return os.environ.get(CACHE_ENV) or None
   path = os.path.join(os.fspath(workdir), CACHE_SUBDIR)
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   return path

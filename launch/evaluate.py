@@ -120,9 +120,28 @@ def parse_ablations(config, ucfg, flag: str | None) -> tuple[tuple[str, ...], ..
   return ablations
 
 
+def check_extractor(extractor: str, sentiment: str, checkpoint: str | None) -> None:
+  """--extractor / --sentiment = llm need --extractor_checkpoint (checked before any work)."""
+  which = [f"--{n}=llm" for n, v in (("extractor", extractor), ("sentiment", sentiment))
+           if v == "llm"]
+  if which and not checkpoint:
+    raise ValueError(f"{' and '.join(which)} need(s) --extractor_checkpoint=DIR (a "
+                     "Qwen2.5-Instruct folder or its launch.convert checkpoint).")
+
+
+def load_extractor(extractor: str, sentiment: str, checkpoint: str | None, ucfg,
+                   mesh=None, rules=None):
+  """The LLM extractor when --extractor or --sentiment is 'llm' (on `mesh` when given), else
+  None; shared by launch.evaluate and launch.predict."""
+  if "llm" not in (extractor, sentiment):
+    return None
+  check_extractor(extractor, sentiment, checkpoint)
+  from affect_jax.eval import llm_extract
+  return llm_extract.LlmExtractor.load(checkpoint, ucfg.llm, mesh, rules)
+
+
 def run(config, f) -> dict:
   from affect_jax import experiment, sharding
-  from affect_jax.eval import llm_extract
   from affect_jax.emotion import wheel
   from affect_jax.eval import ablation, model as eval_model, unibench
   ucfg = unibench_section(config)
@@ -133,17 +152,12 @@ def run(config, f) -> dict:
   sentiment = f.sentiment or ucfg.sentiment
   ew_dir = f.ew_dir or config.get("ew_dir", "") or None
   tables = wheel.load_tables(ew_dir)
-  llm = None
-  if "llm" in (extractor, sentiment):
-    if not f.extractor_checkpoint:
-      raise ValueError(f"--extractor={extractor} --sentiment={sentiment} need "
-                       "--extractor_checkpoint=DIR (a Qwen2.5-Instruct folder or its "
-                       "launch.convert checkpoint).")
+  check_extractor(extractor, sentiment, f.extractor_checkpoint)
   mesh = experiment.make_mesh(config)
   rules = sharding.rules_from_config(config.sharding_rules)
-  if "llm" in (extractor, sentiment):
-    llm = llm_extract.LlmExtractor.load(f.extractor_checkpoint, ucfg.llm, mesh, rules)
-  labeler = unibench.Labeler(extractor, sentiment, tables, ucfg, llm)
+  labeler = unibench.Labeler(extractor, sentiment, tables, ucfg,
+                             load_extractor(extractor, sentiment, f.extractor_checkpoint, ucfg,
+                                            mesh, rules))
   root = cache_root(config, f.checkpoint, f.cache_dir)
   em = eval_model.load(config, f.checkpoint, root, mesh, rules)
   result = unibench.evaluate(em, f.data_dir, sets, labeler, root, f.predictions_out, ucfg,

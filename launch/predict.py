@@ -122,18 +122,13 @@ def list_clips(f):
 def run(config, f):
   """(results, ucfg) of the clips the flags name."""
   from affect_jax.emotion import wheel
-  from affect_jax.eval import llm_extract, predict, unibench
+  from affect_jax.eval import predict, unibench
   from affect_jax.eval import model as eval_model
   clips = list_clips(f)          # inputs errors stop here, before the model loads
   ucfg = decoding_section(config, f)
   extractor = f.extractor or ucfg.extractor
   tables = wheel.load_tables(f.ew_dir or config.get("ew_dir", "") or None)
-  llm = None
-  if extractor == "llm":
-    if not f.extractor_checkpoint:
-      raise ValueError(f"--extractor={extractor} needs --extractor_checkpoint=DIR (a "
-                       "Qwen2.5-Instruct folder or its launch.convert checkpoint).")
-    llm = llm_extract.LlmExtractor.load(f.extractor_checkpoint, ucfg.llm)
+  llm = evaluate_launcher.load_extractor(extractor, "wheel", f.extractor_checkpoint, ucfg)
   labeler = unibench.Labeler(extractor, "wheel", tables, ucfg, llm)
   root = evaluate_launcher.cache_root(config, f.checkpoint, f.cache_dir)
   em = eval_model.load(config, f.checkpoint, root)
