@@ -29,7 +29,8 @@ in each of the 5 wheels (`level1_groups`).
 
 A clip without audio. The official pipeline reads each clip's audio from a wav extracted
 beforehand (toolkit/utils/functions.py func_split_audio_from_video_16k: ffmpeg -ar 16000 -ac 1);
-its inference (inference_sample.py, Chat.answer_sample) then stops on a clip without one
+its inference (inference_sample.py; Chat.answer_sample in
+my_affectgpt/conversation/conversation_video.py) then stops on a clip without one
 ("Some input info is missing") when the prompt holds the audio or the merged placeholder.
 So, when data.prompt.modalities holds 'audio' or 'multi', a clip without an audio file fails
 with a message naming it (`missing_audio='error'`, the default), or is given silence, a zero

@@ -217,7 +217,9 @@ def test_clip_media_missing_audio_follows_the_official_inference(tmp_path):
   dc = _config("unused").data
   fixture_media.write_video(tmp_path / "v.mp4", 1)
   clip = predict.Clip("v", str(tmp_path / "v.mp4"))
-  # The prompt has the audio and merged placeholders: the official inference stops here.
+  # The prompt has the audio and merged placeholders: the official inference stops here
+  # (my_affectgpt/conversation/conversation_video.py, Chat.answer_sample: a placeholder whose
+  # embeddings are None fails `assert embeds is not None, 'Some input info is missing.'`).
   with pytest.raises(predict.ClipError, match=r"clip 'v'.*holds no audio track.*"
                      r"--missing_audio=silence"):
     predict.clip_media(clip, dc, "error")
