@@ -119,12 +119,28 @@ def list_clips(f):
   return [predict.Clip(name, f.video, f.audio or None, f.subtitle)]
 
 
+def check_outputs(f, clips) -> None:
+  """--out and --json_out may not name an input (the --inputs CSV, a clip's video or audio) or
+  each other: writing them would overwrite what the user had."""
+  outputs = {name: getattr(f, name) for name in ("out", "json_out") if getattr(f, name)}
+  inputs = [f.inputs] if f.inputs and os.path.isfile(f.inputs) else []
+  inputs += [p for c in clips for p in (c.video, c.audio) if p]
+  taken = {os.path.realpath(p): p for p in inputs}
+  for name, path in outputs.items():
+    real = os.path.realpath(path)
+    if real in taken:
+      raise app.UsageError(f"--{name}={path} is the input {taken[real]}; writing it would "
+                           "overwrite the input. Choose another file.")
+    taken[real] = f"--{name}"
+
+
 def run(config, f):
   """(results, ucfg) of the clips the flags name."""
   from affect_jax.emotion import wheel
   from affect_jax.eval import predict, unibench
   from affect_jax.eval import model as eval_model
   clips = list_clips(f)          # inputs errors stop here, before the model loads
+  check_outputs(f, clips)
   ucfg = decoding_section(config, f)
   extractor = f.extractor or ucfg.extractor
   tables = wheel.load_tables(f.ew_dir or config.get("ew_dir", "") or None)

@@ -389,7 +389,8 @@ def test_inputs_leaving_their_folder_exit_2(model_dir, tmp_path):
 
 def _flag_values(**given):
   names = ("checkpoint video audio subtitle inputs protocol greedy temperature top_p top_k "
-           "max_new_tokens seed batch_size extractor extractor_checkpoint ew_dir cache_dir")
+           "max_new_tokens seed batch_size extractor extractor_checkpoint ew_dir cache_dir out "
+           "json_out")
   values = dict.fromkeys(names.split(), None)
   return types.SimpleNamespace(**{**values, "missing_audio": "error", **given})
 
@@ -425,3 +426,23 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
   with pytest.raises(CheckpointError, match="--checkpoint=.*nonexistent: no such folder"):
     predict_launcher.run(_config("unused"), _flag_values(
         checkpoint=str(tmp_path / "nonexistent"), video=str(tmp_path / "a.mp4")))
+
+
+def test_outputs_may_not_overwrite_an_input(tmp_path):
+  video, audio = tmp_path / "a.mp4", tmp_path / "a.wav"
+  video.write_bytes(b"x")
+  audio.write_bytes(b"y")
+  clips = [predict.Clip("a", str(video), str(audio), "")]
+  for given, named in (({"out": str(audio)}, "--out"), ({"json_out": str(video)}, "--json_out")):
+    with pytest.raises(absl_app.UsageError, match=f"{named}=.* is the input"):
+      predict_launcher.check_outputs(_flag_values(video=str(video), **given), clips)
+  csv_in = tmp_path / "clips.csv"
+  csv_in.write_text("name,video\na,a.mp4\n")
+  with pytest.raises(absl_app.UsageError, match="is the input .*clips.csv"):
+    predict_launcher.check_outputs(_flag_values(inputs=str(csv_in), out=str(csv_in)), clips)
+  with pytest.raises(absl_app.UsageError, match="--json_out=.* is the input --out"):
+    predict_launcher.check_outputs(_flag_values(video=str(video), out=str(tmp_path / "p.csv"),
+                                                json_out=str(tmp_path / "p.csv")), clips)
+  predict_launcher.check_outputs(_flag_values(video=str(video), out=str(tmp_path / "p.csv"),
+                                              json_out=str(tmp_path / "p.json")), clips)
+  assert video.read_bytes() == b"x" and audio.read_bytes() == b"y"
